@@ -1,0 +1,22 @@
+//! Wire protocols spoken between a host and an iPhone or iPad over usbmux.
+//!
+//! Every message is a value with `encode`/`decode`; nothing here opens a
+//! socket. The few helpers that do I/O ([`frame`], [`tls`]) are generic over
+//! `Read`/`Write`, so they serve a Unix socket, a TCP socket, an in-memory
+//! buffer in a test, or a direct USB transport alike.
+//!
+//! Both sides of each protocol live here: the host side (our client) and the
+//! device side (the simulator in `ibackup-sim`).
+
+pub mod afc;
+pub mod devicelink;
+pub mod error;
+pub mod frame;
+pub mod lockdown;
+pub mod mb2;
+pub mod pairing;
+pub mod plistx;
+pub mod tls;
+pub mod usbmux;
+
+pub use error::ProtoError;

@@ -1,0 +1,17 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("Manifest.db error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("malformed plist: {0}")]
+    Plist(#[from] plist::Error),
+    #[error("malformed file record: {0}")]
+    Record(String),
+    #[error("unsafe path {path:?}: {why}")]
+    UnsafePath { path: String, why: &'static str },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,234 @@
+//! Manifest.db: the SQLite index of a backup.
+//!
+//! Schema and header facts as iOS writes them (fact sheet §3.1): table
+//! `Files(fileID, domain, relativePath, flags, file)` with three indexes and
+//! an empty `Properties` table; page size 4096, `user_version` 2, WAL mode
+//! recorded in the header, no `-wal`/`-shm` left beside the file.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Result, StoreError};
+use crate::mbfile::MbFile;
+use crate::paths;
+
+const SCHEMA: &str = "
+CREATE TABLE Files (fileID TEXT PRIMARY KEY, domain TEXT, relativePath TEXT, flags INTEGER, file BLOB);
+CREATE INDEX FilesDomainIdx ON Files(domain);
+CREATE INDEX FilesRelativePathIdx ON Files(relativePath);
+CREATE INDEX FilesFlagsIdx ON Files(flags);
+CREATE TABLE Properties (key TEXT PRIMARY KEY, value BLOB);
+";
+
+/// One row of `Files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub file_id: String,
+    pub domain: String,
+    pub relative_path: String,
+    pub flags: i64,
+    pub file: MbFile,
+}
+
+/// Writes a new Manifest.db. Rows go in one transaction; `finish` commits,
+/// switches the header to WAL as devices leave it, and checkpoints.
+pub struct ManifestWriter {
+    conn: Connection,
+}
+
+impl ManifestWriter {
+    /// Create a fresh database at `path` (which must not exist).
+    pub fn create(path: &Path) -> Result<ManifestWriter> {
+        if path.exists() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} already exists", path.display()),
+            )));
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA auto_vacuum = INCREMENTAL; PRAGMA user_version = 2;
+             PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch("BEGIN")?;
+        Ok(ManifestWriter { conn })
+    }
+
+    /// Add one entry. The domain and path are validated and the file ID derived.
+    pub fn insert(&mut self, domain: &str, file: &MbFile) -> Result<()> {
+        paths::check_domain(domain)?;
+        paths::check_relative(&file.relative_path)?;
+        let id = paths::file_id(domain, &file.relative_path);
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![id, domain, file.relative_path, file.kind_flag(), file.to_archive()])?;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
+        Ok(())
+    }
+}
+
+/// A Manifest.db opened for reading, never written.
+pub struct ManifestDb {
+    conn: Connection,
+}
+
+impl ManifestDb {
+    /// Open read-only and immutable: a device-made file is in WAL mode and
+    /// would otherwise make SQLite create `-wal`/`-shm` beside it.
+    pub fn open(path: &Path) -> Result<ManifestDb> {
+        if !path.is_file() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} not found", path.display()),
+            )));
+        }
+        let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Fails here, not later, when the file is not a database (e.g. encrypted).
+        conn.query_row("SELECT count(*) FROM Files", [], |_| Ok(()))?;
+        Ok(ManifestDb { conn })
+    }
+
+    pub fn count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM Files", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Visit every row in (domain, relativePath) order without holding the
+    /// whole list in memory. Rows whose IDs or paths are unsafe are errors.
+    pub fn for_each(&self, mut f: impl FnMut(ManifestRow) -> Result<()>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(Self::row(r)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, domain: &str, relative_path: &str) -> Result<Option<ManifestRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT fileID, domain, relativePath, flags, file FROM Files WHERE domain = ?1 AND relativePath = ?2",
+        )?;
+        let raw = stmt
+            .query_row(params![domain, relative_path], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<Vec<u8>>>(4)?))
+            })
+            .optional()?;
+        raw.map(|(a, b, c, d, e)| Self::build(a, b, c, d, e)).transpose()
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> Result<ManifestRow> {
+        Self::build(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)
+    }
+
+    fn build(file_id: String, domain: String, relative_path: String, flags: i64, blob: Option<Vec<u8>>) -> Result<ManifestRow> {
+        if !paths::is_file_id(&file_id) {
+            return Err(StoreError::UnsafePath {
+                path: file_id,
+                why: "file ID is not 40 lowercase hex digits",
+            });
+        }
+        paths::check_domain(&domain)?;
+        paths::check_relative(&relative_path)?;
+        let file = match blob {
+            Some(b) => MbFile::from_archive(&b)?,
+            None => return Err(StoreError::Record(format!("{domain}-{relative_path}: no file record"))),
+        };
+        Ok(ManifestRow {
+            file_id,
+            domain,
+            relative_path,
+            flags,
+            file,
+        })
+    }
+}
+
+fn uri_escape(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for c in p.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mbfile::{S_IFDIR, S_IFREG};
+
+    #[test]
+    fn write_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Manifest.db");
+        let mut w = ManifestWriter::create(&path).unwrap();
+        let root = MbFile { relative_path: "".into(), mode: S_IFDIR | 0o755, ..Default::default() };
+        let file = MbFile { relative_path: "Library/SMS/sms.db".into(), mode: S_IFREG | 0o644, size: 10, ..Default::default() };
+        w.insert("HomeDomain", &root).unwrap();
+        w.insert("HomeDomain", &file).unwrap();
+        assert!(w.insert("HomeDomain", &MbFile { relative_path: "../x".into(), ..Default::default() }).is_err());
+        w.finish().unwrap();
+        assert!(!dir.path().join("Manifest.db-wal").exists());
+        assert!(ManifestWriter::create(&path).is_err());
+
+        let db = ManifestDb::open(&path).unwrap();
+        assert_eq!(db.count().unwrap(), 2);
+        let mut seen = Vec::new();
+        db.for_each(|r| {
+            seen.push((r.domain, r.relative_path, r.flags));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![("HomeDomain".into(), "".into(), 2), ("HomeDomain".into(), "Library/SMS/sms.db".into(), 1)]);
+        let row = db.get("HomeDomain", "Library/SMS/sms.db").unwrap().unwrap();
+        assert_eq!(row.file_id, "3d0d7e5fb2ce288813306e4d4636395e047a3d28");
+        assert_eq!(row.file, file);
+        assert!(db.get("HomeDomain", "nope").unwrap().is_none());
+        // Reading leaves no -wal/-shm behind.
+        drop(db);
+        assert!(!dir.path().join("Manifest.db-shm").exists());
+    }
+
+    #[test]
+    fn not_a_database_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Manifest.db");
+        std::fs::write(&path, [0x5a; 8192]).unwrap();
+        assert!(ManifestDb::open(&path).is_err());
+        assert!(ManifestDb::open(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn hostile_rows_are_refused_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Manifest.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let f = MbFile { relative_path: "x".into(), ..Default::default() };
+        c.execute("INSERT INTO Files VALUES ('../../etc/passwd', 'HomeDomain', 'x', 1, ?1)", [f.to_archive()]).unwrap();
+        drop(c);
+        let db = ManifestDb::open(&path).unwrap();
+        assert!(db.for_each(|_| Ok(())).is_err());
+    }
+}

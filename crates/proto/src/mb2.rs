@@ -47,6 +47,8 @@ pub mod error_code {
     pub const BACKUP_STATE_EMPTY: u64 = 204;
     pub const INVALID_PASSWORD: u64 = 207;
     pub const FIND_MY_ENABLED: u64 = 211;
+    /// A session is already running (the device allows one backup or restore at a time).
+    pub const BUSY: u64 = 102;
 }
 
 /// A mobilebackup2 request sent by the host.
@@ -92,7 +94,9 @@ impl Mb2Request {
     }
 }
 
-/// The answer to Hello: `{ErrorCode: 0, ProtocolVersion: 2.1}`.
+/// The answer to Hello: `{MessageName: Response, ErrorCode: 0, ProtocolVersion: 2.1}`
+/// (libimobiledevice `mobilebackup2_version_exchange` requires the name and
+/// an unsigned ErrorCode).
 pub fn hello_response(client_versions: &[f64]) -> Dictionary {
     let best = PROTOCOL_VERSIONS
         .iter()
@@ -100,19 +104,22 @@ pub fn hello_response(client_versions: &[f64]) -> Dictionary {
         .find(|v| client_versions.iter().any(|c| (c - **v).abs() < 1e-9));
     match best {
         Some(v) => dict([
+            ("MessageName", Value::from("Response")),
             ("ErrorCode", Value::from(0u64)),
             ("ProtocolVersion", Value::Real(*v)),
         ]),
         None => dict([
-            ("ErrorCode", Value::from(error_code::UNSUPPORTED_VERSION)),
+            ("MessageName", Value::from("Response")),
+            // 1 is "no common version" to libimobiledevice.
+            ("ErrorCode", Value::from(1u64)),
             ("ErrorDescription", Value::from("No supported protocol version")),
         ]),
     }
 }
 
-/// `{ErrorCode, ErrorDescription}` as sent in the final ProcessMessage.
+/// `{MessageName: Response, ErrorCode, ErrorDescription}` as sent in the final ProcessMessage.
 pub fn result_message(code: u64, description: &str) -> Dictionary {
-    let mut d = dict([("ErrorCode", Value::from(code))]);
+    let mut d = dict([("MessageName", Value::from("Response")), ("ErrorCode", Value::from(code))]);
     if code != 0 || !description.is_empty() {
         d.insert("ErrorDescription".into(), Value::from(description));
     }
@@ -326,6 +333,7 @@ mod tests {
         let h = hello_response(&[2.0, 2.1]);
         assert_eq!(h.get("ProtocolVersion"), Some(&Value::Real(2.1)));
         let h = hello_response(&[1.0]);
-        assert_eq!(h.u64_of("ErrorCode"), Some(error_code::UNSUPPORTED_VERSION));
+        assert_eq!(h.u64_of("ErrorCode"), Some(1));
+        assert_eq!(h.str_of("MessageName"), Some("Response"));
     }
 }

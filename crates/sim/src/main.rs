@@ -1,1 +1,62 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ibackup_proto::usbmux::SocketAddress;
+use ibackup_sim::populate::{populate, Profile};
+use ibackup_sim::usbmuxd::{serve, Mux};
+use ibackup_sim::Device;
+
+/// A simulated iPhone that real backup clients can talk to.
+#[derive(Parser)]
+#[command(name = "ibackup-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a device folder with realistic, reproducible content.
+    Populate {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "small")]
+        profile: Profile,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Serve device folders as usbmuxd would, until killed.
+    Serve {
+        /// `UNIX:/path`, `/path` or `HOST:PORT` (USBMUXD_SOCKET_ADDRESS syntax).
+        #[arg(long)]
+        listen: String,
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Populate { dir, profile, seed } => populate(&dir, profile, seed).map(|(files, bytes)| {
+            println!("{}: {files} files, {bytes} bytes", dir.display());
+        }),
+        Cmd::Serve { listen, devices } => (|| {
+            let addr = SocketAddress::parse(&listen)?;
+            let devs = devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Device::open(d, i as u32 + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            serve(&addr, Mux::new(devs)?)
+        })(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ibackup-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

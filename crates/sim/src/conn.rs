@@ -1,0 +1,83 @@
+//! The byte streams the simulator serves: Unix or TCP sockets, optionally
+//! wrapped in TLS.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+
+/// A client connection the simulator can read, write and cut.
+pub trait Conn: Read + Write + Send {
+    /// Cut the connection at once, as an unplugged cable does.
+    fn cut(&self);
+}
+
+impl Conn for TcpStream {
+    fn cut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(unix)]
+impl Conn for UnixStream {
+    fn cut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Conn for Box<dyn Conn> {
+    fn cut(&self) {
+        (**self).cut()
+    }
+}
+
+impl<S: Conn> Conn for ibackup_proto::tls::TlsStream<S> {
+    fn cut(&self) {
+        self.get_ref().cut()
+    }
+}
+
+/// A plain or TLS stream that can switch between the two, as lockdownd does.
+pub enum Link {
+    Plain(Box<dyn Conn>),
+    Tls(Box<ibackup_proto::tls::TlsStream<Box<dyn Conn>>>),
+    /// Only during a switch.
+    Gone,
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(c) => c.read(buf),
+            Link::Tls(t) => t.read(buf),
+            Link::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(c) => c.write(buf),
+            Link::Tls(t) => t.write(buf),
+            Link::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Link::Plain(c) => c.flush(),
+            Link::Tls(t) => t.flush(),
+            Link::Gone => Ok(()),
+        }
+    }
+}
+
+impl Conn for Link {
+    fn cut(&self) {
+        match self {
+            Link::Plain(c) => c.cut(),
+            Link::Tls(t) => t.cut(),
+            Link::Gone => {}
+        }
+    }
+}

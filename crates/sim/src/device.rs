@@ -1,0 +1,335 @@
+//! A simulated device is a folder:
+//!
+//! ```text
+//! DIR/device.toml          identity, behaviour knobs, faults
+//! DIR/fs/<Domain>/<path>   the files a backup carries
+//! DIR/media/               what AFC shows (/var/mobile/Media)
+//! DIR/state/               what the device remembers: its key pair, the
+//!                          hosts it trusts, usbmuxd's pair record, logs
+//! ```
+//!
+//! State is written back into the folder so a test can compare folders
+//! before and after an operation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ibackup_proto::pairing::DeviceKey;
+use plist::{Dictionary, Value};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SimError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Trusts every host at once (a phone that already tapped Trust).
+    #[default]
+    Auto,
+    /// Answers "dialog pending" until `trust_after_seconds` have passed.
+    Prompt,
+    /// The user tapped Don't Trust.
+    Deny,
+}
+
+/// `device.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub udid: String,
+    pub name: String,
+    pub product_type: String,
+    pub product_version: String,
+    pub build_version: String,
+    pub serial_number: String,
+    #[serde(default = "default_class")]
+    pub device_class: String,
+    #[serde(default = "default_hw")]
+    pub hardware_model: String,
+    #[serde(default)]
+    pub imei: Option<String>,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    #[serde(default = "default_mac")]
+    pub wifi_address: String,
+    /// Total storage in bytes.
+    #[serde(default = "default_capacity")]
+    pub total_capacity: u64,
+    /// Free storage in bytes (a restore larger than this fails).
+    #[serde(default = "default_free")]
+    pub free_capacity: u64,
+    /// How the device is attached: "USB" or "Network".
+    #[serde(default = "default_conn")]
+    pub connection: String,
+    #[serde(default)]
+    pub trust: Trust,
+    #[serde(default)]
+    pub trust_after_seconds: u64,
+    #[serde(default)]
+    pub passcode_locked: bool,
+    #[serde(default)]
+    pub find_my: bool,
+    /// Set when backup encryption is on. Changed by ChangePassword.
+    #[serde(default)]
+    pub backup_password: Option<String>,
+    /// Drop the connection once this many bytes of file payload were sent
+    /// in one backup session.
+    #[serde(default)]
+    pub fault_disconnect_after_bytes: Option<u64>,
+    /// Drop the connection once this many files were sent in one session.
+    #[serde(default)]
+    pub fault_disconnect_after_files: Option<u64>,
+    /// Ask the host to write files under these backup-relative paths
+    /// (hostile-device tests: `../x`, absolute paths).
+    #[serde(default)]
+    pub fault_hostile_paths: Vec<String>,
+}
+
+fn default_class() -> String {
+    "iPhone".into()
+}
+fn default_hw() -> String {
+    "D63AP".into()
+}
+fn default_mac() -> String {
+    "a4:c3:f0:12:34:56".into()
+}
+fn default_capacity() -> u64 {
+    128_000_000_000
+}
+fn default_free() -> u64 {
+    64_000_000_000
+}
+fn default_conn() -> String {
+    "USB".into()
+}
+
+impl DeviceConfig {
+    pub fn new(udid: &str, name: &str) -> DeviceConfig {
+        DeviceConfig {
+            udid: udid.into(),
+            name: name.into(),
+            product_type: "iPhone14,2".into(),
+            product_version: "17.5.1".into(),
+            build_version: "21F90".into(),
+            serial_number: "F2LXK0SIMQ6N".into(),
+            device_class: default_class(),
+            hardware_model: default_hw(),
+            imei: Some("356789101234567".into()),
+            phone_number: Some("+1 (555) 010-0199".into()),
+            wifi_address: default_mac(),
+            total_capacity: default_capacity(),
+            free_capacity: default_free(),
+            connection: default_conn(),
+            trust: Trust::Auto,
+            trust_after_seconds: 0,
+            passcode_locked: false,
+            find_my: false,
+            backup_password: None,
+            fault_disconnect_after_bytes: None,
+            fault_disconnect_after_files: None,
+            fault_hostile_paths: Vec::new(),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<DeviceConfig> {
+        let path = dir.join("device.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| SimError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: DeviceConfig =
+            toml::from_str(&text).map_err(|e| SimError::Config(format!("{}: {e}", path.display())))?;
+        if cfg.udid.is_empty() || cfg.udid.contains('/') || cfg.udid.contains("..") {
+            return Err(SimError::Config(format!("{}: bad udid {:?}", path.display(), cfg.udid)));
+        }
+        Ok(cfg)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| SimError::Config(e.to_string()))?;
+        write_atomic(&dir.join("device.toml"), text.as_bytes())
+    }
+}
+
+/// Write a file by writing a sibling and renaming it over.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// What lockdownd remembers about a trusted host.
+#[derive(Debug, Clone)]
+pub struct TrustedHost {
+    pub host_id: String,
+    pub record: Dictionary,
+}
+
+/// A loaded device: its folder, configuration and mutable state.
+pub struct Device {
+    pub dir: PathBuf,
+    pub device_id: u32,
+    pub config: Mutex<DeviceConfig>,
+    pub key: DeviceKey,
+    /// When the first pairing attempt of this run was seen (trust prompt timer).
+    pub first_pair_attempt: Mutex<Option<Instant>>,
+    /// Ports handed out by StartService and not yet connected to.
+    pub pending_services: Mutex<BTreeMap<u16, String>>,
+    pub next_port: Mutex<u16>,
+    /// One backup/restore at a time, as BackupAgent2.
+    pub backup_busy: Mutex<bool>,
+}
+
+impl Device {
+    pub fn open(dir: &Path, device_id: u32) -> Result<Arc<Device>> {
+        let config = DeviceConfig::load(dir)?;
+        for sub in ["fs", "media", "state/trusted_hosts"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let key_path = dir.join("state/device_key.pem");
+        let pub_path = dir.join("state/device_public_key.pem");
+        let key = if key_path.exists() && pub_path.exists() {
+            DeviceKey {
+                private_pem: std::fs::read_to_string(&key_path)?,
+                public_pem: std::fs::read_to_string(&pub_path)?,
+            }
+        } else {
+            // Deterministic per UDID, so re-created devices keep their key.
+            let seed = ibackup_store::paths::file_id("device-key", &config.udid);
+            let mut s = [0u8; 32];
+            s[..20].copy_from_slice(&hex::decode(&seed[..40]).map_err(|e| SimError::Config(e.to_string()))?);
+            let mut rng = rand_chacha::ChaCha20Rng::from_seed(s);
+            let k = DeviceKey::generate(&mut rng)?;
+            write_atomic(&key_path, k.private_pem.as_bytes())?;
+            set_private(&key_path);
+            write_atomic(&pub_path, k.public_pem.as_bytes())?;
+            k
+        };
+        Ok(Arc::new(Device {
+            dir: dir.to_path_buf(),
+            device_id,
+            config: Mutex::new(config),
+            key,
+            first_pair_attempt: Mutex::new(None),
+            pending_services: Mutex::new(BTreeMap::new()),
+            next_port: Mutex::new(49152),
+            backup_busy: Mutex::new(false),
+        }))
+    }
+
+    pub fn cfg(&self) -> DeviceConfig {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    pub fn udid(&self) -> String {
+        self.cfg().udid
+    }
+
+    pub fn fs_root(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Change the configuration and write it back to `device.toml`.
+    pub fn update_config(&self, f: impl FnOnce(&mut DeviceConfig)) -> Result<()> {
+        let mut c = self.config.lock().expect("config lock");
+        f(&mut c);
+        c.save(&self.dir)
+    }
+
+    fn host_path(&self, host_id: &str) -> Result<PathBuf> {
+        if host_id.is_empty() || !host_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(SimError::Protocol(format!("bad HostID {host_id:?}")));
+        }
+        Ok(self.state_dir().join("trusted_hosts").join(format!("{host_id}.plist")))
+    }
+
+    pub fn trusted_host(&self, host_id: &str) -> Option<TrustedHost> {
+        let p = self.host_path(host_id).ok()?;
+        let v = Value::from_file(p).ok()?;
+        Some(TrustedHost {
+            host_id: host_id.to_string(),
+            record: v.into_dictionary()?,
+        })
+    }
+
+    pub fn trust_host(&self, host_id: &str, record: &Dictionary) -> Result<()> {
+        let p = self.host_path(host_id)?;
+        let mut out = Vec::new();
+        Value::Dictionary(record.clone()).to_writer_xml(&mut out)?;
+        write_atomic(&p, &out)
+    }
+
+    pub fn forget_host(&self, host_id: &str) -> Result<()> {
+        let p = self.host_path(host_id)?;
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reserve a port for a service the host will connect to next.
+    pub fn register_service(&self, service: &str) -> u16 {
+        let mut next = self.next_port.lock().expect("port lock");
+        let port = *next;
+        *next = if *next >= 65000 { 49152 } else { *next + 1 };
+        self.pending_services
+            .lock()
+            .expect("service lock")
+            .insert(port, service.to_string());
+        port
+    }
+
+    pub fn take_service(&self, port: u16) -> Option<String> {
+        self.pending_services.lock().expect("service lock").remove(&port)
+    }
+}
+
+/// Private keys and pair records are readable by their owner only.
+pub fn set_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = DeviceConfig::new("00008110-000A1B2C3D4E5F60", "Test");
+        c.trust = Trust::Prompt;
+        c.fault_disconnect_after_bytes = Some(5);
+        c.save(dir.path()).unwrap();
+        assert_eq!(DeviceConfig::load(dir.path()).unwrap(), c);
+        std::fs::write(dir.path().join("device.toml"), "udid = \"x\"\nname = \"n\"\nproduct_type = \"p\"\nproduct_version = \"1\"\nbuild_version = \"b\"\nserial_number = \"s\"\ntrsut = \"auto\"\n").unwrap();
+        assert!(DeviceConfig::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn host_ids_cannot_escape_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        DeviceConfig::new("U1", "Test").save(dir.path()).unwrap();
+        let d = Device::open(dir.path(), 1).unwrap();
+        assert!(d.trust_host("../../evil", &Dictionary::new()).is_err());
+        d.trust_host("ABCD-1234", &Dictionary::new()).unwrap();
+        assert!(d.trusted_host("ABCD-1234").is_some());
+        d.forget_host("ABCD-1234").unwrap();
+        assert!(d.trusted_host("ABCD-1234").is_none());
+        // The key is stable across re-opening.
+        let again = Device::open(dir.path(), 1).unwrap();
+        assert_eq!(again.key, d.key);
+    }
+}

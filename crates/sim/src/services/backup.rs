@@ -1,0 +1,617 @@
+//! The device side of mobilebackup2: the DeviceLink handshake, Hello, and
+//! the backup conversation, as BackupAgent2 drives it.
+//!
+//! A backup, as this device runs it:
+//! 1. ask the host for the previous `Status.plist`, `Manifest.plist` and
+//!    (unless a full backup is forced) `Manifest.db`, and decide from them
+//!    whether an incremental backup is possible — the device, not the host,
+//!    decides what changed, as iOS does;
+//! 2. ask for the host's free space and refuse (MBErrorDomain 105) if the
+//!    upload does not fit;
+//! 3. create the `xx/` directories, send `Status.plist` marked `uploading`,
+//!    remove files that no longer exist, upload new and changed files in
+//!    batches;
+//! 4. upload `Manifest.db` and `Manifest.plist` into `Snapshot/`, move them
+//!    into place, remove `Snapshot/`, send `Status.plist` marked `finished`;
+//! 5. report the result in a final `DLMessageProcessMessage`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ibackup_proto::devicelink::{DlMessage, VERSION_MAJOR, VERSION_MINOR};
+use ibackup_proto::frame;
+use ibackup_proto::mb2::{self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem};
+use ibackup_proto::plistx::{dict, DictExt};
+use ibackup_proto::ProtoError;
+use ibackup_store::manifest_db::{ManifestDb, ManifestWriter};
+use ibackup_store::mbfile::{MbFile, S_IFDIR, S_IFLNK, S_IFREG};
+use ibackup_store::paths::file_id;
+use plist::{Dictionary, Value};
+use sha1::{Digest, Sha1};
+
+use crate::conn::Conn;
+use crate::device::Device;
+use crate::error::{Result, SimError};
+use crate::populate::ENCRYPTED_ONLY_DOMAINS;
+
+/// File data travels in blocks of this size.
+const BLOCK: usize = 1 << 20;
+/// Files per DLMessageUploadFiles.
+const BATCH_FILES: usize = 2000;
+/// Bytes per DLMessageUploadFiles.
+const BATCH_BYTES: u64 = 512 << 20;
+
+/// A DeviceLink connection with the fault counters of one session.
+pub struct Dl {
+    pub conn: Box<dyn Conn>,
+    pub device: Arc<Device>,
+    bytes_sent: u64,
+    files_sent: u64,
+}
+
+impl Dl {
+    pub fn send(&mut self, m: &DlMessage) -> Result<()> {
+        frame::write_binary(&mut self.conn, &m.encode())?;
+        Ok(())
+    }
+
+    pub fn recv(&mut self) -> Result<DlMessage> {
+        Ok(DlMessage::decode(frame::read_plist(&mut self.conn)?)?)
+    }
+
+    /// Receive the host's answer to a request; a non-zero code is returned as an error text.
+    pub fn status(&mut self) -> Result<std::result::Result<Value, String>> {
+        match self.recv()? {
+            DlMessage::StatusResponse { code: 0, payload, .. } => Ok(Ok(payload)),
+            DlMessage::StatusResponse { code, description, .. } => {
+                Ok(Err(format!("host error {code}: {}", description.unwrap_or_default())))
+            }
+            other => Err(SimError::Protocol(format!("expected a status response, got {}", other.name()))),
+        }
+    }
+
+    pub fn finish(&mut self, code: u64, description: &str) -> Result<()> {
+        log::info!("mobilebackup2 result {code}: {description}");
+        self.send(&DlMessage::ProcessMessage(mb2::result_message(code, description)))
+    }
+
+    /// Count payload about to be sent and fire the disconnect faults.
+    fn account(&mut self, bytes: u64, new_file: bool) -> Result<()> {
+        let c = self.device.cfg();
+        if new_file {
+            if let Some(limit) = c.fault_disconnect_after_files {
+                if self.files_sent >= limit {
+                    self.conn.cut();
+                    return Err(SimError::Fault(format!("disconnect after {limit} files")));
+                }
+            }
+            self.files_sent += 1;
+        }
+        if let Some(limit) = c.fault_disconnect_after_bytes {
+            if self.bytes_sent + bytes > limit {
+                // Send what fits, then pull the cable.
+                self.conn.cut();
+                return Err(SimError::Fault(format!("disconnect after {limit} bytes")));
+            }
+        }
+        self.bytes_sent += bytes;
+        Ok(())
+    }
+}
+
+pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
+    let mut dl = Dl { conn, device, bytes_sent: 0, files_sent: 0 };
+    dl.send(&DlMessage::VersionExchange { major: VERSION_MAJOR, minor: VERSION_MINOR })?;
+    match dl.recv()? {
+        DlMessage::VersionsOk { .. } => {}
+        other => return Err(SimError::Protocol(format!("version exchange answered with {}", other.name()))),
+    }
+    dl.send(&DlMessage::DeviceReady)?;
+    loop {
+        let msg = match dl.recv() {
+            Ok(m) => m,
+            Err(SimError::Proto(ProtoError::Closed)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match msg {
+            DlMessage::ProcessMessage(d) => {
+                let req = Mb2Request::decode(&d)?;
+                log::info!("mobilebackup2 request {}", req.name);
+                match req.name.as_str() {
+                    "Hello" => {
+                        let versions: Vec<f64> = d
+                            .get("SupportedProtocolVersions")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(Value::as_real).collect())
+                            .unwrap_or_default();
+                        dl.send(&DlMessage::ProcessMessage(mb2::hello_response(&versions)))?;
+                    }
+                    "Backup" => exclusive(&mut dl, |dl| backup(dl, &req))?,
+                    "Restore" => exclusive(&mut dl, |dl| super::restore::restore(dl, &req))?,
+                    other => dl.finish(1, &format!("{other} is not supported by this device"))?,
+                }
+            }
+            DlMessage::Disconnect(_) => return Ok(()),
+            other => log::info!("mobilebackup2: ignoring {}", other.name()),
+        }
+    }
+}
+
+/// One backup or restore per device at a time, as BackupAgent2.
+fn exclusive(dl: &mut Dl, f: impl FnOnce(&mut Dl) -> Result<()>) -> Result<()> {
+    {
+        let mut busy = dl.device.backup_busy.lock().expect("busy lock");
+        if *busy {
+            drop(busy);
+            return dl.finish(error_code::BUSY, "Another backup or restore is in progress");
+        }
+        *busy = true;
+    }
+    let r = f(dl);
+    *dl.device.backup_busy.lock().expect("busy lock") = false;
+    r
+}
+
+/// One entry of the device's file system, as the backup records it.
+pub struct Entry {
+    pub domain: String,
+    pub file: MbFile,
+    pub source: PathBuf,
+    pub upload: bool,
+}
+
+/// Domains whose files carry a Digest (system domains; fact sheet §3.4).
+pub fn has_digest(domain: &str) -> bool {
+    !(domain.starts_with("AppDomain") || domain.starts_with("Sys") || matches!(domain, "CameraRollDomain" | "MediaDomain" | "TonesDomain"))
+}
+
+fn unix(t: std::io::Result<std::time::SystemTime>) -> i64 {
+    t.ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Walk `fs/` in a stable order and describe every entry.
+pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut domains: Vec<_> = std::fs::read_dir(fs_root)?.flatten().filter(|e| e.path().is_dir()).collect();
+    domains.sort_by_key(|e| e.file_name());
+    for d in domains {
+        let Some(domain) = d.file_name().to_str().map(str::to_string) else { continue };
+        if !include_encrypted_only && ENCRYPTED_ONLY_DOMAINS.contains(&domain.as_str()) {
+            continue;
+        }
+        for e in walkdir::WalkDir::new(d.path()).sort_by_file_name() {
+            let e = e.map_err(|e| SimError::Io(e.into()))?;
+            let rel = e.path().strip_prefix(d.path()).expect("below domain").to_string_lossy().into_owned();
+            let md = std::fs::symlink_metadata(e.path())?;
+            use std::os::unix::fs::MetadataExt;
+            let ft = md.file_type();
+            let (mode, size, target) = if ft.is_symlink() {
+                (S_IFLNK | 0o755, 0, Some(std::fs::read_link(e.path())?.to_string_lossy().into_owned()))
+            } else if ft.is_dir() {
+                (S_IFDIR | 0o755, 0, None)
+            } else {
+                (S_IFREG | 0o644, md.len(), None)
+            };
+            let root = domain == "RootDomain";
+            let mtime = unix(md.modified());
+            out.push(Entry {
+                file: MbFile {
+                    relative_path: rel,
+                    target,
+                    mode,
+                    inode: md.ino(),
+                    user_id: if root { 0 } else { 501 },
+                    group_id: if root { 0 } else { 501 },
+                    last_modified: mtime,
+                    last_status_change: mtime,
+                    birth: mtime,
+                    size,
+                    protection_class: if ft.is_file() { if domain == "KeychainDomain" { 4 } else { 3 } } else { 0 },
+                    ..Default::default()
+                },
+                domain: domain.clone(),
+                source: e.path().to_path_buf(),
+                upload: ft.is_file(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Fetch files from the host into `dest`, named by their last path component.
+/// Missing files are simply absent afterwards.
+pub fn download(dl: &mut Dl, paths: &[String], dest: &Path, progress: f64) -> Result<()> {
+    dl.send(&DlMessage::DownloadFiles { paths: paths.to_vec(), progress })?;
+    receive_files(dl, paths, |name| {
+        let file_name = name.rsplit('/').next().unwrap_or("x");
+        Some(dest.join(file_name))
+    })
+}
+
+/// Read the host's file stream for `paths`; `place` maps each name to where it goes.
+pub fn receive_files(dl: &mut Dl, paths: &[String], mut place: impl FnMut(&str) -> Option<PathBuf>) -> Result<()> {
+    let mut r = FileStreamReader::new(&mut dl.conn);
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let name = match r.name()? {
+            StreamItem::End => break,
+            StreamItem::Name(n) => n,
+        };
+        if !paths.contains(&name) {
+            return Err(SimError::Protocol(format!("host sent {name:?}, which was not asked for")));
+        }
+        let target = place(&name).ok_or_else(|| SimError::Protocol(format!("no place for {name:?}")))?;
+        let tmp = target.with_extension("partial");
+        let mut out: Option<File> = None;
+        let mut failed = false;
+        loop {
+            let h = r.block_header()?;
+            match h.code {
+                mb2::CODE_FILE_DATA => {
+                    if out.is_none() {
+                        out = Some(File::create(&tmp)?);
+                    }
+                    let mut left = h.len as usize;
+                    while left > 0 {
+                        let n = left.min(buf.len());
+                        r.payload(&mut buf[..n])?;
+                        out.as_mut().expect("opened").write_all(&buf[..n])?;
+                        left -= n;
+                    }
+                }
+                mb2::CODE_SUCCESS => break,
+                _ => {
+                    let text = r.text(h.len)?;
+                    log::debug!("host could not send {name}: {text}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            let _ = std::fs::remove_file(&tmp);
+            continue;
+        }
+        if out.is_none() {
+            File::create(&tmp)?;
+        }
+        drop(out);
+        std::fs::rename(&tmp, &target)?;
+    }
+    match dl.status()? {
+        Ok(_) => Ok(()),
+        // Multi status: some files were missing; what arrived is kept.
+        Err(e) => {
+            log::debug!("download status: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Whether the previous backup on the host can be continued incrementally.
+fn previous_backup(dir: &Path, udid: &str, encrypted: bool) -> Option<ManifestDb> {
+    let status = Value::from_file(dir.join("Status.plist")).ok()?.into_dictionary()?;
+    if status.str_of("SnapshotState") != Some("finished") {
+        return None;
+    }
+    let manifest = Value::from_file(dir.join("Manifest.plist")).ok()?.into_dictionary()?;
+    if manifest.bool_of("IsEncrypted").unwrap_or(false) != encrypted {
+        return None;
+    }
+    if manifest.dict_of("Lockdown").and_then(|l| l.str_of("UniqueDeviceID")) != Some(udid) {
+        return None;
+    }
+    ManifestDb::open(&dir.join("Manifest.db")).ok()
+}
+
+fn status_plist(full: bool, state: &str) -> Vec<u8> {
+    let v = Value::Dictionary(dict([
+        ("BackupState", Value::from("new")),
+        ("Date", Value::Date(std::time::SystemTime::now().into())),
+        ("IsFullBackup", Value::Boolean(full)),
+        ("SnapshotState", Value::from(state)),
+        ("UUID", Value::from(crate::usbmuxd::random_uuid())),
+        ("Version", Value::from("3.3")),
+    ]));
+    ibackup_proto::plistx::to_binary(&v)
+}
+
+/// A backup keybag (fact sheet §5.1): present in every backup, plain or not.
+pub fn backup_keybag() -> Vec<u8> {
+    let mut kb = Vec::new();
+    let mut tag = |t: &[u8; 4], v: &[u8]| {
+        kb.extend_from_slice(t);
+        kb.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        kb.extend_from_slice(v);
+    };
+    tag(b"VERS", &5u32.to_be_bytes());
+    tag(b"TYPE", &1u32.to_be_bytes());
+    tag(b"UUID", &rand::random::<[u8; 16]>());
+    tag(b"HMCK", &[0u8; 40]);
+    tag(b"WRAP", &0u32.to_be_bytes());
+    tag(b"SALT", &rand::random::<[u8; 20]>());
+    tag(b"ITER", &10_000u32.to_be_bytes());
+    for class in 1u32..=11 {
+        tag(b"UUID", &rand::random::<[u8; 16]>());
+        tag(b"CLAS", &class.to_be_bytes());
+        tag(b"WRAP", &(if class <= 4 { 2u32 } else { 3 }).to_be_bytes());
+        tag(b"KTYP", &0u32.to_be_bytes());
+        let mut wpky = [0u8; 40];
+        wpky[..32].copy_from_slice(&rand::random::<[u8; 32]>());
+        wpky[32..].copy_from_slice(&rand::random::<[u8; 8]>());
+        tag(b"WPKY", &wpky);
+    }
+    kb
+}
+
+pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
+    let c = device.cfg();
+    let apps: Dictionary = super::misc::user_apps(device)
+        .into_iter()
+        .map(|id| {
+            let v = Value::Dictionary(dict([
+                ("CFBundleIdentifier", Value::from(id.as_str())),
+                ("CFBundleVersion", Value::from("1.0")),
+                ("ContainerContentClass", Value::from("Data/Application")),
+                ("Path", Value::from(format!("/private/var/containers/Bundle/Application/{}/App.app", file_id("app", &id)))),
+            ]));
+            (id, v)
+        })
+        .collect();
+    let lockdown = dict([
+        ("BuildVersion", Value::from(c.build_version.as_str())),
+        ("DeviceName", Value::from(c.name.as_str())),
+        ("ProductType", Value::from(c.product_type.as_str())),
+        ("ProductVersion", Value::from(c.product_version.as_str())),
+        ("SerialNumber", Value::from(c.serial_number.as_str())),
+        ("UniqueDeviceID", Value::from(c.udid.as_str())),
+        ("com.apple.Accessibility", Value::Dictionary(Dictionary::new())),
+        ("com.apple.mobile.data_sync", Value::Dictionary(Dictionary::new())),
+    ]);
+    let v = Value::Dictionary(dict([
+        ("Applications", Value::Dictionary(apps)),
+        ("BackupKeyBag", Value::Data(backup_keybag())),
+        ("Date", Value::Date(std::time::SystemTime::now().into())),
+        ("IsEncrypted", Value::Boolean(encrypted)),
+        ("Lockdown", Value::Dictionary(lockdown)),
+        ("SystemDomainsVersion", Value::from("24.0")),
+        ("Version", Value::from("10.0")),
+        ("WasPasscodeSet", Value::Boolean(true)),
+    ]));
+    ibackup_proto::plistx::to_binary(&v)
+}
+
+/// Send one file's content from disk, hashing it if asked.
+fn send_file(dl: &mut Dl, device_name: &str, backup_name: &str, source: &Path, hash: bool, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
+    dl.account(0, true)?;
+    let mut f = File::open(source)?;
+    let mut h = hash.then(Sha1::new);
+    {
+        let mut w = FileStreamWriter::new(&mut dl.conn);
+        w.name(device_name)?;
+        w.name(backup_name)?;
+    }
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        dl.account(n as u64, false)?;
+        if let Some(h) = h.as_mut() {
+            h.update(&buf[..n]);
+        }
+        FileStreamWriter::new(&mut dl.conn).data(&buf[..n])?;
+    }
+    FileStreamWriter::new(&mut dl.conn).end_of_file()?;
+    Ok(h.map(|h| h.finalize().to_vec()))
+}
+
+/// Send in-memory content as one file.
+fn send_bytes(dl: &mut Dl, backup_name: &str, bytes: &[u8]) -> Result<()> {
+    let mut w = FileStreamWriter::new(&mut dl.conn);
+    w.name(&format!("/var/mobile/Library/Backup/{}", backup_name.rsplit('/').next().unwrap_or("")))?;
+    w.name(backup_name)?;
+    for chunk in bytes.chunks(BLOCK) {
+        w.data(chunk)?;
+    }
+    w.end_of_file()?;
+    Ok(())
+}
+
+fn upload_metadata(dl: &mut Dl, files: &[(String, Vec<u8>)], progress: f64) -> Result<std::result::Result<(), String>> {
+    let total = files.iter().map(|(_, b)| b.len() as u64).sum();
+    dl.send(&DlMessage::UploadFiles { progress, total_bytes: total })?;
+    for (name, bytes) in files {
+        send_bytes(dl, name, bytes)?;
+    }
+    FileStreamWriter::new(&mut dl.conn).terminate()?;
+    Ok(dl.status()?.map(|_| ()))
+}
+
+pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
+    let device = dl.device.clone();
+    let c = device.cfg();
+    let target = req.target.clone().unwrap_or_else(|| c.udid.clone());
+    if target != c.udid {
+        return dl.finish(error_code::MISSING_FILES, &format!("Target identifier {target} is not this device"));
+    }
+    if c.backup_password.is_some() {
+        return dl.finish(1, "Encrypted backups are not supported by this simulated device yet");
+    }
+    let encrypted = false;
+    let force_full = req.options.bool_of("ForceFullBackup").unwrap_or(false);
+    let work = tempdir_in(&device.state_dir())?;
+
+    // 1. The previous backup, as the host has it.
+    let mut wanted = vec![format!("{target}/Status.plist"), format!("{target}/Manifest.plist")];
+    if !force_full {
+        wanted.push(format!("{target}/Manifest.db"));
+    }
+    download(dl, &wanted, work.path(), 0.0)?;
+    let previous = if force_full { None } else { previous_backup(work.path(), &c.udid, encrypted) };
+    let full = previous.is_none();
+    log::info!("backup of {}: {}", c.udid, if full { "full" } else { "incremental" });
+
+    // 2. What to send.
+    let mut entries = scan(&device.fs_root(), encrypted)?;
+    let mut removed = Vec::new();
+    if let Some(prev) = &previous {
+        for e in entries.iter_mut().filter(|e| e.upload) {
+            if let Some(row) = prev.get(&e.domain, &e.file.relative_path)? {
+                let p = &row.file;
+                if p.size == e.file.size && p.last_modified == e.file.last_modified && p.mode == e.file.mode && p.inode == e.file.inode {
+                    e.upload = false;
+                    e.file.digest = p.digest.clone();
+                }
+            }
+        }
+        let present: std::collections::HashSet<(String, String)> = entries.iter().map(|e| (e.domain.clone(), e.file.relative_path.clone())).collect();
+        prev.for_each(|row| {
+            if row.flags == ibackup_store::mbfile::FLAG_FILE && !present.contains(&(row.domain.clone(), row.relative_path.clone())) {
+                removed.push(format!("{target}/{}/{}", &row.file_id[..2], row.file_id));
+            }
+            Ok(())
+        })?;
+    }
+    let total: u64 = entries.iter().filter(|e| e.upload).map(|e| e.file.size).sum();
+
+    // 3. Room on the host?
+    dl.send(&DlMessage::GetFreeDiskSpace)?;
+    let free = match dl.status()? {
+        Ok(Value::Integer(i)) => i.as_unsigned().unwrap_or(0),
+        Ok(_) => 0,
+        Err(e) => return dl.finish(error_code::INSUFFICIENT_DISK_SPACE, &format!("Could not get free disk space: {e}")),
+    };
+    let needed = total + 1_000_000;
+    if free < needed {
+        return dl.finish(
+            error_code::INSUFFICIENT_DISK_SPACE,
+            &format!("Insufficient free disk space on drive to upload files (need {needed} bytes, {free} available)"),
+        );
+    }
+
+    // 4. Directories, Status.plist (uploading), removals, then the files.
+    let mut prefixes: Vec<String> = entries.iter().filter(|e| e.upload).map(|e| file_id(&e.domain, &e.file.relative_path)[..2].to_string()).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    for p in prefixes {
+        dl.send(&DlMessage::CreateDirectory { path: format!("{target}/{p}") })?;
+        if let Err(e) = dl.status()? {
+            return dl.finish(error_code::MISSING_FILES, &format!("Host could not create a directory: {e}"));
+        }
+    }
+    if let Err(e) = upload_metadata(dl, &[(format!("{target}/Status.plist"), status_plist(full, "uploading"))], 0.0)? {
+        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store Status.plist: {e}"));
+    }
+    for chunk in removed.chunks(1000) {
+        dl.send(&DlMessage::RemoveItems { paths: chunk.to_vec(), progress: 0.0 })?;
+        if let Err(e) = dl.status()? {
+            log::info!("host could not remove files: {e}");
+        }
+    }
+    if !c.fault_hostile_paths.is_empty() {
+        dl.send(&DlMessage::UploadFiles { progress: 0.0, total_bytes: 5 })?;
+        for p in &c.fault_hostile_paths {
+            let mut w = FileStreamWriter::new(&mut dl.conn);
+            w.name("/var/mobile/evil")?;
+            w.name(p)?;
+            w.data(b"evil\n")?;
+            w.end_of_file()?;
+        }
+        FileStreamWriter::new(&mut dl.conn).terminate()?;
+        if let Err(e) = dl.status()? {
+            log::info!("host refused hostile paths: {e}");
+        }
+    }
+    let mut done = 0u64;
+    let mut buf = vec![0u8; BLOCK];
+    let mut i = 0;
+    while i < entries.len() {
+        // One batch: up to BATCH_FILES files or BATCH_BYTES bytes.
+        let mut j = i;
+        let (mut n, mut bytes) = (0, 0);
+        while j < entries.len() && n < BATCH_FILES && bytes < BATCH_BYTES {
+            if entries[j].upload {
+                n += 1;
+                bytes += entries[j].file.size;
+            }
+            j += 1;
+        }
+        if n > 0 {
+            let progress = if total == 0 { 0.0 } else { done as f64 * 100.0 / total as f64 };
+            dl.send(&DlMessage::UploadFiles { progress, total_bytes: bytes })?;
+            for e in entries[i..j].iter_mut().filter(|e| e.upload) {
+                let id = file_id(&e.domain, &e.file.relative_path);
+                let device_name = format!("/var/mobile/{}", e.file.relative_path);
+                let digest = send_file(dl, &device_name, &format!("{target}/{}/{id}", &id[..2]), &e.source, has_digest(&e.domain), &mut buf)?;
+                e.file.digest = digest;
+                done += e.file.size;
+            }
+            FileStreamWriter::new(&mut dl.conn).terminate()?;
+            if let Err(e) = dl.status()? {
+                return dl.finish(error_code::MISSING_FILES, &format!("Host failed to store files: {e}"));
+            }
+        }
+        i = j;
+    }
+
+    // 5. The index and properties, through Snapshot/.
+    let db_path = work.path().join("new-Manifest.db");
+    let mut w = ManifestWriter::create(&db_path)?;
+    for e in &entries {
+        w.insert(&e.domain, &e.file)?;
+    }
+    w.finish()?;
+    let db = std::fs::read(&db_path)?;
+    dl.send(&DlMessage::CreateDirectory { path: format!("{target}/Snapshot") })?;
+    let _ = dl.status()?;
+    let snapshot = [
+        (format!("{target}/Snapshot/Manifest.db"), db),
+        (format!("{target}/Snapshot/Manifest.plist"), manifest_plist(&device, encrypted)),
+    ];
+    if let Err(e) = upload_metadata(dl, &snapshot, 99.0)? {
+        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store the manifest: {e}"));
+    }
+    dl.send(&DlMessage::MoveItems {
+        moves: vec![
+            (format!("{target}/Snapshot/Manifest.db"), format!("{target}/Manifest.db")),
+            (format!("{target}/Snapshot/Manifest.plist"), format!("{target}/Manifest.plist")),
+        ],
+        progress: 99.5,
+    })?;
+    if let Err(e) = dl.status()? {
+        return dl.finish(error_code::MISSING_FILES, &format!("Host could not move the manifest into place: {e}"));
+    }
+    dl.send(&DlMessage::RemoveItems { paths: vec![format!("{target}/Snapshot")], progress: 99.9 })?;
+    let _ = dl.status()?;
+    if let Err(e) = upload_metadata(dl, &[(format!("{target}/Status.plist"), status_plist(full, "finished"))], 100.0)? {
+        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store Status.plist: {e}"));
+    }
+    dl.finish(0, "")
+}
+
+/// A scratch folder inside the device's state, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn tempdir_in(state: &Path) -> Result<TempDir> {
+    let p = state.join("tmp").join(crate::usbmuxd::random_uuid());
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}

@@ -1,0 +1,204 @@
+//! The usbmuxd side: lists the simulated devices, keeps pair records and
+//! the system BUID, and turns a `Connect` into a pipe to lockdownd or to a
+//! service port the device handed out.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+#[cfg(unix)]
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+
+use ibackup_proto::usbmux::{self, DeviceRecord, MuxResult, Packet, Request, SocketAddress};
+use ibackup_proto::ProtoError;
+use plist::{Dictionary, Value};
+
+use crate::conn::Conn;
+use crate::device::{set_private, write_atomic, Device};
+use crate::error::{Result, SimError};
+use crate::{lockdownd, services};
+
+/// Everything a connection handler needs.
+pub struct Mux {
+    pub devices: Vec<Arc<Device>>,
+    /// Where usbmuxd keeps its own state (the BUID, pair records).
+    pub state_dir: PathBuf,
+}
+
+impl Mux {
+    pub fn new(devices: Vec<Arc<Device>>) -> Result<Arc<Mux>> {
+        let first = devices
+            .first()
+            .ok_or_else(|| SimError::Config("no devices to serve".into()))?;
+        // usbmuxd's own state lives with the first device: one host, one BUID.
+        let state_dir = first.state_dir().join("usbmuxd");
+        std::fs::create_dir_all(&state_dir)?;
+        Ok(Arc::new(Mux { devices, state_dir }))
+    }
+
+    pub fn buid(&self) -> Result<String> {
+        let p = self.state_dir.join("SystemBUID");
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            return Ok(s.trim().to_string());
+        }
+        let b = random_uuid();
+        write_atomic(&p, b.as_bytes())?;
+        Ok(b)
+    }
+
+    fn record_path(&self, udid: &str) -> Option<PathBuf> {
+        let d = self.devices.iter().find(|d| d.udid() == udid)?;
+        Some(d.state_dir().join("usbmuxd_pair_record.plist"))
+    }
+
+    fn device_records(&self) -> Vec<DeviceRecord> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let c = d.cfg();
+                DeviceRecord {
+                    device_id: d.device_id,
+                    udid: c.udid,
+                    product_id: 0x12a8,
+                    location_id: 0x0010_0000 + d.device_id,
+                    connection_type: if c.connection == "Network" { "Network".into() } else { "USB".into() },
+                }
+            })
+            .collect()
+    }
+}
+
+pub fn random_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode_upper(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Serve until the process is killed.
+pub fn serve(addr: &SocketAddress, mux: Arc<Mux>) -> Result<()> {
+    match addr {
+        SocketAddress::Tcp(a) => {
+            let l = TcpListener::bind(a)?;
+            log::info!("usbmuxd listening on {}", l.local_addr()?);
+            for s in l.incoming() {
+                let s = s?;
+                let _ = s.set_nodelay(true);
+                spawn(Box::new(s), mux.clone());
+            }
+        }
+        #[cfg(unix)]
+        SocketAddress::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            let l = UnixListener::bind(p)?;
+            log::info!("usbmuxd listening on UNIX:{}", p.display());
+            for s in l.incoming() {
+                spawn(Box::new(s?), mux.clone());
+            }
+        }
+        #[cfg(not(unix))]
+        SocketAddress::Unix(_) => return Err(SimError::Config("Unix sockets need a Unix system".into())),
+    }
+    Ok(())
+}
+
+fn spawn(conn: Box<dyn Conn>, mux: Arc<Mux>) {
+    thread::spawn(move || match handle(conn, &mux) {
+        Ok(()) | Err(SimError::Proto(ProtoError::Closed)) => {}
+        Err(e) => log::info!("connection ended: {e}"),
+    });
+}
+
+fn reply<W: Write>(w: &mut W, tag: u32, payload: Dictionary) -> Result<()> {
+    Packet::plist(tag, payload).write(w)?;
+    Ok(())
+}
+
+fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
+    loop {
+        let pkt = Packet::read(&mut conn)?;
+        if pkt.version != usbmux::PLIST_VERSION || pkt.message != usbmux::MESSAGE_PLIST {
+            // Binary protocol: answer in kind with BadVersion, as usbmuxd does.
+            let mut out = Vec::new();
+            out.extend_from_slice(&20u32.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&usbmux::MESSAGE_RESULT.to_le_bytes());
+            out.extend_from_slice(&pkt.tag.to_le_bytes());
+            out.extend_from_slice(&(MuxResult::BadVersion as u32).to_le_bytes());
+            conn.write_all(&out)?;
+            continue;
+        }
+        let req = match Request::from_payload(&pkt.payload) {
+            Ok(r) => r,
+            Err(_) => {
+                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadCommand))?;
+                continue;
+            }
+        };
+        log::debug!("usbmuxd: {}", req.message_type());
+        match req {
+            Request::ListDevices => reply(&mut conn, pkt.tag, usbmux::device_list_payload(&mux.device_records()))?,
+            Request::Listen => {
+                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
+                for d in mux.device_records() {
+                    reply(&mut conn, 0, d.attached())?;
+                }
+                // Devices never come and go here; hold the connection until the client leaves.
+                let mut sink = [0u8; 256];
+                while conn.read(&mut sink)? > 0 {}
+                return Ok(());
+            }
+            Request::ReadBuid => {
+                let mut d = Dictionary::new();
+                d.insert("BUID".into(), Value::from(mux.buid()?));
+                reply(&mut conn, pkt.tag, d)?;
+            }
+            Request::ReadPairRecord { udid } => match mux.record_path(&udid).filter(|p| p.exists()) {
+                Some(p) => {
+                    let mut d = Dictionary::new();
+                    d.insert("PairRecordData".into(), Value::Data(std::fs::read(p)?));
+                    reply(&mut conn, pkt.tag, d)?;
+                }
+                None => reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadDevice))?,
+            },
+            Request::SavePairRecord { udid, record, .. } => {
+                let ok = match mux.record_path(&udid) {
+                    Some(p) if ibackup_proto::plistx::dict_from_bytes(&record).is_ok() => {
+                        write_atomic(&p, &record)?;
+                        set_private(&p);
+                        true
+                    }
+                    _ => false,
+                };
+                let r = if ok { MuxResult::Ok } else { MuxResult::BadDevice };
+                reply(&mut conn, pkt.tag, usbmux::result_payload(r))?;
+            }
+            Request::DeletePairRecord { udid } => {
+                if let Some(p) = mux.record_path(&udid) {
+                    let _ = std::fs::remove_file(p);
+                }
+                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
+            }
+            Request::Connect { device_id, port } => {
+                let Some(dev) = mux.devices.iter().find(|d| d.device_id == device_id).cloned() else {
+                    reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadDevice))?;
+                    continue;
+                };
+                if port == usbmux::LOCKDOWN_PORT {
+                    reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
+                    return lockdownd::serve(conn, dev, mux);
+                }
+                match dev.take_service(port) {
+                    Some(service) => {
+                        reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
+                        return services::serve(&service, conn, dev);
+                    }
+                    None => reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::ConnectionRefused))?,
+                }
+            }
+            Request::ListListeners | Request::Other(_) => {
+                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadCommand))?
+            }
+        }
+    }
+}

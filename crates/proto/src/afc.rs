@@ -154,11 +154,19 @@ mod tests {
     fn round_trip_and_arguments() {
         let mut args = mode::RW.to_le_bytes().to_vec();
         args.extend_from_slice(b"/com.apple.itunes.lock_sync\0");
-        let p = AfcPacket { packet_num: 3, operation: op::FILE_OPEN, args, data: b"xyz".to_vec() };
+        let p = AfcPacket {
+            packet_num: 3,
+            operation: op::FILE_OPEN,
+            args,
+            data: b"xyz".to_vec(),
+        };
         let back = AfcPacket::read(&mut &p.encode()[..]).unwrap();
         assert_eq!(back, p);
         assert_eq!(back.arg_u64(0), Some(mode::RW));
-        assert_eq!(back.arg_path(8).as_deref(), Some("/com.apple.itunes.lock_sync"));
+        assert_eq!(
+            back.arg_path(8).as_deref(),
+            Some("/com.apple.itunes.lock_sync")
+        );
         assert_eq!(back.arg_u64(9), None);
     }
 

@@ -22,9 +22,14 @@ pub const BULK_OPERATION_ERROR: i64 = -13;
 #[derive(Debug, Clone, PartialEq)]
 pub enum DlMessage {
     /// device → host: `[name, major, minor]`.
-    VersionExchange { major: u64, minor: u64 },
+    VersionExchange {
+        major: u64,
+        minor: u64,
+    },
     /// host → device: `[name, "DLVersionsOk", major]`.
-    VersionsOk { major: u64 },
+    VersionsOk {
+        major: u64,
+    },
     DeviceReady,
     /// Either direction: `[name, dict]`.
     ProcessMessage(Dictionary),
@@ -37,18 +42,39 @@ pub enum DlMessage {
         payload: Value,
     },
     /// device asks the host for files: `[name, [paths], {}, progress]`.
-    DownloadFiles { paths: Vec<String>, progress: f64 },
+    DownloadFiles {
+        paths: Vec<String>,
+        progress: f64,
+    },
     /// device sends files; the stream follows the message: `[name, {}, progress, total_bytes]`.
-    UploadFiles { progress: f64, total_bytes: u64 },
+    UploadFiles {
+        progress: f64,
+        total_bytes: u64,
+    },
     GetFreeDiskSpace,
-    PurgeDiskSpace { amount: u64 },
-    ContentsOfDirectory { path: String },
-    CreateDirectory { path: String },
+    PurgeDiskSpace {
+        amount: u64,
+    },
+    ContentsOfDirectory {
+        path: String,
+    },
+    CreateDirectory {
+        path: String,
+    },
     /// `[name, {src: dst}, {}, progress]`.
-    MoveItems { moves: Vec<(String, String)>, progress: f64 },
+    MoveItems {
+        moves: Vec<(String, String)>,
+        progress: f64,
+    },
     /// `[name, [paths], {}, progress]`.
-    RemoveItems { paths: Vec<String>, progress: f64 },
-    CopyItem { from: String, to: String },
+    RemoveItems {
+        paths: Vec<String>,
+        progress: f64,
+    },
+    CopyItem {
+        from: String,
+        to: String,
+    },
     Other(Vec<Value>),
 }
 
@@ -89,7 +115,9 @@ fn strings(v: Option<&Value>, what: &str) -> Result<Vec<String>> {
 impl DlMessage {
     pub fn name(&self) -> &str {
         match self {
-            DlMessage::VersionExchange { .. } | DlMessage::VersionsOk { .. } => "DLMessageVersionExchange",
+            DlMessage::VersionExchange { .. } | DlMessage::VersionsOk { .. } => {
+                "DLMessageVersionExchange"
+            }
             DlMessage::DeviceReady => "DLMessageDeviceReady",
             DlMessage::ProcessMessage(_) => "DLMessageProcessMessage",
             DlMessage::Disconnect(_) => "DLMessageDisconnect",
@@ -111,13 +139,21 @@ impl DlMessage {
         let n = Value::from(self.name());
         let empty = || Value::Dictionary(Dictionary::new());
         Value::Array(match self {
-            DlMessage::VersionExchange { major, minor } => vec![n, Value::from(*major), Value::from(*minor)],
-            DlMessage::VersionsOk { major } => vec![n, Value::from("DLVersionsOk"), Value::from(*major)],
+            DlMessage::VersionExchange { major, minor } => {
+                vec![n, Value::from(*major), Value::from(*minor)]
+            }
+            DlMessage::VersionsOk { major } => {
+                vec![n, Value::from("DLVersionsOk"), Value::from(*major)]
+            }
             DlMessage::DeviceReady | DlMessage::GetFreeDiskSpace => vec![n],
             DlMessage::ProcessMessage(d) => vec![n, Value::Dictionary(d.clone())],
             DlMessage::Disconnect(r) => vec![
                 n,
-                Value::from(if r.is_empty() { EMPTY_PARAMETER } else { r.as_str() }),
+                Value::from(if r.is_empty() {
+                    EMPTY_PARAMETER
+                } else {
+                    r.as_str()
+                }),
             ],
             DlMessage::StatusResponse {
                 code,
@@ -140,7 +176,12 @@ impl DlMessage {
             DlMessage::UploadFiles {
                 progress,
                 total_bytes,
-            } => vec![n, empty(), Value::Real(*progress), Value::from(*total_bytes)],
+            } => vec![
+                n,
+                empty(),
+                Value::Real(*progress),
+                Value::from(*total_bytes),
+            ],
             DlMessage::PurgeDiskSpace { amount } => vec![n, Value::from(*amount)],
             DlMessage::ContentsOfDirectory { path } | DlMessage::CreateDirectory { path } => {
                 vec![n, Value::from(path.as_str())]
@@ -158,7 +199,9 @@ impl DlMessage {
                 empty(),
                 Value::Real(*progress),
             ],
-            DlMessage::CopyItem { from, to } => vec![n, Value::from(from.as_str()), Value::from(to.as_str())],
+            DlMessage::CopyItem { from, to } => {
+                vec![n, Value::from(from.as_str()), Value::from(to.as_str())]
+            }
             DlMessage::Other(v) => v.clone(),
         })
     }
@@ -209,7 +252,9 @@ impl DlMessage {
                     .and_then(Value::as_string)
                     .filter(|s| *s != EMPTY_PARAMETER)
                     .map(str::to_string),
-                payload: at(3).cloned().unwrap_or(Value::Dictionary(Dictionary::new())),
+                payload: at(3)
+                    .cloned()
+                    .unwrap_or(Value::Dictionary(Dictionary::new())),
             },
             "DLMessageDownloadFiles" => DlMessage::DownloadFiles {
                 paths: strings(at(1), "DownloadFiles")?,
@@ -285,23 +330,47 @@ mod tests {
     #[test]
     fn every_message_round_trips_through_binary_plist() {
         let msgs = vec![
-            DlMessage::VersionExchange { major: 300, minor: 0 },
+            DlMessage::VersionExchange {
+                major: 300,
+                minor: 0,
+            },
             DlMessage::VersionsOk { major: 300 },
             DlMessage::DeviceReady,
             DlMessage::ProcessMessage(dict([("ErrorCode", Value::from(0u64))])),
             DlMessage::Disconnect("bye".into()),
             DlMessage::Disconnect(String::new()),
-            DlMessage::StatusResponse { code: -13, description: Some("Multi status".into()), payload: Value::Dictionary(Dictionary::new()) },
+            DlMessage::StatusResponse {
+                code: -13,
+                description: Some("Multi status".into()),
+                payload: Value::Dictionary(Dictionary::new()),
+            },
             DlMessage::status_ok(Value::from(12345u64)),
-            DlMessage::DownloadFiles { paths: vec!["U/Status.plist".into()], progress: 0.0 },
-            DlMessage::UploadFiles { progress: 42.5, total_bytes: 1 << 40 },
+            DlMessage::DownloadFiles {
+                paths: vec!["U/Status.plist".into()],
+                progress: 0.0,
+            },
+            DlMessage::UploadFiles {
+                progress: 42.5,
+                total_bytes: 1 << 40,
+            },
             DlMessage::GetFreeDiskSpace,
             DlMessage::PurgeDiskSpace { amount: 5 },
             DlMessage::ContentsOfDirectory { path: "U".into() },
-            DlMessage::CreateDirectory { path: "U/ab".into() },
-            DlMessage::MoveItems { moves: vec![("U/Snapshot/Manifest.db".into(), "U/Manifest.db".into())], progress: 99.0 },
-            DlMessage::RemoveItems { paths: vec!["U/Snapshot".into()], progress: 100.0 },
-            DlMessage::CopyItem { from: "a".into(), to: "b".into() },
+            DlMessage::CreateDirectory {
+                path: "U/ab".into(),
+            },
+            DlMessage::MoveItems {
+                moves: vec![("U/Snapshot/Manifest.db".into(), "U/Manifest.db".into())],
+                progress: 99.0,
+            },
+            DlMessage::RemoveItems {
+                paths: vec!["U/Snapshot".into()],
+                progress: 100.0,
+            },
+            DlMessage::CopyItem {
+                from: "a".into(),
+                to: "b".into(),
+            },
         ];
         for m in msgs {
             let bytes = plistx::to_binary(&m.encode());
@@ -314,7 +383,11 @@ mod tests {
     fn malformed_messages_are_errors() {
         assert!(DlMessage::decode(Value::from("x")).is_err());
         assert!(DlMessage::decode(Value::Array(vec![])).is_err());
-        assert!(DlMessage::decode(Value::Array(vec![Value::from("DLMessageRemoveItems"), Value::from(3u64)])).is_err());
+        assert!(DlMessage::decode(Value::Array(vec![
+            Value::from("DLMessageRemoveItems"),
+            Value::from(3u64)
+        ]))
+        .is_err());
         let m = DlMessage::decode(Value::Array(vec![Value::from("DLMessageNew")])).unwrap();
         assert_eq!(m.name(), "DLMessageNew");
     }

@@ -165,7 +165,9 @@ impl Request {
                     put("SystemBUID", Value::from(b.as_str()));
                 }
             }
-            Request::StopSession { session_id } => put("SessionID", Value::from(session_id.as_str())),
+            Request::StopSession { session_id } => {
+                put("SessionID", Value::from(session_id.as_str()))
+            }
             Request::StartService {
                 service,
                 escrow_bag,
@@ -281,7 +283,10 @@ pub fn error_response(request: &str, e: LockdownError) -> Dictionary {
 }
 
 /// Host side: check an answer to `request`, returning it on success.
-pub fn check_response(request: &str, d: Dictionary) -> std::result::Result<Dictionary, ResponseError> {
+pub fn check_response(
+    request: &str,
+    d: Dictionary,
+) -> std::result::Result<Dictionary, ResponseError> {
     if d.str_of("Request") != Some(request) {
         return Err(ResponseError::Mismatch);
     }
@@ -316,14 +321,37 @@ mod tests {
     fn requests_round_trip() {
         let reqs = vec![
             Request::QueryType,
-            Request::GetValue { domain: None, key: Some("ProductVersion".into()) },
-            Request::GetValue { domain: Some("com.apple.mobile.backup".into()), key: Some("WillEncrypt".into()) },
-            Request::SetValue { domain: None, key: Some("K".into()), value: Value::Boolean(true) },
-            Request::Pair { record: dict([("HostID", Value::from("H"))]), options: Dictionary::new() },
-            Request::ValidatePair { record: dict([("HostID", Value::from("H"))]) },
-            Request::StartSession { host_id: "H".into(), system_buid: Some("B".into()) },
-            Request::StopSession { session_id: "S".into() },
-            Request::StartService { service: "com.apple.afc".into(), escrow_bag: Some(vec![1]) },
+            Request::GetValue {
+                domain: None,
+                key: Some("ProductVersion".into()),
+            },
+            Request::GetValue {
+                domain: Some("com.apple.mobile.backup".into()),
+                key: Some("WillEncrypt".into()),
+            },
+            Request::SetValue {
+                domain: None,
+                key: Some("K".into()),
+                value: Value::Boolean(true),
+            },
+            Request::Pair {
+                record: dict([("HostID", Value::from("H"))]),
+                options: Dictionary::new(),
+            },
+            Request::ValidatePair {
+                record: dict([("HostID", Value::from("H"))]),
+            },
+            Request::StartSession {
+                host_id: "H".into(),
+                system_buid: Some("B".into()),
+            },
+            Request::StopSession {
+                session_id: "S".into(),
+            },
+            Request::StartService {
+                service: "com.apple.afc".into(),
+                escrow_bag: Some(vec![1]),
+            },
             Request::Goodbye,
         ];
         for r in reqs {
@@ -347,9 +375,17 @@ mod tests {
         let ok = ok_response("GetValue", dict([("Value", Value::from("x"))]));
         assert!(check_response("GetValue", ok.clone()).is_ok());
         assert_eq!(check_response("Pair", ok), Err(ResponseError::Mismatch));
-        let err = check_response("Pair", error_response("Pair", LockdownError::UserDeniedPairing)).unwrap_err();
+        let err = check_response(
+            "Pair",
+            error_response("Pair", LockdownError::UserDeniedPairing),
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), Some(LockdownError::UserDeniedPairing));
-        for e in [LockdownError::FmipProtected, LockdownError::InvalidHostId, LockdownError::PairingDialogResponsePending] {
+        for e in [
+            LockdownError::FmipProtected,
+            LockdownError::InvalidHostId,
+            LockdownError::PairingDialogResponsePending,
+        ] {
             assert_eq!(LockdownError::parse(e.as_str()), Some(e));
         }
     }

@@ -66,7 +66,12 @@ impl Mb2Request {
     pub fn decode(d: &Dictionary) -> Result<Mb2Request> {
         let name = d.req_str("MessageName")?.to_string();
         let mut extra = d.clone();
-        for k in ["MessageName", "TargetIdentifier", "SourceIdentifier", "Options"] {
+        for k in [
+            "MessageName",
+            "TargetIdentifier",
+            "SourceIdentifier",
+            "Options",
+        ] {
             extra.remove(k);
         }
         Ok(Mb2Request {
@@ -112,14 +117,20 @@ pub fn hello_response(client_versions: &[f64]) -> Dictionary {
             ("MessageName", Value::from("Response")),
             // 1 is "no common version" to libimobiledevice.
             ("ErrorCode", Value::from(1u64)),
-            ("ErrorDescription", Value::from("No supported protocol version")),
+            (
+                "ErrorDescription",
+                Value::from("No supported protocol version"),
+            ),
         ]),
     }
 }
 
 /// `{MessageName: Response, ErrorCode, ErrorDescription}` as sent in the final ProcessMessage.
 pub fn result_message(code: u64, description: &str) -> Dictionary {
-    let mut d = dict([("MessageName", Value::from("Response")), ("ErrorCode", Value::from(code))]);
+    let mut d = dict([
+        ("MessageName", Value::from("Response")),
+        ("ErrorCode", Value::from(code)),
+    ]);
     if code != 0 || !description.is_empty() {
         d.insert("ErrorDescription".into(), Value::from(description));
     }
@@ -155,7 +166,8 @@ impl<W: Write> FileStreamWriter<W> {
     }
 
     fn block(&mut self, code: u8, payload: &[u8]) -> Result<()> {
-        self.w.write_all(&(payload.len() as u32 + 1).to_be_bytes())?;
+        self.w
+            .write_all(&(payload.len() as u32 + 1).to_be_bytes())?;
         self.w.write_all(&[code])?;
         self.w.write_all(payload)?;
         Ok(())
@@ -289,7 +301,13 @@ mod tests {
         loop {
             let h = r.block_header().unwrap();
             if h.code != CODE_FILE_DATA {
-                assert_eq!(h, BlockHeader { code: CODE_SUCCESS, len: 0 });
+                assert_eq!(
+                    h,
+                    BlockHeader {
+                        code: CODE_SUCCESS,
+                        len: 0
+                    }
+                );
                 break;
             }
             let mut buf = vec![0; h.len as usize];
@@ -309,10 +327,16 @@ mod tests {
     #[test]
     fn hostile_lengths_are_refused() {
         let bytes = (MAX_NAME_LEN + 1).to_be_bytes();
-        assert!(matches!(FileStreamReader::new(&bytes[..]).name(), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            FileStreamReader::new(&bytes[..]).name(),
+            Err(ProtoError::TooLarge { .. })
+        ));
         let mut b = (MAX_BLOCK_LEN + 1).to_be_bytes().to_vec();
         b.push(CODE_FILE_DATA);
-        assert!(matches!(FileStreamReader::new(&b[..]).block_header(), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            FileStreamReader::new(&b[..]).block_header(),
+            Err(ProtoError::TooLarge { .. })
+        ));
         let b = [0u8, 0, 0, 0, CODE_FILE_DATA];
         assert!(FileStreamReader::new(&b[..]).block_header().is_err());
         let mut b = 2u32.to_be_bytes().to_vec();

@@ -74,9 +74,18 @@ impl PairRecord {
     /// What is sent to the device: no private keys, no escrow bag.
     pub fn public_dict(&self) -> Dictionary {
         dict([
-            ("DeviceCertificate", Value::Data(self.device_certificate.clone())),
-            ("HostCertificate", Value::Data(self.host_certificate.clone())),
-            ("RootCertificate", Value::Data(self.root_certificate.clone())),
+            (
+                "DeviceCertificate",
+                Value::Data(self.device_certificate.clone()),
+            ),
+            (
+                "HostCertificate",
+                Value::Data(self.host_certificate.clone()),
+            ),
+            (
+                "RootCertificate",
+                Value::Data(self.root_certificate.clone()),
+            ),
             ("HostID", Value::from(self.host_id.as_str())),
             ("SystemBUID", Value::from(self.system_buid.as_str())),
         ])
@@ -95,8 +104,7 @@ pub struct DeviceKey {
 impl DeviceKey {
     /// A fresh 2048-bit key, as devices use.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Result<DeviceKey> {
-        let key =
-            RsaPrivateKey::new(rng, 2048).map_err(|e| ProtoError::Crypto(e.to_string()))?;
+        let key = RsaPrivateKey::new(rng, 2048).map_err(|e| ProtoError::Crypto(e.to_string()))?;
         let private_pem = key
             .to_pkcs1_pem(LineEnding::LF)
             .map_err(|e| ProtoError::Crypto(e.to_string()))?

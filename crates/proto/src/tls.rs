@@ -39,7 +39,8 @@ fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| ProtoError::Crypto(format!("bad private key PEM: {e}")))
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| ProtoError::Crypto(format!("bad private key PEM: {e}")))
 }
 
 /// The device side: serve TLS 1.2 with the device certificate and key.
@@ -47,7 +48,10 @@ pub fn server_config(device_cert_pem: &[u8], device_key_pem: &[u8]) -> Result<Ar
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs_from_pem(device_cert_pem)?, key_from_pem(device_key_pem)?)?;
+        .with_single_cert(
+            certs_from_pem(device_cert_pem)?,
+            key_from_pem(device_key_pem)?,
+        )?;
     Ok(Arc::new(config))
 }
 
@@ -84,7 +88,12 @@ impl rustls::client::danger::ServerCertVerifier for PairedDevice {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -93,7 +102,12 @@ impl rustls::client::danger::ServerCertVerifier for PairedDevice {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -234,11 +248,10 @@ impl<S: Read + Write> Read for TlsStream<S> {
 impl<S: Read + Write> Write for TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.conn.writer().write(buf)?;
-        self.flush_tls()
-            .map_err(|e| match e {
-                ProtoError::Io(e) => e,
-                other => io::Error::other(other.to_string()),
-            })?;
+        self.flush_tls().map_err(|e| match e {
+            ProtoError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
         Ok(n)
     }
 

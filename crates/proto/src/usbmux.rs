@@ -356,11 +356,10 @@ impl SocketAddress {
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| ProtoError::protocol(format!("bad usbmuxd address {s:?}")))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| ProtoError::protocol(format!("bad port in usbmuxd address {s:?}")))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                ProtoError::protocol(format!("bad port in usbmuxd address {s:?}"))
+            })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(ProtoError::protocol(format!("bad usbmuxd address {s:?}")));
@@ -406,15 +405,24 @@ mod tests {
     fn packet_round_trip() {
         let p = Packet::plist(7, Request::ListDevices.to_payload("t"));
         let bytes = p.encode();
-        assert_eq!(u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize, bytes.len());
+        assert_eq!(
+            u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize,
+            bytes.len()
+        );
         let back = Packet::read(&mut &bytes[..]).unwrap();
         assert_eq!(back, p);
-        assert_eq!(Request::from_payload(&back.payload).unwrap(), Request::ListDevices);
+        assert_eq!(
+            Request::from_payload(&back.payload).unwrap(),
+            Request::ListDevices
+        );
     }
 
     #[test]
     fn connect_port_is_network_order_inside_the_integer() {
-        let r = Request::Connect { device_id: 3, port: LOCKDOWN_PORT };
+        let r = Request::Connect {
+            device_id: 3,
+            port: LOCKDOWN_PORT,
+        };
         let d = r.to_payload("t");
         // 62078 = 0xF27E; htons on little-endian gives 0x7EF2 = 32498.
         assert_eq!(d.u64_of("PortNumber"), Some(0x7EF2));
@@ -426,7 +434,11 @@ mod tests {
         for r in [
             Request::ReadPairRecord { udid: "U".into() },
             Request::DeletePairRecord { udid: "U".into() },
-            Request::SavePairRecord { udid: "U".into(), record: vec![1, 2], device_id: Some(4) },
+            Request::SavePairRecord {
+                udid: "U".into(),
+                record: vec![1, 2],
+                device_id: Some(4),
+            },
             Request::ReadBuid,
             Request::Listen,
         ] {
@@ -434,7 +446,10 @@ mod tests {
         }
         let mut d = Request::ReadBuid.to_payload("t");
         d.insert("MessageType".into(), Value::from("Frobnicate"));
-        assert_eq!(Request::from_payload(&d).unwrap(), Request::Other("Frobnicate".into()));
+        assert_eq!(
+            Request::from_payload(&d).unwrap(),
+            Request::Other("Frobnicate".into())
+        );
         d.remove("MessageType");
         assert!(Request::from_payload(&d).is_err());
     }
@@ -442,8 +457,20 @@ mod tests {
     #[test]
     fn device_list_round_trip() {
         let devs = vec![
-            DeviceRecord { device_id: 1, udid: "00008030-001D35093EF2402E".into(), product_id: 0x12a8, location_id: 0, connection_type: "USB".into() },
-            DeviceRecord { device_id: 2, udid: "abc".into(), product_id: 0, location_id: 0, connection_type: "Network".into() },
+            DeviceRecord {
+                device_id: 1,
+                udid: "00008030-001D35093EF2402E".into(),
+                product_id: 0x12a8,
+                location_id: 0,
+                connection_type: "USB".into(),
+            },
+            DeviceRecord {
+                device_id: 2,
+                udid: "abc".into(),
+                product_id: 0,
+                location_id: 0,
+                connection_type: "Network".into(),
+            },
         ];
         let back = parse_device_list(&device_list_payload(&devs)).unwrap();
         assert_eq!(back, devs);
@@ -457,15 +484,30 @@ mod tests {
         assert!(Packet::read(&mut &bytes[..]).is_err());
         bytes[0..4].copy_from_slice(&(MAX_PACKET + 1).to_le_bytes());
         assert!(Packet::read(&mut &bytes[..]).is_err());
-        assert!(matches!(Packet::read(&mut &b""[..]), Err(ProtoError::Closed)));
+        assert!(matches!(
+            Packet::read(&mut &b""[..]),
+            Err(ProtoError::Closed)
+        ));
     }
 
     #[test]
     fn socket_address_syntax() {
-        assert_eq!(SocketAddress::parse("UNIX:/tmp/m").unwrap(), SocketAddress::Unix("/tmp/m".into()));
-        assert_eq!(SocketAddress::parse("/tmp/m").unwrap(), SocketAddress::Unix("/tmp/m".into()));
-        assert_eq!(SocketAddress::parse("127.0.0.1:27015").unwrap(), SocketAddress::Tcp("127.0.0.1:27015".into()));
-        assert_eq!(SocketAddress::parse("[::1]:5").unwrap(), SocketAddress::Tcp("[::1]:5".into()));
+        assert_eq!(
+            SocketAddress::parse("UNIX:/tmp/m").unwrap(),
+            SocketAddress::Unix("/tmp/m".into())
+        );
+        assert_eq!(
+            SocketAddress::parse("/tmp/m").unwrap(),
+            SocketAddress::Unix("/tmp/m".into())
+        );
+        assert_eq!(
+            SocketAddress::parse("127.0.0.1:27015").unwrap(),
+            SocketAddress::Tcp("127.0.0.1:27015".into())
+        );
+        assert_eq!(
+            SocketAddress::parse("[::1]:5").unwrap(),
+            SocketAddress::Tcp("[::1]:5".into())
+        );
         for bad in ["UNIX:", "host", "host:0", "host:x", ":5"] {
             assert!(SocketAddress::parse(bad).is_err(), "{bad}");
         }

@@ -139,10 +139,14 @@ impl DeviceConfig {
         let path = dir.join("device.toml");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| SimError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let cfg: DeviceConfig =
-            toml::from_str(&text).map_err(|e| SimError::Config(format!("{}: {e}", path.display())))?;
+        let cfg: DeviceConfig = toml::from_str(&text)
+            .map_err(|e| SimError::Config(format!("{}: {e}", path.display())))?;
         if cfg.udid.is_empty() || cfg.udid.contains('/') || cfg.udid.contains("..") {
-            return Err(SimError::Config(format!("{}: bad udid {:?}", path.display(), cfg.udid)));
+            return Err(SimError::Config(format!(
+                "{}: bad udid {:?}",
+                path.display(),
+                cfg.udid
+            )));
         }
         Ok(cfg)
     }
@@ -200,7 +204,9 @@ impl Device {
             // Deterministic per UDID, so re-created devices keep their key.
             let seed = ibackup_store::paths::file_id("device-key", &config.udid);
             let mut s = [0u8; 32];
-            s[..20].copy_from_slice(&hex::decode(&seed[..40]).map_err(|e| SimError::Config(e.to_string()))?);
+            s[..20].copy_from_slice(
+                &hex::decode(&seed[..40]).map_err(|e| SimError::Config(e.to_string()))?,
+            );
             let mut rng = rand_chacha::ChaCha20Rng::from_seed(s);
             let k = DeviceKey::generate(&mut rng)?;
             write_atomic(&key_path, k.private_pem.as_bytes())?;
@@ -236,6 +242,16 @@ impl Device {
         self.dir.join("state")
     }
 
+    /// Re-read `device.toml`, as a phone's state (locked, Find My, faults)
+    /// can change between connections. A file that no longer parses is
+    /// reported and the last good configuration kept.
+    pub fn reload_config(&self) {
+        match DeviceConfig::load(&self.dir) {
+            Ok(c) => *self.config.lock().expect("config lock") = c,
+            Err(e) => log::warn!("keeping the previous configuration: {e}"),
+        }
+    }
+
     /// Change the configuration and write it back to `device.toml`.
     pub fn update_config(&self, f: impl FnOnce(&mut DeviceConfig)) -> Result<()> {
         let mut c = self.config.lock().expect("config lock");
@@ -244,10 +260,17 @@ impl Device {
     }
 
     fn host_path(&self, host_id: &str) -> Result<PathBuf> {
-        if host_id.is_empty() || !host_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if host_id.is_empty()
+            || !host_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(SimError::Protocol(format!("bad HostID {host_id:?}")));
         }
-        Ok(self.state_dir().join("trusted_hosts").join(format!("{host_id}.plist")))
+        Ok(self
+            .state_dir()
+            .join("trusted_hosts")
+            .join(format!("{host_id}.plist")))
     }
 
     pub fn trusted_host(&self, host_id: &str) -> Option<TrustedHost> {
@@ -287,7 +310,10 @@ impl Device {
     }
 
     pub fn take_service(&self, port: u16) -> Option<String> {
-        self.pending_services.lock().expect("service lock").remove(&port)
+        self.pending_services
+            .lock()
+            .expect("service lock")
+            .remove(&port)
     }
 }
 

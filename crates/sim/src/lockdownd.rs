@@ -15,7 +15,7 @@ use plist::{Dictionary, Value};
 use crate::conn::{Conn, Link};
 use crate::device::{Device, DeviceConfig, Trust};
 use crate::error::Result;
-use crate::usbmuxd::{random_uuid, Mux};
+use crate::usbmuxd::random_uuid;
 
 /// Services this device offers through StartService.
 pub const SERVICES: [&str; 5] = [
@@ -26,8 +26,9 @@ pub const SERVICES: [&str; 5] = [
     "com.apple.springboardservices",
 ];
 
-/// Services that need the device unlocked (their data is class-protected).
-const NEEDS_UNLOCK: [&str; 2] = [ibackup_proto::mb2::SERVICE_NAME, ibackup_proto::afc::SERVICE_NAME];
+/// Services that need the device unlocked (backup data is class-protected;
+/// the media folder AFC serves is readable once the phone was unlocked after boot).
+const NEEDS_UNLOCK: [&str; 1] = [ibackup_proto::mb2::SERVICE_NAME];
 
 /// Values anyone may read before pairing (what an untrusted host sees).
 const PUBLIC_KEYS: [&str; 12] = [
@@ -57,7 +58,10 @@ fn all_values(c: &DeviceConfig, device: &Device) -> Dictionary {
         ("DeviceClass", Value::from(c.device_class.as_str())),
         ("DeviceColor", Value::from("1")),
         ("DeviceName", Value::from(c.name.as_str())),
-        ("DevicePublicKey", Value::Data(device.key.public_pem.as_bytes().to_vec())),
+        (
+            "DevicePublicKey",
+            Value::Data(device.key.public_pem.as_bytes().to_vec()),
+        ),
         ("FirmwareVersion", Value::from("iBoot-10151.120.3")),
         ("HardwareModel", Value::from(c.hardware_model.as_str())),
         ("HardwarePlatform", Value::from("t8110")),
@@ -75,8 +79,14 @@ fn all_values(c: &DeviceConfig, device: &Device) -> Dictionary {
         ("WiFiAddress", Value::from(c.wifi_address.as_str())),
     ]);
     if let Some(imei) = &c.imei {
-        d.insert("InternationalMobileEquipmentIdentity".into(), Value::from(imei.as_str()));
-        d.insert("IntegratedCircuitCardIdentity".into(), Value::from("8944500102198304826"));
+        d.insert(
+            "InternationalMobileEquipmentIdentity".into(),
+            Value::from(imei.as_str()),
+        );
+        d.insert(
+            "IntegratedCircuitCardIdentity".into(),
+            Value::from("8944500102198304826"),
+        );
     }
     if let Some(p) = &c.phone_number {
         d.insert("PhoneNumber".into(), Value::from(p.as_str()));
@@ -93,7 +103,10 @@ fn domain_values(c: &DeviceConfig, domain: &str) -> Option<Dictionary> {
         ]),
         "com.apple.disk_usage" | "com.apple.disk_usage.factory" => dict([
             ("TotalDiskCapacity", Value::from(c.total_capacity)),
-            ("TotalDataCapacity", Value::from(c.total_capacity - 8_000_000_000)),
+            (
+                "TotalDataCapacity",
+                Value::from(c.total_capacity - 8_000_000_000),
+            ),
             ("TotalDataAvailable", Value::from(c.free_capacity)),
             ("AmountDataAvailable", Value::from(c.free_capacity)),
             ("AmountDataReserved", Value::from(200_000_000u64)),
@@ -106,8 +119,12 @@ fn domain_values(c: &DeviceConfig, domain: &str) -> Option<Dictionary> {
             ("ExternalConnected", Value::Boolean(true)),
         ]),
         "com.apple.fmip" => dict([("IsAssociated", Value::Boolean(c.find_my))]),
-        "com.apple.mobile.wireless_lockdown" => dict([("EnableWifiConnections", Value::Boolean(false))]),
-        "com.apple.mobile.data_sync" | "com.apple.mobile.sync_data_class" | "com.apple.international" => Dictionary::new(),
+        "com.apple.mobile.wireless_lockdown" => {
+            dict([("EnableWifiConnections", Value::Boolean(false))])
+        }
+        "com.apple.mobile.data_sync"
+        | "com.apple.mobile.sync_data_class"
+        | "com.apple.international" => Dictionary::new(),
         _ => return None,
     })
 }
@@ -118,15 +135,18 @@ struct Session {
 }
 
 /// Serve one lockdownd connection until the host leaves.
-pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>, mux: &Mux) -> Result<()> {
-    let _ = mux;
+pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
+    device.reload_config();
     let mut link = Link::Plain(conn);
     let mut session: Option<Session> = None;
     loop {
         let req = match frame::read_plist(&mut link) {
             Ok(Value::Dictionary(d)) => d,
             Ok(_) => {
-                frame::write_xml(&mut link, &Value::Dictionary(error_response("", LockdownError::InvalidRequest)))?;
+                frame::write_xml(
+                    &mut link,
+                    &Value::Dictionary(error_response("", LockdownError::InvalidRequest)),
+                )?;
                 continue;
             }
             Err(ProtoError::Closed) => return Ok(()),
@@ -137,7 +157,11 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>, mux: &Mux) -> Result<()> 
             Ok(r) => r,
             Err(e) => {
                 log::info!("lockdownd: malformed {name}: {e}");
-                let err = if name == "StartSession" { LockdownError::MissingHostId } else { LockdownError::InvalidRequest };
+                let err = if name == "StartSession" {
+                    LockdownError::MissingHostId
+                } else {
+                    LockdownError::InvalidRequest
+                };
                 frame::write_xml(&mut link, &Value::Dictionary(error_response(&name, err)))?;
                 continue;
             }
@@ -152,10 +176,16 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>, mux: &Mux) -> Result<()> 
             Request::StartSession { host_id, .. } => {
                 // The device is the TLS server, with the certificate the host issued it.
                 let host = device.trusted_host(&host_id).expect("checked in handle");
-                let cert = host.record.data_of("DeviceCertificate").unwrap_or_default().to_vec();
+                let cert = host
+                    .record
+                    .data_of("DeviceCertificate")
+                    .unwrap_or_default()
+                    .to_vec();
                 let config = tls::server_config(&cert, device.key.private_pem.as_bytes())?;
                 let Link::Plain(plain) = std::mem::replace(&mut link, Link::Gone) else {
-                    return Err(crate::error::SimError::Protocol("StartSession inside a session".into()));
+                    return Err(crate::error::SimError::Protocol(
+                        "StartSession inside a session".into(),
+                    ));
                 };
                 link = Link::Tls(Box::new(TlsStream::accept(plain, config)?));
             }
@@ -167,7 +197,11 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>, mux: &Mux) -> Result<()> 
                     match std::io::Read::read(&mut t, &mut probe) {
                         Ok(0) if t.peer_closed() => link = Link::Plain(t.into_inner()),
                         Ok(0) => return Ok(()),
-                        Ok(_) => return Err(crate::error::SimError::Protocol("data after StopSession".into())),
+                        Ok(_) => {
+                            return Err(crate::error::SimError::Protocol(
+                                "data after StopSession".into(),
+                            ))
+                        }
                         Err(_) => return Ok(()),
                     }
                 }
@@ -192,7 +226,9 @@ fn handle(req: &Request, device: &Device, session: &mut Option<Session>) -> Dict
                     if trusted {
                         all
                     } else {
-                        all.into_iter().filter(|(k, _)| PUBLIC_KEYS.contains(&k.as_str())).collect()
+                        all.into_iter()
+                            .filter(|(k, _)| PUBLIC_KEYS.contains(&k.as_str()))
+                            .collect()
                     }
                 }
                 Some(d) if trusted => match domain_values(&c, d) {
@@ -215,7 +251,10 @@ fn handle(req: &Request, device: &Device, session: &mut Option<Session>) -> Dict
                         Some(v) => {
                             extra.insert("Value".into(), v.clone());
                         }
-                        None if !trusted && domain.is_none() && all_values(&c, device).contains_key(k) => {
+                        None if !trusted
+                            && domain.is_none()
+                            && all_values(&c, device).contains_key(k) =>
+                        {
                             return err(LockdownError::GetProhibited)
                         }
                         None => return err(LockdownError::MissingValue),
@@ -253,8 +292,17 @@ fn handle(req: &Request, device: &Device, session: &mut Option<Session>) -> Dict
                 return err(LockdownError::InvalidPairRecord);
             }
             let id = random_uuid();
-            *session = Some(Session { id: id.clone(), host_id: host_id.clone() });
-            ok_response(&name, dict([("SessionID", Value::from(id)), ("EnableSessionSSL", Value::Boolean(true))]))
+            *session = Some(Session {
+                id: id.clone(),
+                host_id: host_id.clone(),
+            });
+            ok_response(
+                &name,
+                dict([
+                    ("SessionID", Value::from(id)),
+                    ("EnableSessionSSL", Value::Boolean(true)),
+                ]),
+            )
         }
         Request::StopSession { session_id } => match session {
             Some(s) if &s.id == session_id => ok_response(&name, Dictionary::new()),

@@ -39,9 +39,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Populate { dir, profile, seed } => populate(&dir, profile, seed).map(|(files, bytes)| {
-            println!("{}: {files} files, {bytes} bytes", dir.display());
-        }),
+        Cmd::Populate { dir, profile, seed } => {
+            populate(&dir, profile, seed).map(|(files, bytes)| {
+                println!("{}: {files} files, {bytes} bytes", dir.display());
+            })
+        }
         Cmd::Serve { listen, devices } => (|| {
             let addr = SocketAddress::parse(&listen)?;
             let devs = devices

@@ -42,13 +42,45 @@ struct Sizes {
 impl Profile {
     fn sizes(self) -> Sizes {
         match self {
-            Profile::Empty => Sizes { photos: 0, videos: 0, app_files: 0, messages: 0, contacts: 0, photo_mean: 0, video_mean: 0 },
+            Profile::Empty => Sizes {
+                photos: 0,
+                videos: 0,
+                app_files: 0,
+                messages: 0,
+                contacts: 0,
+                photo_mean: 0,
+                video_mean: 0,
+            },
             // ~3,000 files, ~120 MB.
-            Profile::Small => Sizes { photos: 36, videos: 2, app_files: 2_800, messages: 300, contacts: 120, photo_mean: 2_400_000, video_mean: 9_000_000 },
+            Profile::Small => Sizes {
+                photos: 36,
+                videos: 2,
+                app_files: 2_800,
+                messages: 300,
+                contacts: 120,
+                photo_mean: 2_400_000,
+                video_mean: 9_000_000,
+            },
             // ~20,000 files, ~2 GB.
-            Profile::Medium => Sizes { photos: 560, videos: 16, app_files: 19_000, messages: 3_000, contacts: 600, photo_mean: 2_600_000, video_mean: 24_000_000 },
+            Profile::Medium => Sizes {
+                photos: 560,
+                videos: 16,
+                app_files: 19_000,
+                messages: 3_000,
+                contacts: 600,
+                photo_mean: 2_600_000,
+                video_mean: 24_000_000,
+            },
             // ~200,000 files, ~20 GB.
-            Profile::Large => Sizes { photos: 5_600, videos: 100, app_files: 193_000, messages: 30_000, contacts: 2_000, photo_mean: 2_500_000, video_mean: 48_000_000 },
+            Profile::Large => Sizes {
+                photos: 5_600,
+                videos: 100,
+                app_files: 193_000,
+                messages: 30_000,
+                contacts: 2_000,
+                photo_mean: 2_500_000,
+                video_mean: 48_000_000,
+            },
         }
     }
 }
@@ -70,7 +102,8 @@ impl Gen {
     }
 
     fn mtime(&mut self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(self.base_time + self.rng.gen_range(0..30_000_000))
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(self.base_time + self.rng.gen_range(0..30_000_000))
     }
 
     fn finish_file(&mut self, p: &Path) -> Result<()> {
@@ -115,7 +148,12 @@ impl Gen {
         self.finish_file(&p)
     }
 
-    fn sqlite(&mut self, domain: &str, rel: &str, fill: impl FnOnce(&Connection, &mut ChaCha8Rng) -> rusqlite::Result<()>) -> Result<()> {
+    fn sqlite(
+        &mut self,
+        domain: &str,
+        rel: &str,
+        fill: impl FnOnce(&Connection, &mut ChaCha8Rng) -> rusqlite::Result<()>,
+    ) -> Result<()> {
         let p = self.path(domain, rel);
         fs::create_dir_all(p.parent().expect("has parent"))?;
         let conn = Connection::open(&p)?;
@@ -132,12 +170,52 @@ impl Gen {
     }
 }
 
-const FIRST: [&str; 16] = ["Anna", "Ben", "Chloé", "David", "Émile", "Fatima", "Georg", "Hana", "Ivan", "Jürgen", "Keiko", "Liam", "María", "Noah", "Olga", "Priya"];
-const LAST: [&str; 12] = ["Smith", "Müller", "García", "Tanaka", "Kowalski", "Dubois", "Rossi", "Nguyen", "O'Brien", "Søndergaard", "Ivanova", "Chen"];
-const WORDS: [&str; 20] = ["hey", "see you", "tomorrow", "at", "the", "station", "thanks!", "ok", "lunch?", "running late", "🙂", "call me", "where", "are you", "great", "photo", "sent", "love it", "meeting", "10 min"];
+const FIRST: [&str; 16] = [
+    "Anna", "Ben", "Chloé", "David", "Émile", "Fatima", "Georg", "Hana", "Ivan", "Jürgen", "Keiko",
+    "Liam", "María", "Noah", "Olga", "Priya",
+];
+const LAST: [&str; 12] = [
+    "Smith",
+    "Müller",
+    "García",
+    "Tanaka",
+    "Kowalski",
+    "Dubois",
+    "Rossi",
+    "Nguyen",
+    "O'Brien",
+    "Søndergaard",
+    "Ivanova",
+    "Chen",
+];
+const WORDS: [&str; 20] = [
+    "hey",
+    "see you",
+    "tomorrow",
+    "at",
+    "the",
+    "station",
+    "thanks!",
+    "ok",
+    "lunch?",
+    "running late",
+    "🙂",
+    "call me",
+    "where",
+    "are you",
+    "great",
+    "photo",
+    "sent",
+    "love it",
+    "meeting",
+    "10 min",
+];
 
 fn phrase(rng: &mut ChaCha8Rng, n: usize) -> String {
-    (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Make a device folder at `dir` (created; must be empty or absent).
@@ -155,7 +233,13 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     cfg.save(dir)?;
 
     let sizes = profile.sizes();
-    let mut g = Gen { rng, fs: dir.join("fs"), base_time: 1_700_000_000, files: 0, bytes: 0 };
+    let mut g = Gen {
+        rng,
+        fs: dir.join("fs"),
+        base_time: 1_700_000_000,
+        files: 0,
+        bytes: 0,
+    };
     if profile == Profile::Empty {
         return Ok((0, 0));
     }
@@ -166,17 +250,40 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
         let size = g.size_around(sizes.photo_mean);
         if g.rng.gen_bool(0.7) {
             let hdr = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic";
-            g.blob("CameraRollDomain", &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.HEIC", i + 1), hdr, size)?;
+            g.blob(
+                "CameraRollDomain",
+                &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.HEIC", i + 1),
+                hdr,
+                size,
+            )?;
         } else {
             let hdr = b"\xff\xd8\xff\xe1\x00\x18Exif\x00\x00MM\x00\x2a";
-            g.blob("CameraRollDomain", &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.JPG", i + 1), hdr, size)?;
+            g.blob(
+                "CameraRollDomain",
+                &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.JPG", i + 1),
+                hdr,
+                size,
+            )?;
         }
         let thumb = g.size_around(30_000);
-        g.blob("CameraRollDomain", &format!("Media/PhotoData/Thumbnails/V2/DCIM/{folder}APPLE/IMG_{:04}/5005.JPG", i + 1), b"\xff\xd8\xff\xe0\x00\x10JFIF", thumb)?;
+        g.blob(
+            "CameraRollDomain",
+            &format!(
+                "Media/PhotoData/Thumbnails/V2/DCIM/{folder}APPLE/IMG_{:04}/5005.JPG",
+                i + 1
+            ),
+            b"\xff\xd8\xff\xe0\x00\x10JFIF",
+            thumb,
+        )?;
     }
     for i in 0..sizes.videos {
         let size = g.size_around(sizes.video_mean);
-        g.blob("CameraRollDomain", &format!("Media/DCIM/100APPLE/IMG_{:04}.MOV", 5000 + i), b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ", size)?;
+        g.blob(
+            "CameraRollDomain",
+            &format!("Media/DCIM/100APPLE/IMG_{:04}.MOV", 5000 + i),
+            b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ",
+            size,
+        )?;
     }
     let n_assets = sizes.photos + sizes.videos;
     g.sqlite("CameraRollDomain", "Media/PhotoData/Photos.sqlite", |c, rng| {
@@ -214,7 +321,17 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     for a in 0..(n_msgs / 50) {
         let size = g.size_around(400_000);
         let guid = format!("{:08X}-{:04X}-SIM", g.rng.next_u32(), a);
-        g.blob("MediaDomain", &format!("Library/SMS/Attachments/{:02x}/{:02}/{guid}/IMG_{:04}.jpeg", a % 256, a % 16, 7000 + a), b"\xff\xd8\xff\xe0\x00\x10JFIF", size)?;
+        g.blob(
+            "MediaDomain",
+            &format!(
+                "Library/SMS/Attachments/{:02x}/{:02}/{guid}/IMG_{:04}.jpeg",
+                a % 256,
+                a % 16,
+                7000 + a
+            ),
+            b"\xff\xd8\xff\xe0\x00\x10JFIF",
+            size,
+        )?;
     }
 
     // Contacts, call history, calendar, notes, Safari.
@@ -230,9 +347,15 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
         }
         Ok(())
     })?;
-    g.sqlite("HomeDomain", "Library/AddressBook/AddressBookImages.sqlitedb", |c, _| {
-        c.execute_batch("CREATE TABLE ABThumbnailImage (record_id INTEGER, format INTEGER, data BLOB);")
-    })?;
+    g.sqlite(
+        "HomeDomain",
+        "Library/AddressBook/AddressBookImages.sqlitedb",
+        |c, _| {
+            c.execute_batch(
+                "CREATE TABLE ABThumbnailImage (record_id INTEGER, format INTEGER, data BLOB);",
+            )
+        },
+    )?;
     g.sqlite("HomeDomain", "Library/CallHistoryDB/CallHistory.storedata", |c, rng| {
         c.execute_batch("CREATE TABLE ZCALLRECORD (Z_PK INTEGER PRIMARY KEY, ZADDRESS TEXT, ZDATE REAL, ZDURATION REAL, ZORIGINATED INTEGER, ZANSWERED INTEGER);")?;
         for i in 0..(n_contacts / 2 + 10) {
@@ -266,16 +389,49 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     })?;
     for i in 0..3 {
         let size = g.size_around(800_000);
-        g.blob("MediaDomain", &format!("Media/Recordings/2026011{i} 081500-{:08X}.m4a", 0xA1B2C3 + i), b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00", size)?;
+        g.blob(
+            "MediaDomain",
+            &format!(
+                "Media/Recordings/2026011{i} 081500-{:08X}.m4a",
+                0xA1B2C3 + i
+            ),
+            b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00",
+            size,
+        )?;
     }
 
     // System domains, preferences, a symlink.
-    let prefs = |name: &str| plist::Value::Dictionary(ibackup_proto::plistx::dict([("SimulatedPreference", plist::Value::from(name))]));
-    g.plist("HomeDomain", "Library/Preferences/com.apple.springboard.plist", prefs("springboard"))?;
-    g.plist("RootDomain", "Library/Preferences/com.apple.backupd.plist", prefs("backupd"))?;
-    g.plist("SystemPreferencesDomain", "SystemConfiguration/com.apple.wifi.plist", prefs("wifi"))?;
-    g.plist("WirelessDomain", "Library/Preferences/com.apple.commcenter.plist", prefs("commcenter"))?;
-    g.plist("ManagedPreferencesDomain", "mobile/com.apple.webcontentfilter.plist", prefs("filter"))?;
+    let prefs = |name: &str| {
+        plist::Value::Dictionary(ibackup_proto::plistx::dict([(
+            "SimulatedPreference",
+            plist::Value::from(name),
+        )]))
+    };
+    g.plist(
+        "HomeDomain",
+        "Library/Preferences/com.apple.springboard.plist",
+        prefs("springboard"),
+    )?;
+    g.plist(
+        "RootDomain",
+        "Library/Preferences/com.apple.backupd.plist",
+        prefs("backupd"),
+    )?;
+    g.plist(
+        "SystemPreferencesDomain",
+        "SystemConfiguration/com.apple.wifi.plist",
+        prefs("wifi"),
+    )?;
+    g.plist(
+        "WirelessDomain",
+        "Library/Preferences/com.apple.commcenter.plist",
+        prefs("commcenter"),
+    )?;
+    g.plist(
+        "ManagedPreferencesDomain",
+        "mobile/com.apple.webcontentfilter.plist",
+        prefs("filter"),
+    )?;
     let link = g.path("DatabaseDomain", "timezone/localtime");
     fs::create_dir_all(link.parent().expect("parent"))?;
     std::os::unix::fs::symlink("/var/db/timezone/zoneinfo/Europe/London", &link)?;
@@ -290,22 +446,53 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
         Ok(())
     })?;
     g.sqlite("HealthDomain", "Health/healthdb_secure.sqlite", |c, _| {
-        c.execute_batch("CREATE TABLE quantity_samples (data_id INTEGER PRIMARY KEY, quantity REAL);")
+        c.execute_batch(
+            "CREATE TABLE quantity_samples (data_id INTEGER PRIMARY KEY, quantity REAL);",
+        )
     })?;
-    g.plist("KeychainDomain", "keychain-backup.plist", plist::Value::Dictionary(ibackup_proto::plistx::dict([("genp", plist::Value::Array(vec![])), ("inet", plist::Value::Array(vec![]))])))?;
+    g.plist(
+        "KeychainDomain",
+        "keychain-backup.plist",
+        plist::Value::Dictionary(ibackup_proto::plistx::dict([
+            ("genp", plist::Value::Array(vec![])),
+            ("inet", plist::Value::Array(vec![])),
+        ])),
+    )?;
 
     // Apps: many small files, unicode and space-containing names, a deep tree, empty files.
-    let apps = ["net.whatsapp.WhatsApp", "com.spotify.client", "com.example.field-notes", "com.apple.mobilesafari", "org.wikipedia", "com.getdropbox.Dropbox"];
-    let special = ["Documents/Über Café/naïve résumé.pdf", "Documents/日本語/ファイル.txt", "Documents/emoji 😀 note.txt", "Documents/with  two  spaces .txt", "Library/Caches/.hidden", "Documents/empty.txt"];
+    let apps = [
+        "net.whatsapp.WhatsApp",
+        "com.spotify.client",
+        "com.example.field-notes",
+        "com.apple.mobilesafari",
+        "org.wikipedia",
+        "com.getdropbox.Dropbox",
+    ];
+    let special = [
+        "Documents/Über Café/naïve résumé.pdf",
+        "Documents/日本語/ファイル.txt",
+        "Documents/emoji 😀 note.txt",
+        "Documents/with  two  spaces .txt",
+        "Library/Caches/.hidden",
+        "Documents/empty.txt",
+    ];
     for (k, rel) in special.iter().enumerate() {
-        let size = if rel.ends_with("empty.txt") { 0 } else { 100 + k as u64 * 37 };
+        let size = if rel.ends_with("empty.txt") {
+            0
+        } else {
+            100 + k as u64 * 37
+        };
         g.blob("AppDomain-com.example.field-notes", rel, b"", size)?;
     }
     let mut deep = String::from("Library/Application Support");
     for level in 0..24 {
         deep.push_str(&format!("/level {level}"));
     }
-    g.text("AppDomain-com.example.field-notes", &format!("{deep}/bottom.json"), "{\"deep\": true}\n")?;
+    g.text(
+        "AppDomain-com.example.field-notes",
+        &format!("{deep}/bottom.json"),
+        "{\"deep\": true}\n",
+    )?;
     g.sqlite("AppDomainGroup-group.net.whatsapp.WhatsApp.shared", "ChatStorage.sqlite", |c, rng| {
         c.execute_batch("CREATE TABLE ZWAMESSAGE (Z_PK INTEGER PRIMARY KEY, ZTEXT TEXT, ZMESSAGEDATE REAL);")?;
         for i in 0..(n_msgs / 3 + 5) {
@@ -317,10 +504,24 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     let remaining = sizes.app_files.saturating_sub(made_so_far);
     for i in 0..remaining {
         let app = apps[i % apps.len()];
-        let domain = if i % 11 == 0 { format!("AppDomainPlugin-{app}.widget") } else { format!("AppDomain-{app}") };
-        let sub = ["Library/Caches", "Documents", "Library/Preferences", "tmp", "Library/Application Support/Data"][g.rng.gen_range(0..5)];
+        let domain = if i % 11 == 0 {
+            format!("AppDomainPlugin-{app}.widget")
+        } else {
+            format!("AppDomain-{app}")
+        };
+        let sub = [
+            "Library/Caches",
+            "Documents",
+            "Library/Preferences",
+            "tmp",
+            "Library/Application Support/Data",
+        ][g.rng.gen_range(0..5)];
         let empty = i % 97 == 0;
-        let size = if empty { 0 } else { g.rng.gen_range(64..12_000) };
+        let size = if empty {
+            0
+        } else {
+            g.rng.gen_range(64..12_000)
+        };
         let rel = format!("{sub}/{:03}/item-{i:06}.dat", i / 500);
         g.blob(&domain, &rel, b"", size)?;
     }
@@ -335,10 +536,24 @@ mod tests {
         let mut out = Vec::new();
         for e in walkdir::WalkDir::new(root).sort_by_file_name() {
             let e = e.unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let md = fs::symlink_metadata(e.path()).unwrap();
-            let content = if md.is_file() { fs::read(e.path()).unwrap() } else { vec![] };
-            let mtime = md.modified().unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+            let content = if md.is_file() {
+                fs::read(e.path()).unwrap()
+            } else {
+                vec![]
+            };
+            let mtime = md
+                .modified()
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
             out.push((rel, if md.is_file() { mtime } else { 0 }, content));
         }
         out
@@ -358,8 +573,19 @@ mod tests {
         let ta = digest_tree(&a.path().join("d"));
         assert!(ta == digest_tree(&b.path().join("d")));
         assert!(ta != digest_tree(&c.path().join("d")));
-        assert!(fs::symlink_metadata(a.path().join("d/fs/DatabaseDomain/timezone/localtime")).unwrap().file_type().is_symlink());
-        assert!(a.path().join("d/fs/HomeDomain/Library/SMS/sms.db").is_file());
-        assert!(populate(&a.path().join("d"), Profile::Empty, 1).is_err(), "refuses a non-empty folder");
+        assert!(
+            fs::symlink_metadata(a.path().join("d/fs/DatabaseDomain/timezone/localtime"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(a
+            .path()
+            .join("d/fs/HomeDomain/Library/SMS/sms.db")
+            .is_file());
+        assert!(
+            populate(&a.path().join("d"), Profile::Empty, 1).is_err(),
+            "refuses a non-empty folder"
+        );
     }
 }

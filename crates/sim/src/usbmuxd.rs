@@ -62,7 +62,11 @@ impl Mux {
                     udid: c.udid,
                     product_id: 0x12a8,
                     location_id: 0x0010_0000 + d.device_id,
-                    connection_type: if c.connection == "Network" { "Network".into() } else { "USB".into() },
+                    connection_type: if c.connection == "Network" {
+                        "Network".into()
+                    } else {
+                        "USB".into()
+                    },
                 }
             })
             .collect()
@@ -72,7 +76,14 @@ impl Mux {
 pub fn random_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode_upper(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Serve until the process is killed.
@@ -81,11 +92,7 @@ pub fn serve(addr: &SocketAddress, mux: Arc<Mux>) -> Result<()> {
         SocketAddress::Tcp(a) => {
             let l = TcpListener::bind(a)?;
             log::info!("usbmuxd listening on {}", l.local_addr()?);
-            for s in l.incoming() {
-                let s = s?;
-                let _ = s.set_nodelay(true);
-                spawn(Box::new(s), mux.clone());
-            }
+            serve_tcp(l, mux);
         }
         #[cfg(unix)]
         SocketAddress::Unix(p) => {
@@ -97,9 +104,29 @@ pub fn serve(addr: &SocketAddress, mux: Arc<Mux>) -> Result<()> {
             }
         }
         #[cfg(not(unix))]
-        SocketAddress::Unix(_) => return Err(SimError::Config("Unix sockets need a Unix system".into())),
+        SocketAddress::Unix(_) => {
+            return Err(SimError::Config("Unix sockets need a Unix system".into()))
+        }
     }
     Ok(())
+}
+
+/// Accept connections on a bound listener until it fails.
+pub fn serve_tcp(listener: TcpListener, mux: Arc<Mux>) {
+    for s in listener.incoming() {
+        let Ok(s) = s else { continue };
+        let _ = s.set_nodelay(true);
+        spawn(Box::new(s), mux.clone());
+    }
+}
+
+/// Serve on an ephemeral loopback port in a background thread; returns the
+/// `USBMUXD_SOCKET_ADDRESS` value for clients.
+pub fn spawn_loopback(mux: Arc<Mux>) -> Result<String> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?.to_string();
+    thread::spawn(move || serve_tcp(l, mux));
+    Ok(addr)
 }
 
 fn spawn(conn: Box<dyn Conn>, mux: Arc<Mux>) {
@@ -131,13 +158,21 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
         let req = match Request::from_payload(&pkt.payload) {
             Ok(r) => r,
             Err(_) => {
-                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadCommand))?;
+                reply(
+                    &mut conn,
+                    pkt.tag,
+                    usbmux::result_payload(MuxResult::BadCommand),
+                )?;
                 continue;
             }
         };
         log::debug!("usbmuxd: {}", req.message_type());
         match req {
-            Request::ListDevices => reply(&mut conn, pkt.tag, usbmux::device_list_payload(&mux.device_records()))?,
+            Request::ListDevices => reply(
+                &mut conn,
+                pkt.tag,
+                usbmux::device_list_payload(&mux.device_records()),
+            )?,
             Request::Listen => {
                 reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
                 for d in mux.device_records() {
@@ -153,13 +188,18 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
                 d.insert("BUID".into(), Value::from(mux.buid()?));
                 reply(&mut conn, pkt.tag, d)?;
             }
-            Request::ReadPairRecord { udid } => match mux.record_path(&udid).filter(|p| p.exists()) {
+            Request::ReadPairRecord { udid } => match mux.record_path(&udid).filter(|p| p.exists())
+            {
                 Some(p) => {
                     let mut d = Dictionary::new();
                     d.insert("PairRecordData".into(), Value::Data(std::fs::read(p)?));
                     reply(&mut conn, pkt.tag, d)?;
                 }
-                None => reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadDevice))?,
+                None => reply(
+                    &mut conn,
+                    pkt.tag,
+                    usbmux::result_payload(MuxResult::BadDevice),
+                )?,
             },
             Request::SavePairRecord { udid, record, .. } => {
                 let ok = match mux.record_path(&udid) {
@@ -170,7 +210,11 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
                     }
                     _ => false,
                 };
-                let r = if ok { MuxResult::Ok } else { MuxResult::BadDevice };
+                let r = if ok {
+                    MuxResult::Ok
+                } else {
+                    MuxResult::BadDevice
+                };
                 reply(&mut conn, pkt.tag, usbmux::result_payload(r))?;
             }
             Request::DeletePairRecord { udid } => {
@@ -180,25 +224,40 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
                 reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
             }
             Request::Connect { device_id, port } => {
-                let Some(dev) = mux.devices.iter().find(|d| d.device_id == device_id).cloned() else {
-                    reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadDevice))?;
+                let Some(dev) = mux
+                    .devices
+                    .iter()
+                    .find(|d| d.device_id == device_id)
+                    .cloned()
+                else {
+                    reply(
+                        &mut conn,
+                        pkt.tag,
+                        usbmux::result_payload(MuxResult::BadDevice),
+                    )?;
                     continue;
                 };
                 if port == usbmux::LOCKDOWN_PORT {
                     reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
-                    return lockdownd::serve(conn, dev, mux);
+                    return lockdownd::serve(conn, dev);
                 }
                 match dev.take_service(port) {
                     Some(service) => {
                         reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
                         return services::serve(&service, conn, dev);
                     }
-                    None => reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::ConnectionRefused))?,
+                    None => reply(
+                        &mut conn,
+                        pkt.tag,
+                        usbmux::result_payload(MuxResult::ConnectionRefused),
+                    )?,
                 }
             }
-            Request::ListListeners | Request::Other(_) => {
-                reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::BadCommand))?
-            }
+            Request::ListListeners | Request::Other(_) => reply(
+                &mut conn,
+                pkt.tag,
+                usbmux::result_payload(MuxResult::BadCommand),
+            )?,
         }
     }
 }

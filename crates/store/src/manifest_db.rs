@@ -64,7 +64,13 @@ impl ManifestWriter {
         let mut stmt = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        stmt.execute(params![id, domain, file.relative_path, file.kind_flag(), file.to_archive()])?;
+        stmt.execute(params![
+            id,
+            domain,
+            file.relative_path,
+            file.kind_flag(),
+            file.to_archive()
+        ])?;
         Ok(())
     }
 
@@ -97,7 +103,9 @@ impl ManifestDb {
         let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
         let conn = Connection::open_with_flags(
             uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // Fails here, not later, when the file is not a database (e.g. encrypted).
         conn.query_row("SELECT count(*) FROM Files", [], |_| Ok(()))?;
@@ -105,7 +113,9 @@ impl ManifestDb {
     }
 
     pub fn count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM Files", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM Files", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Visit every row in (domain, relativePath) order without holding the
@@ -127,17 +137,30 @@ impl ManifestDb {
         )?;
         let raw = stmt
             .query_row(params![domain, relative_path], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, Option<Vec<u8>>>(4)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
             })
             .optional()?;
-        raw.map(|(a, b, c, d, e)| Self::build(a, b, c, d, e)).transpose()
+        raw.map(|(a, b, c, d, e)| Self::build(a, b, c, d, e))
+            .transpose()
     }
 
     fn row(r: &rusqlite::Row<'_>) -> Result<ManifestRow> {
         Self::build(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)
     }
 
-    fn build(file_id: String, domain: String, relative_path: String, flags: i64, blob: Option<Vec<u8>>) -> Result<ManifestRow> {
+    fn build(
+        file_id: String,
+        domain: String,
+        relative_path: String,
+        flags: i64,
+        blob: Option<Vec<u8>>,
+    ) -> Result<ManifestRow> {
         if !paths::is_file_id(&file_id) {
             return Err(StoreError::UnsafePath {
                 path: file_id,
@@ -148,7 +171,11 @@ impl ManifestDb {
         paths::check_relative(&relative_path)?;
         let file = match blob {
             Some(b) => MbFile::from_archive(&b)?,
-            None => return Err(StoreError::Record(format!("{domain}-{relative_path}: no file record"))),
+            None => {
+                return Err(StoreError::Record(format!(
+                    "{domain}-{relative_path}: no file record"
+                )))
+            }
         };
         Ok(ManifestRow {
             file_id,
@@ -183,11 +210,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Manifest.db");
         let mut w = ManifestWriter::create(&path).unwrap();
-        let root = MbFile { relative_path: "".into(), mode: S_IFDIR | 0o755, ..Default::default() };
-        let file = MbFile { relative_path: "Library/SMS/sms.db".into(), mode: S_IFREG | 0o644, size: 10, ..Default::default() };
+        let root = MbFile {
+            relative_path: "".into(),
+            mode: S_IFDIR | 0o755,
+            ..Default::default()
+        };
+        let file = MbFile {
+            relative_path: "Library/SMS/sms.db".into(),
+            mode: S_IFREG | 0o644,
+            size: 10,
+            ..Default::default()
+        };
         w.insert("HomeDomain", &root).unwrap();
         w.insert("HomeDomain", &file).unwrap();
-        assert!(w.insert("HomeDomain", &MbFile { relative_path: "../x".into(), ..Default::default() }).is_err());
+        assert!(w
+            .insert(
+                "HomeDomain",
+                &MbFile {
+                    relative_path: "../x".into(),
+                    ..Default::default()
+                }
+            )
+            .is_err());
         w.finish().unwrap();
         assert!(!dir.path().join("Manifest.db-wal").exists());
         assert!(ManifestWriter::create(&path).is_err());
@@ -200,7 +244,13 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, vec![("HomeDomain".into(), "".into(), 2), ("HomeDomain".into(), "Library/SMS/sms.db".into(), 1)]);
+        assert_eq!(
+            seen,
+            vec![
+                ("HomeDomain".into(), "".into(), 2),
+                ("HomeDomain".into(), "Library/SMS/sms.db".into(), 1)
+            ]
+        );
         let row = db.get("HomeDomain", "Library/SMS/sms.db").unwrap().unwrap();
         assert_eq!(row.file_id, "3d0d7e5fb2ce288813306e4d4636395e047a3d28");
         assert_eq!(row.file, file);
@@ -225,8 +275,15 @@ mod tests {
         let path = dir.path().join("Manifest.db");
         let c = Connection::open(&path).unwrap();
         c.execute_batch(SCHEMA).unwrap();
-        let f = MbFile { relative_path: "x".into(), ..Default::default() };
-        c.execute("INSERT INTO Files VALUES ('../../etc/passwd', 'HomeDomain', 'x', 1, ?1)", [f.to_archive()]).unwrap();
+        let f = MbFile {
+            relative_path: "x".into(),
+            ..Default::default()
+        };
+        c.execute(
+            "INSERT INTO Files VALUES ('../../etc/passwd', 'HomeDomain', 'x', 1, ?1)",
+            [f.to_archive()],
+        )
+        .unwrap();
         drop(c);
         let db = ManifestDb::open(&path).unwrap();
         assert!(db.for_each(|_| Ok(())).is_err());

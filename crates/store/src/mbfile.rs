@@ -84,7 +84,11 @@ impl MbFile {
             cls.insert("$classname".into(), Value::from("NSMutableData"));
             cls.insert(
                 "$classes".into(),
-                Value::Array(vec!["NSMutableData".into(), "NSData".into(), "NSObject".into()]),
+                Value::Array(vec![
+                    "NSMutableData".into(),
+                    "NSData".into(),
+                    "NSObject".into(),
+                ]),
             );
             objects.push(Value::Dictionary(cls));
             rec.insert("EncryptionKey".into(), Value::Uid(Uid::new(key_idx)));
@@ -110,7 +114,10 @@ impl MbFile {
         }
         let mut cls = Dictionary::new();
         cls.insert("$classname".into(), Value::from("MBFile"));
-        cls.insert("$classes".into(), Value::Array(vec!["MBFile".into(), "NSObject".into()]));
+        cls.insert(
+            "$classes".into(),
+            Value::Array(vec!["MBFile".into(), "NSObject".into()]),
+        );
         let cls_uid = push(&mut objects, Value::Dictionary(cls));
         rec.insert("$class".into(), Value::Uid(cls_uid));
         objects[1] = Value::Dictionary(rec);
@@ -134,7 +141,9 @@ impl MbFile {
     pub fn from_archive(bytes: &[u8]) -> Result<MbFile> {
         let bad = |m: &str| StoreError::Record(m.to_string());
         let v = Value::from_reader(std::io::Cursor::new(bytes))?;
-        let d = v.as_dictionary().ok_or_else(|| bad("archive is not a dictionary"))?;
+        let d = v
+            .as_dictionary()
+            .ok_or_else(|| bad("archive is not a dictionary"))?;
         let objects = d
             .get("$objects")
             .and_then(Value::as_array)
@@ -164,7 +173,10 @@ impl MbFile {
         let data = |k: &str| -> Option<Vec<u8>> {
             match obj(k)? {
                 Value::Data(d) => Some(d.clone()),
-                Value::Dictionary(nd) => nd.get("NS.data").and_then(Value::as_data).map(<[u8]>::to_vec),
+                Value::Dictionary(nd) => nd
+                    .get("NS.data")
+                    .and_then(Value::as_data)
+                    .map(<[u8]>::to_vec),
                 _ => None,
             }
         };
@@ -233,7 +245,11 @@ mod tests {
         let mut enc = sample();
         enc.encryption_key = Some(vec![3, 0, 0, 0].into_iter().chain([9u8; 40]).collect());
         enc.extended_attributes = Some(vec![1, 2, 3]);
-        let dir = MbFile { relative_path: "Library".into(), mode: S_IFDIR | 0o755, ..Default::default() };
+        let dir = MbFile {
+            relative_path: "Library".into(),
+            mode: S_IFDIR | 0o755,
+            ..Default::default()
+        };
         let link = MbFile {
             relative_path: "timezone/localtime".into(),
             mode: S_IFLNK | 0o755,
@@ -265,7 +281,10 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(MbFile::from_archive(b"not a plist").is_err());
         let mut d = Dictionary::new();
-        d.insert("$objects".into(), Value::Array(vec![Value::from("$null"), Value::from(5u64)]));
+        d.insert(
+            "$objects".into(),
+            Value::Array(vec![Value::from("$null"), Value::from(5u64)]),
+        );
         let mut out = Vec::new();
         Value::Dictionary(d).to_writer_binary(&mut out).unwrap();
         assert!(MbFile::from_archive(&out).is_err());

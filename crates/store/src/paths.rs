@@ -22,7 +22,9 @@ pub fn file_id(domain: &str, relative_path: &str) -> String {
 
 /// Whether `s` is exactly 40 lowercase hex digits.
 pub fn is_file_id(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Check a relative path made of `/`-separated components: not absolute, no
@@ -75,7 +77,10 @@ mod tests {
     #[test]
     fn known_file_ids() {
         // Fact sheet §1.2, from theiphonewiki and verified against mvt's Manifest.db.
-        assert_eq!(file_id("HomeDomain", "Library/SMS/sms.db"), "3d0d7e5fb2ce288813306e4d4636395e047a3d28");
+        assert_eq!(
+            file_id("HomeDomain", "Library/SMS/sms.db"),
+            "3d0d7e5fb2ce288813306e4d4636395e047a3d28"
+        );
         assert!(is_file_id(&file_id("CameraRollDomain", "")));
         assert!(!is_file_id("3D0D7E5FB2CE288813306E4D4636395E047A3D28"));
         assert!(!is_file_id("../../../../../../../../../../etc/passwd"));
@@ -83,10 +88,25 @@ mod tests {
 
     #[test]
     fn hostile_paths_are_refused() {
-        for p in ["/etc/passwd", "a/../../b", "..", "a/./b", "a//b", "a/b/", "a\0b", "a\\..\\b"] {
+        for p in [
+            "/etc/passwd",
+            "a/../../b",
+            "..",
+            "a/./b",
+            "a//b",
+            "a/b/",
+            "a\0b",
+            "a\\..\\b",
+        ] {
             assert!(check_relative(p).is_err(), "{p:?}");
         }
-        for p in ["", "Library/SMS/sms.db", "Media/DCIM/100APPLE/IMG_0001.HEIC", "ünï cödé/ file .txt", "..foo/bar.."] {
+        for p in [
+            "",
+            "Library/SMS/sms.db",
+            "Media/DCIM/100APPLE/IMG_0001.HEIC",
+            "ünï cödé/ file .txt",
+            "..foo/bar..",
+        ] {
             assert!(check_relative(p).is_ok(), "{p:?}");
         }
         assert!(check_domain("HomeDomain").is_ok());

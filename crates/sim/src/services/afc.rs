@@ -59,7 +59,12 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                 None => status_of(status::INVALID_ARG),
                 Some(path) => match fs::metadata(&path) {
                     Ok(md) => {
-                        let mtime = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+                        let mtime = md
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_nanos())
+                            .unwrap_or(0);
                         AfcPacket {
                             packet_num: n,
                             operation: op::DATA,
@@ -68,7 +73,14 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                                 ("st_size", md.len().to_string()),
                                 ("st_blocks", md.len().div_ceil(512).to_string()),
                                 ("st_nlink", "1".into()),
-                                ("st_ifmt", if md.is_dir() { "S_IFDIR".into() } else { "S_IFREG".into() }),
+                                (
+                                    "st_ifmt",
+                                    if md.is_dir() {
+                                        "S_IFDIR".into()
+                                    } else {
+                                        "S_IFREG".into()
+                                    },
+                                ),
                                 ("st_mtime", mtime.to_string()),
                                 ("st_birthtime", mtime.to_string()),
                             ]),
@@ -82,13 +94,21 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                 Some(path) => match fs::read_dir(&path) {
                     Ok(rd) => {
                         let mut names = vec![".".to_string(), "..".to_string()];
-                        names.extend(rd.flatten().filter_map(|e| e.file_name().into_string().ok()));
+                        names.extend(
+                            rd.flatten()
+                                .filter_map(|e| e.file_name().into_string().ok()),
+                        );
                         let mut data = Vec::new();
                         for name in names {
                             data.extend_from_slice(name.as_bytes());
                             data.push(0);
                         }
-                        AfcPacket { packet_num: n, operation: op::DATA, args: Vec::new(), data }
+                        AfcPacket {
+                            packet_num: n,
+                            operation: op::DATA,
+                            args: Vec::new(),
+                            data,
+                        }
                     }
                     Err(e) => status_of(io_status(&e)),
                 },
@@ -103,7 +123,11 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
             op::REMOVE_PATH => match p.arg_path(0).and_then(|s| resolve(&device, &s)) {
                 None => status_of(status::INVALID_ARG),
                 Some(path) => {
-                    let r = if path.is_dir() { fs::remove_dir(&path) } else { fs::remove_file(&path) };
+                    let r = if path.is_dir() {
+                        fs::remove_dir(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
                     match r {
                         Ok(()) => status_of(status::SUCCESS),
                         Err(e) => status_of(io_status(&e)),
@@ -128,12 +152,19 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                             let _ = fs::create_dir_all(parent);
                         }
                         match o.open(&path) {
-                            Ok(f) if f.metadata().map(|m| m.is_dir()).unwrap_or(false) => status_of(status::OBJECT_IS_DIR),
+                            Ok(f) if f.metadata().map(|m| m.is_dir()).unwrap_or(false) => {
+                                status_of(status::OBJECT_IS_DIR)
+                            }
                             Ok(f) => {
                                 let h = next_handle;
                                 next_handle += 1;
                                 files.insert(h, f);
-                                AfcPacket { packet_num: n, operation: op::FILE_OPEN_RES, args: h.to_le_bytes().to_vec(), data: Vec::new() }
+                                AfcPacket {
+                                    packet_num: n,
+                                    operation: op::FILE_OPEN_RES,
+                                    args: h.to_le_bytes().to_vec(),
+                                    data: Vec::new(),
+                                }
                             }
                             Err(e) => status_of(io_status(&e)),
                         }
@@ -141,13 +172,21 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                 }
             }
             op::FILE_READ => {
-                let (h, len) = (p.arg_u64(0).unwrap_or(0), p.arg_u64(1).unwrap_or(0).min(afc::MAX_PACKET / 2));
+                let (h, len) = (
+                    p.arg_u64(0).unwrap_or(0),
+                    p.arg_u64(1).unwrap_or(0).min(afc::MAX_PACKET / 2),
+                );
                 match files.get_mut(&h) {
                     None => status_of(status::INVALID_ARG),
                     Some(f) => {
                         let mut data = Vec::new();
                         match Read::by_ref(f).take(len).read_to_end(&mut data) {
-                            Ok(_) => AfcPacket { packet_num: n, operation: op::DATA, args: Vec::new(), data },
+                            Ok(_) => AfcPacket {
+                                packet_num: n,
+                                operation: op::DATA,
+                                args: Vec::new(),
+                                data,
+                            },
                             Err(e) => status_of(io_status(&e)),
                         }
                     }

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use ibackup_proto::devicelink::{DlMessage, VERSION_MAJOR, VERSION_MINOR};
 use ibackup_proto::frame;
-use ibackup_proto::mb2::{self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem};
+use ibackup_proto::mb2::{
+    self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem,
+};
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::ProtoError;
 use ibackup_store::manifest_db::{ManifestDb, ManifestWriter};
@@ -64,17 +66,28 @@ impl Dl {
     /// Receive the host's answer to a request; a non-zero code is returned as an error text.
     pub fn status(&mut self) -> Result<std::result::Result<Value, String>> {
         match self.recv()? {
-            DlMessage::StatusResponse { code: 0, payload, .. } => Ok(Ok(payload)),
-            DlMessage::StatusResponse { code, description, .. } => {
-                Ok(Err(format!("host error {code}: {}", description.unwrap_or_default())))
-            }
-            other => Err(SimError::Protocol(format!("expected a status response, got {}", other.name()))),
+            DlMessage::StatusResponse {
+                code: 0, payload, ..
+            } => Ok(Ok(payload)),
+            DlMessage::StatusResponse {
+                code, description, ..
+            } => Ok(Err(format!(
+                "host error {code}: {}",
+                description.unwrap_or_default()
+            ))),
+            other => Err(SimError::Protocol(format!(
+                "expected a status response, got {}",
+                other.name()
+            ))),
         }
     }
 
     pub fn finish(&mut self, code: u64, description: &str) -> Result<()> {
         log::info!("mobilebackup2 result {code}: {description}");
-        self.send(&DlMessage::ProcessMessage(mb2::result_message(code, description)))
+        self.send(&DlMessage::ProcessMessage(mb2::result_message(
+            code,
+            description,
+        )))
     }
 
     /// Count payload about to be sent and fire the disconnect faults.
@@ -102,11 +115,24 @@ impl Dl {
 }
 
 pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
-    let mut dl = Dl { conn, device, bytes_sent: 0, files_sent: 0 };
-    dl.send(&DlMessage::VersionExchange { major: VERSION_MAJOR, minor: VERSION_MINOR })?;
+    let mut dl = Dl {
+        conn,
+        device,
+        bytes_sent: 0,
+        files_sent: 0,
+    };
+    dl.send(&DlMessage::VersionExchange {
+        major: VERSION_MAJOR,
+        minor: VERSION_MINOR,
+    })?;
     match dl.recv()? {
         DlMessage::VersionsOk { .. } => {}
-        other => return Err(SimError::Protocol(format!("version exchange answered with {}", other.name()))),
+        other => {
+            return Err(SimError::Protocol(format!(
+                "version exchange answered with {}",
+                other.name()
+            )))
+        }
     }
     dl.send(&DlMessage::DeviceReady)?;
     loop {
@@ -164,7 +190,9 @@ pub struct Entry {
 
 /// Domains whose files carry a Digest (system domains; fact sheet §3.4).
 pub fn has_digest(domain: &str) -> bool {
-    !(domain.starts_with("AppDomain") || domain.starts_with("Sys") || matches!(domain, "CameraRollDomain" | "MediaDomain" | "TonesDomain"))
+    !(domain.starts_with("AppDomain")
+        || domain.starts_with("Sys")
+        || matches!(domain, "CameraRollDomain" | "MediaDomain" | "TonesDomain"))
 }
 
 fn unix(t: std::io::Result<std::time::SystemTime>) -> i64 {
@@ -177,21 +205,35 @@ fn unix(t: std::io::Result<std::time::SystemTime>) -> i64 {
 /// Walk `fs/` in a stable order and describe every entry.
 pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
-    let mut domains: Vec<_> = std::fs::read_dir(fs_root)?.flatten().filter(|e| e.path().is_dir()).collect();
+    let mut domains: Vec<_> = std::fs::read_dir(fs_root)?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
     domains.sort_by_key(|e| e.file_name());
     for d in domains {
-        let Some(domain) = d.file_name().to_str().map(str::to_string) else { continue };
+        let Some(domain) = d.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
         if !include_encrypted_only && ENCRYPTED_ONLY_DOMAINS.contains(&domain.as_str()) {
             continue;
         }
         for e in walkdir::WalkDir::new(d.path()).sort_by_file_name() {
             let e = e.map_err(|e| SimError::Io(e.into()))?;
-            let rel = e.path().strip_prefix(d.path()).expect("below domain").to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(d.path())
+                .expect("below domain")
+                .to_string_lossy()
+                .into_owned();
             let md = std::fs::symlink_metadata(e.path())?;
             use std::os::unix::fs::MetadataExt;
             let ft = md.file_type();
             let (mode, size, target) = if ft.is_symlink() {
-                (S_IFLNK | 0o755, 0, Some(std::fs::read_link(e.path())?.to_string_lossy().into_owned()))
+                (
+                    S_IFLNK | 0o755,
+                    0,
+                    Some(std::fs::read_link(e.path())?.to_string_lossy().into_owned()),
+                )
             } else if ft.is_dir() {
                 (S_IFDIR | 0o755, 0, None)
             } else {
@@ -211,7 +253,15 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
                     last_status_change: mtime,
                     birth: mtime,
                     size,
-                    protection_class: if ft.is_file() { if domain == "KeychainDomain" { 4 } else { 3 } } else { 0 },
+                    protection_class: if ft.is_file() {
+                        if domain == "KeychainDomain" {
+                            4
+                        } else {
+                            3
+                        }
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 },
                 domain: domain.clone(),
@@ -226,7 +276,10 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
 /// Fetch files from the host into `dest`, named by their last path component.
 /// Missing files are simply absent afterwards.
 pub fn download(dl: &mut Dl, paths: &[String], dest: &Path, progress: f64) -> Result<()> {
-    dl.send(&DlMessage::DownloadFiles { paths: paths.to_vec(), progress })?;
+    dl.send(&DlMessage::DownloadFiles {
+        paths: paths.to_vec(),
+        progress,
+    })?;
     receive_files(dl, paths, |name| {
         let file_name = name.rsplit('/').next().unwrap_or("x");
         Some(dest.join(file_name))
@@ -234,7 +287,11 @@ pub fn download(dl: &mut Dl, paths: &[String], dest: &Path, progress: f64) -> Re
 }
 
 /// Read the host's file stream for `paths`; `place` maps each name to where it goes.
-pub fn receive_files(dl: &mut Dl, paths: &[String], mut place: impl FnMut(&str) -> Option<PathBuf>) -> Result<()> {
+pub fn receive_files(
+    dl: &mut Dl,
+    paths: &[String],
+    mut place: impl FnMut(&str) -> Option<PathBuf>,
+) -> Result<()> {
     let mut r = FileStreamReader::new(&mut dl.conn);
     let mut buf = vec![0u8; BLOCK];
     loop {
@@ -243,9 +300,12 @@ pub fn receive_files(dl: &mut Dl, paths: &[String], mut place: impl FnMut(&str) 
             StreamItem::Name(n) => n,
         };
         if !paths.contains(&name) {
-            return Err(SimError::Protocol(format!("host sent {name:?}, which was not asked for")));
+            return Err(SimError::Protocol(format!(
+                "host sent {name:?}, which was not asked for"
+            )));
         }
-        let target = place(&name).ok_or_else(|| SimError::Protocol(format!("no place for {name:?}")))?;
+        let target =
+            place(&name).ok_or_else(|| SimError::Protocol(format!("no place for {name:?}")))?;
         let tmp = target.with_extension("partial");
         let mut out: Option<File> = None;
         let mut failed = false;
@@ -295,15 +355,23 @@ pub fn receive_files(dl: &mut Dl, paths: &[String], mut place: impl FnMut(&str) 
 
 /// Whether the previous backup on the host can be continued incrementally.
 fn previous_backup(dir: &Path, udid: &str, encrypted: bool) -> Option<ManifestDb> {
-    let status = Value::from_file(dir.join("Status.plist")).ok()?.into_dictionary()?;
+    let status = Value::from_file(dir.join("Status.plist"))
+        .ok()?
+        .into_dictionary()?;
     if status.str_of("SnapshotState") != Some("finished") {
         return None;
     }
-    let manifest = Value::from_file(dir.join("Manifest.plist")).ok()?.into_dictionary()?;
+    let manifest = Value::from_file(dir.join("Manifest.plist"))
+        .ok()?
+        .into_dictionary()?;
     if manifest.bool_of("IsEncrypted").unwrap_or(false) != encrypted {
         return None;
     }
-    if manifest.dict_of("Lockdown").and_then(|l| l.str_of("UniqueDeviceID")) != Some(udid) {
+    if manifest
+        .dict_of("Lockdown")
+        .and_then(|l| l.str_of("UniqueDeviceID"))
+        != Some(udid)
+    {
         return None;
     }
     ManifestDb::open(&dir.join("Manifest.db")).ok()
@@ -358,7 +426,13 @@ pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
                 ("CFBundleIdentifier", Value::from(id.as_str())),
                 ("CFBundleVersion", Value::from("1.0")),
                 ("ContainerContentClass", Value::from("Data/Application")),
-                ("Path", Value::from(format!("/private/var/containers/Bundle/Application/{}/App.app", file_id("app", &id)))),
+                (
+                    "Path",
+                    Value::from(format!(
+                        "/private/var/containers/Bundle/Application/{}/App.app",
+                        file_id("app", &id)
+                    )),
+                ),
             ]));
             (id, v)
         })
@@ -370,8 +444,14 @@ pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
         ("ProductVersion", Value::from(c.product_version.as_str())),
         ("SerialNumber", Value::from(c.serial_number.as_str())),
         ("UniqueDeviceID", Value::from(c.udid.as_str())),
-        ("com.apple.Accessibility", Value::Dictionary(Dictionary::new())),
-        ("com.apple.mobile.data_sync", Value::Dictionary(Dictionary::new())),
+        (
+            "com.apple.Accessibility",
+            Value::Dictionary(Dictionary::new()),
+        ),
+        (
+            "com.apple.mobile.data_sync",
+            Value::Dictionary(Dictionary::new()),
+        ),
     ]);
     let v = Value::Dictionary(dict([
         ("Applications", Value::Dictionary(apps)),
@@ -387,7 +467,14 @@ pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
 }
 
 /// Send one file's content from disk, hashing it if asked.
-fn send_file(dl: &mut Dl, device_name: &str, backup_name: &str, source: &Path, hash: bool, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
+fn send_file(
+    dl: &mut Dl,
+    device_name: &str,
+    backup_name: &str,
+    source: &Path,
+    hash: bool,
+    buf: &mut [u8],
+) -> Result<Option<Vec<u8>>> {
     dl.account(0, true)?;
     let mut f = File::open(source)?;
     let mut h = hash.then(Sha1::new);
@@ -414,7 +501,10 @@ fn send_file(dl: &mut Dl, device_name: &str, backup_name: &str, source: &Path, h
 /// Send in-memory content as one file.
 fn send_bytes(dl: &mut Dl, backup_name: &str, bytes: &[u8]) -> Result<()> {
     let mut w = FileStreamWriter::new(&mut dl.conn);
-    w.name(&format!("/var/mobile/Library/Backup/{}", backup_name.rsplit('/').next().unwrap_or("")))?;
+    w.name(&format!(
+        "/var/mobile/Library/Backup/{}",
+        backup_name.rsplit('/').next().unwrap_or("")
+    ))?;
     w.name(backup_name)?;
     for chunk in bytes.chunks(BLOCK) {
         w.data(chunk)?;
@@ -423,9 +513,16 @@ fn send_bytes(dl: &mut Dl, backup_name: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn upload_metadata(dl: &mut Dl, files: &[(String, Vec<u8>)], progress: f64) -> Result<std::result::Result<(), String>> {
+fn upload_metadata(
+    dl: &mut Dl,
+    files: &[(String, Vec<u8>)],
+    progress: f64,
+) -> Result<std::result::Result<(), String>> {
     let total = files.iter().map(|(_, b)| b.len() as u64).sum();
-    dl.send(&DlMessage::UploadFiles { progress, total_bytes: total })?;
+    dl.send(&DlMessage::UploadFiles {
+        progress,
+        total_bytes: total,
+    })?;
     for (name, bytes) in files {
         send_bytes(dl, name, bytes)?;
     }
@@ -438,24 +535,41 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let c = device.cfg();
     let target = req.target.clone().unwrap_or_else(|| c.udid.clone());
     if target != c.udid {
-        return dl.finish(error_code::MISSING_FILES, &format!("Target identifier {target} is not this device"));
+        return dl.finish(
+            error_code::MISSING_FILES,
+            &format!("Target identifier {target} is not this device"),
+        );
     }
     if c.backup_password.is_some() {
-        return dl.finish(1, "Encrypted backups are not supported by this simulated device yet");
+        return dl.finish(
+            1,
+            "Encrypted backups are not supported by this simulated device yet",
+        );
     }
     let encrypted = false;
     let force_full = req.options.bool_of("ForceFullBackup").unwrap_or(false);
     let work = tempdir_in(&device.state_dir())?;
 
     // 1. The previous backup, as the host has it.
-    let mut wanted = vec![format!("{target}/Status.plist"), format!("{target}/Manifest.plist")];
+    let mut wanted = vec![
+        format!("{target}/Status.plist"),
+        format!("{target}/Manifest.plist"),
+    ];
     if !force_full {
         wanted.push(format!("{target}/Manifest.db"));
     }
     download(dl, &wanted, work.path(), 0.0)?;
-    let previous = if force_full { None } else { previous_backup(work.path(), &c.udid, encrypted) };
+    let previous = if force_full {
+        None
+    } else {
+        previous_backup(work.path(), &c.udid, encrypted)
+    };
     let full = previous.is_none();
-    log::info!("backup of {}: {}", c.udid, if full { "full" } else { "incremental" });
+    log::info!(
+        "backup of {}: {}",
+        c.udid,
+        if full { "full" } else { "incremental" }
+    );
 
     // 2. What to send.
     let mut entries = scan(&device.fs_root(), encrypted)?;
@@ -464,28 +578,46 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         for e in entries.iter_mut().filter(|e| e.upload) {
             if let Some(row) = prev.get(&e.domain, &e.file.relative_path)? {
                 let p = &row.file;
-                if p.size == e.file.size && p.last_modified == e.file.last_modified && p.mode == e.file.mode && p.inode == e.file.inode {
+                if p.size == e.file.size
+                    && p.last_modified == e.file.last_modified
+                    && p.mode == e.file.mode
+                    && p.inode == e.file.inode
+                {
                     e.upload = false;
                     e.file.digest = p.digest.clone();
                 }
             }
         }
-        let present: std::collections::HashSet<(String, String)> = entries.iter().map(|e| (e.domain.clone(), e.file.relative_path.clone())).collect();
+        let present: std::collections::HashSet<(String, String)> = entries
+            .iter()
+            .map(|e| (e.domain.clone(), e.file.relative_path.clone()))
+            .collect();
         prev.for_each(|row| {
-            if row.flags == ibackup_store::mbfile::FLAG_FILE && !present.contains(&(row.domain.clone(), row.relative_path.clone())) {
+            if row.flags == ibackup_store::mbfile::FLAG_FILE
+                && !present.contains(&(row.domain.clone(), row.relative_path.clone()))
+            {
                 removed.push(format!("{target}/{}/{}", &row.file_id[..2], row.file_id));
             }
             Ok(())
         })?;
     }
-    let total: u64 = entries.iter().filter(|e| e.upload).map(|e| e.file.size).sum();
+    let total: u64 = entries
+        .iter()
+        .filter(|e| e.upload)
+        .map(|e| e.file.size)
+        .sum();
 
     // 3. Room on the host?
     dl.send(&DlMessage::GetFreeDiskSpace)?;
     let free = match dl.status()? {
         Ok(Value::Integer(i)) => i.as_unsigned().unwrap_or(0),
         Ok(_) => 0,
-        Err(e) => return dl.finish(error_code::INSUFFICIENT_DISK_SPACE, &format!("Could not get free disk space: {e}")),
+        Err(e) => {
+            return dl.finish(
+                error_code::INSUFFICIENT_DISK_SPACE,
+                &format!("Could not get free disk space: {e}"),
+            )
+        }
     };
     let needed = total + 1_000_000;
     if free < needed {
@@ -496,26 +628,51 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     }
 
     // 4. Directories, Status.plist (uploading), removals, then the files.
-    let mut prefixes: Vec<String> = entries.iter().filter(|e| e.upload).map(|e| file_id(&e.domain, &e.file.relative_path)[..2].to_string()).collect();
+    let mut prefixes: Vec<String> = entries
+        .iter()
+        .filter(|e| e.upload)
+        .map(|e| file_id(&e.domain, &e.file.relative_path)[..2].to_string())
+        .collect();
     prefixes.sort();
     prefixes.dedup();
     for p in prefixes {
-        dl.send(&DlMessage::CreateDirectory { path: format!("{target}/{p}") })?;
+        dl.send(&DlMessage::CreateDirectory {
+            path: format!("{target}/{p}"),
+        })?;
         if let Err(e) = dl.status()? {
-            return dl.finish(error_code::MISSING_FILES, &format!("Host could not create a directory: {e}"));
+            return dl.finish(
+                error_code::MISSING_FILES,
+                &format!("Host could not create a directory: {e}"),
+            );
         }
     }
-    if let Err(e) = upload_metadata(dl, &[(format!("{target}/Status.plist"), status_plist(full, "uploading"))], 0.0)? {
-        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store Status.plist: {e}"));
+    if let Err(e) = upload_metadata(
+        dl,
+        &[(
+            format!("{target}/Status.plist"),
+            status_plist(full, "uploading"),
+        )],
+        0.0,
+    )? {
+        return dl.finish(
+            error_code::MISSING_FILES,
+            &format!("Host could not store Status.plist: {e}"),
+        );
     }
     for chunk in removed.chunks(1000) {
-        dl.send(&DlMessage::RemoveItems { paths: chunk.to_vec(), progress: 0.0 })?;
+        dl.send(&DlMessage::RemoveItems {
+            paths: chunk.to_vec(),
+            progress: 0.0,
+        })?;
         if let Err(e) = dl.status()? {
             log::info!("host could not remove files: {e}");
         }
     }
     if !c.fault_hostile_paths.is_empty() {
-        dl.send(&DlMessage::UploadFiles { progress: 0.0, total_bytes: 5 })?;
+        dl.send(&DlMessage::UploadFiles {
+            progress: 0.0,
+            total_bytes: 5,
+        })?;
         for p in &c.fault_hostile_paths {
             let mut w = FileStreamWriter::new(&mut dl.conn);
             w.name("/var/mobile/evil")?;
@@ -543,18 +700,35 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             j += 1;
         }
         if n > 0 {
-            let progress = if total == 0 { 0.0 } else { done as f64 * 100.0 / total as f64 };
-            dl.send(&DlMessage::UploadFiles { progress, total_bytes: bytes })?;
+            let progress = if total == 0 {
+                0.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            };
+            dl.send(&DlMessage::UploadFiles {
+                progress,
+                total_bytes: bytes,
+            })?;
             for e in entries[i..j].iter_mut().filter(|e| e.upload) {
                 let id = file_id(&e.domain, &e.file.relative_path);
                 let device_name = format!("/var/mobile/{}", e.file.relative_path);
-                let digest = send_file(dl, &device_name, &format!("{target}/{}/{id}", &id[..2]), &e.source, has_digest(&e.domain), &mut buf)?;
+                let digest = send_file(
+                    dl,
+                    &device_name,
+                    &format!("{target}/{}/{id}", &id[..2]),
+                    &e.source,
+                    has_digest(&e.domain),
+                    &mut buf,
+                )?;
                 e.file.digest = digest;
                 done += e.file.size;
             }
             FileStreamWriter::new(&mut dl.conn).terminate()?;
             if let Err(e) = dl.status()? {
-                return dl.finish(error_code::MISSING_FILES, &format!("Host failed to store files: {e}"));
+                return dl.finish(
+                    error_code::MISSING_FILES,
+                    &format!("Host failed to store files: {e}"),
+                );
             }
         }
         i = j;
@@ -568,29 +742,59 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     }
     w.finish()?;
     let db = std::fs::read(&db_path)?;
-    dl.send(&DlMessage::CreateDirectory { path: format!("{target}/Snapshot") })?;
+    dl.send(&DlMessage::CreateDirectory {
+        path: format!("{target}/Snapshot"),
+    })?;
     let _ = dl.status()?;
     let snapshot = [
         (format!("{target}/Snapshot/Manifest.db"), db),
-        (format!("{target}/Snapshot/Manifest.plist"), manifest_plist(&device, encrypted)),
+        (
+            format!("{target}/Snapshot/Manifest.plist"),
+            manifest_plist(&device, encrypted),
+        ),
     ];
     if let Err(e) = upload_metadata(dl, &snapshot, 99.0)? {
-        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store the manifest: {e}"));
+        return dl.finish(
+            error_code::MISSING_FILES,
+            &format!("Host could not store the manifest: {e}"),
+        );
     }
     dl.send(&DlMessage::MoveItems {
         moves: vec![
-            (format!("{target}/Snapshot/Manifest.db"), format!("{target}/Manifest.db")),
-            (format!("{target}/Snapshot/Manifest.plist"), format!("{target}/Manifest.plist")),
+            (
+                format!("{target}/Snapshot/Manifest.db"),
+                format!("{target}/Manifest.db"),
+            ),
+            (
+                format!("{target}/Snapshot/Manifest.plist"),
+                format!("{target}/Manifest.plist"),
+            ),
         ],
         progress: 99.5,
     })?;
     if let Err(e) = dl.status()? {
-        return dl.finish(error_code::MISSING_FILES, &format!("Host could not move the manifest into place: {e}"));
+        return dl.finish(
+            error_code::MISSING_FILES,
+            &format!("Host could not move the manifest into place: {e}"),
+        );
     }
-    dl.send(&DlMessage::RemoveItems { paths: vec![format!("{target}/Snapshot")], progress: 99.9 })?;
+    dl.send(&DlMessage::RemoveItems {
+        paths: vec![format!("{target}/Snapshot")],
+        progress: 99.9,
+    })?;
     let _ = dl.status()?;
-    if let Err(e) = upload_metadata(dl, &[(format!("{target}/Status.plist"), status_plist(full, "finished"))], 100.0)? {
-        return dl.finish(error_code::MISSING_FILES, &format!("Host could not store Status.plist: {e}"));
+    if let Err(e) = upload_metadata(
+        dl,
+        &[(
+            format!("{target}/Status.plist"),
+            status_plist(full, "finished"),
+        )],
+        100.0,
+    )? {
+        return dl.finish(
+            error_code::MISSING_FILES,
+            &format!("Host could not store Status.plist: {e}"),
+        );
     }
     dl.finish(0, "")
 }

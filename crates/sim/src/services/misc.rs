@@ -27,7 +27,10 @@ pub fn notification_proxy(mut conn: Box<dyn Conn>) -> Result<()> {
     while let Some(d) = next(&mut conn)? {
         match d.str_of("Command") {
             Some("Shutdown") => {
-                frame::write_xml(&mut conn, &Value::Dictionary(dict([("Command", Value::from("ProxyDeath"))])))?;
+                frame::write_xml(
+                    &mut conn,
+                    &Value::Dictionary(dict([("Command", Value::from("ProxyDeath"))])),
+                )?;
                 return Ok(());
             }
             Some(c) => log::debug!("notification_proxy: {c} {:?}", d.str_of("Name")),
@@ -43,7 +46,12 @@ pub fn user_apps(device: &Device) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("AppDomain-").map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("AppDomain-")
+                .map(str::to_string)
+        })
         .collect();
     apps.sort();
     apps
@@ -57,29 +65,44 @@ pub fn installation_proxy(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Resul
                 let list: Vec<Value> = user_apps(&device)
                     .into_iter()
                     .map(|id| {
-                        let meta = Value::Dictionary(dict([("itemName", Value::from(id.as_str())), ("softwareVersionBundleId", Value::from(id.as_str()))]));
+                        let meta = Value::Dictionary(dict([
+                            ("itemName", Value::from(id.as_str())),
+                            ("softwareVersionBundleId", Value::from(id.as_str())),
+                        ]));
                         let mut meta_bytes = Vec::new();
                         let _ = meta.to_writer_binary(&mut meta_bytes);
                         Value::Dictionary(dict([
                             ("CFBundleIdentifier", Value::from(id.as_str())),
                             ("ApplicationType", Value::from("User")),
                             ("CFBundleVersion", Value::from("1.0")),
-                            ("ApplicationSINF", Value::Data(format!("SINF:{id}").into_bytes())),
+                            (
+                                "ApplicationSINF",
+                                Value::Data(format!("SINF:{id}").into_bytes()),
+                            ),
                             ("iTunesMetadata", Value::Data(meta_bytes)),
                         ]))
                     })
                     .collect();
                 let total = list.len() as u64;
-                frame::write_xml(&mut conn, &Value::Dictionary(dict([
-                    ("Status", Value::from("BrowsingApplications")),
-                    ("CurrentIndex", Value::from(0u64)),
-                    ("CurrentAmount", Value::from(total)),
-                    ("Total", Value::from(total)),
-                    ("CurrentList", Value::Array(list)),
-                ])))?;
-                frame::write_xml(&mut conn, &Value::Dictionary(dict([("Status", Value::from("Complete"))])))?;
+                frame::write_xml(
+                    &mut conn,
+                    &Value::Dictionary(dict([
+                        ("Status", Value::from("BrowsingApplications")),
+                        ("CurrentIndex", Value::from(0u64)),
+                        ("CurrentAmount", Value::from(total)),
+                        ("Total", Value::from(total)),
+                        ("CurrentList", Value::Array(list)),
+                    ])),
+                )?;
+                frame::write_xml(
+                    &mut conn,
+                    &Value::Dictionary(dict([("Status", Value::from("Complete"))])),
+                )?;
             }
-            _ => frame::write_xml(&mut conn, &Value::Dictionary(dict([("Error", Value::from("UnknownCommand"))])))?,
+            _ => frame::write_xml(
+                &mut conn,
+                &Value::Dictionary(dict([("Error", Value::from("UnknownCommand"))])),
+            )?,
         }
     }
     Ok(())
@@ -87,16 +110,20 @@ pub fn installation_proxy(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Resul
 
 /// A 1×1 PNG: every app gets the same placeholder icon.
 const ICON_PNG: [u8; 67] = [
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08,
-    0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00,
-    0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
 ];
 
 pub fn springboard(mut conn: Box<dyn Conn>) -> Result<()> {
     while let Some(d) = next(&mut conn)? {
         // springboardservices answers getIconState with an array; everything else a dict.
         let answer = match d.str_of("command") {
-            Some("getIconPNGData") => Value::Dictionary(dict([("pngData", Value::Data(ICON_PNG.to_vec()))])),
+            Some("getIconPNGData") => {
+                Value::Dictionary(dict([("pngData", Value::Data(ICON_PNG.to_vec()))]))
+            }
             Some("getIconState") => Value::Array(vec![]),
             _ => Value::Dictionary(dict([("Error", Value::from("UnknownCommand"))])),
         };

@@ -27,28 +27,61 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let device = dl.device.clone();
     let c = device.cfg();
     if c.find_my {
-        return dl.finish(error_code::FIND_MY_ENABLED, "Find My iPhone must be disabled before restoring");
+        return dl.finish(
+            error_code::FIND_MY_ENABLED,
+            "Find My iPhone must be disabled before restoring",
+        );
     }
-    let source = req.source.clone().or_else(|| req.target.clone()).unwrap_or_else(|| c.udid.clone());
+    let source = req
+        .source
+        .clone()
+        .or_else(|| req.target.clone())
+        .unwrap_or_else(|| c.udid.clone());
     let system = req.options.bool_of("RestoreSystemFiles").unwrap_or(false);
     let work = tempdir_in(&device.state_dir())?;
 
-    let wanted: Vec<String> = ["Status.plist", "Manifest.plist", "Manifest.db", "Info.plist"].iter().map(|f| format!("{source}/{f}")).collect();
+    let wanted: Vec<String> = [
+        "Status.plist",
+        "Manifest.plist",
+        "Manifest.db",
+        "Info.plist",
+    ]
+    .iter()
+    .map(|f| format!("{source}/{f}"))
+    .collect();
     download(dl, &wanted, work.path(), 0.0)?;
-    let status = Value::from_file(work.path().join("Status.plist")).ok().and_then(Value::into_dictionary);
+    let status = Value::from_file(work.path().join("Status.plist"))
+        .ok()
+        .and_then(Value::into_dictionary);
     if status.as_ref().and_then(|s| s.str_of("SnapshotState")) != Some("finished") {
-        return dl.finish(error_code::MISSING_FILES, "The backup is incomplete (Status.plist is missing or not finished)");
+        return dl.finish(
+            error_code::MISSING_FILES,
+            "The backup is incomplete (Status.plist is missing or not finished)",
+        );
     }
-    let manifest = Value::from_file(work.path().join("Manifest.plist")).ok().and_then(Value::into_dictionary);
+    let manifest = Value::from_file(work.path().join("Manifest.plist"))
+        .ok()
+        .and_then(Value::into_dictionary);
     let Some(manifest) = manifest else {
-        return dl.finish(error_code::MISSING_FILES, "Error deserializing properties (Manifest.plist is missing or damaged)");
+        return dl.finish(
+            error_code::MISSING_FILES,
+            "Error deserializing properties (Manifest.plist is missing or damaged)",
+        );
     };
     if manifest.bool_of("IsEncrypted").unwrap_or(false) {
-        return dl.finish(error_code::INVALID_PASSWORD, "Encrypted backups cannot be restored by this simulated device yet");
+        return dl.finish(
+            error_code::INVALID_PASSWORD,
+            "Encrypted backups cannot be restored by this simulated device yet",
+        );
     }
     let db = match ManifestDb::open(&work.path().join("Manifest.db")) {
         Ok(db) => db,
-        Err(e) => return dl.finish(error_code::MISSING_FILES, &format!("Manifest.db is unreadable: {e}")),
+        Err(e) => {
+            return dl.finish(
+                error_code::MISSING_FILES,
+                &format!("Manifest.db is unreadable: {e}"),
+            )
+        }
     };
 
     // Plan: every row of the restored domains, rebuilt under staging/.
@@ -68,7 +101,11 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         match row.flags {
             FLAG_FILE => {
                 total += row.file.size;
-                files.push((format!("{source}/{}/{}", &row.file_id[..2], row.file_id), dest, row.file));
+                files.push((
+                    format!("{source}/{}/{}", &row.file_id[..2], row.file_id),
+                    dest,
+                    row.file,
+                ));
             }
             FLAG_DIRECTORY => dirs.push((dest, row.file.last_modified)),
             FLAG_SYMLINK => links.push((dest, row.file.target.unwrap_or_default())),
@@ -94,15 +131,25 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         receive_batch(dl, &paths, batch, progress)?;
         for (name, dest, f) in batch {
             if !dest.exists() {
-                return dl.finish(error_code::MISSING_FILES, &format!("The host did not send {name}"));
+                return dl.finish(
+                    error_code::MISSING_FILES,
+                    &format!("The host did not send {name}"),
+                );
             }
             if let Some(want) = &f.digest {
                 if &sha1_of(dest)? != want {
-                    return dl.finish(error_code::MISSING_FILES, &format!("Digest didn't match for some files ({name})"));
+                    return dl.finish(
+                        error_code::MISSING_FILES,
+                        &format!("Digest didn't match for some files ({name})"),
+                    );
                 }
             }
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(f.last_modified.max(0) as u64);
-            std::fs::File::options().write(true).open(dest)?.set_modified(t)?;
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(f.last_modified.max(0) as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(dest)?
+                .set_modified(t)?;
         }
     }
     for (link, target) in &links {
@@ -134,9 +181,22 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     dl.finish(0, "")
 }
 
-fn receive_batch(dl: &mut Dl, paths: &[String], batch: &[(String, PathBuf, ibackup_store::mbfile::MbFile)], progress: f64) -> Result<()> {
-    dl.send(&DlMessage::DownloadFiles { paths: paths.to_vec(), progress })?;
-    receive_files(dl, paths, |name| batch.iter().find(|(p, _, _)| p == name).map(|(_, d, _)| d.clone()))
+fn receive_batch(
+    dl: &mut Dl,
+    paths: &[String],
+    batch: &[(String, PathBuf, ibackup_store::mbfile::MbFile)],
+    progress: f64,
+) -> Result<()> {
+    dl.send(&DlMessage::DownloadFiles {
+        paths: paths.to_vec(),
+        progress,
+    })?;
+    receive_files(dl, paths, |name| {
+        batch
+            .iter()
+            .find(|(p, _, _)| p == name)
+            .map(|(_, d, _)| d.clone())
+    })
 }
 
 fn sha1_of(p: &Path) -> Result<Vec<u8>> {

@@ -1,0 +1,286 @@
+//! Helpers for the end-to-end and interop tests: a simulated host with
+//! devices on an ephemeral loopback port, the referee clients, and tree
+//! comparisons between a device's `fs/`, a backup folder and an extraction.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ibackup_sim::device::DeviceConfig;
+use ibackup_sim::populate::{populate, Profile, ENCRYPTED_ONLY_DOMAINS};
+use ibackup_sim::usbmuxd::{spawn_loopback, Mux};
+use ibackup_sim::Device;
+use ibackup_store::manifest_db::ManifestDb;
+use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
+use sha1::{Digest, Sha1};
+
+/// A temporary folder of simulated devices served on 127.0.0.1.
+pub struct SimHost {
+    pub root: tempfile::TempDir,
+    pub addr: String,
+    pub devices: Vec<PathBuf>,
+    pub udids: Vec<String>,
+}
+
+impl SimHost {
+    /// Populate one device per spec, let `edit` adjust each `device.toml`, serve them.
+    pub fn start(specs: &[(Profile, u64)], edit: impl Fn(usize, &mut DeviceConfig)) -> SimHost {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut devices = Vec::new();
+        let mut udids = Vec::new();
+        let mut opened = Vec::new();
+        for (i, (profile, seed)) in specs.iter().enumerate() {
+            let dir = root.path().join(format!("device{i}"));
+            populate(&dir, *profile, *seed).expect("populate");
+            let mut cfg = DeviceConfig::load(&dir).expect("config");
+            edit(i, &mut cfg);
+            cfg.save(&dir).expect("save config");
+            udids.push(cfg.udid.clone());
+            opened.push(Device::open(&dir, i as u32 + 1).expect("open device"));
+            devices.push(dir);
+        }
+        let addr = spawn_loopback(Mux::new(opened).expect("mux")).expect("listen");
+        SimHost {
+            root,
+            addr,
+            devices,
+            udids,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        let p = self.root.path().join(name);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        p
+    }
+
+    /// A referee command pointed at this host's usbmuxd.
+    pub fn cmd(&self, tool: &Referee) -> Command {
+        self.cmd_within(tool, 600)
+    }
+
+    /// The same, killed after `secs` seconds: idevicebackup2 waits forever
+    /// on a connection that was cut (its `mb2_receive_filename` retries
+    /// zero-length reads), so fault tests bound it.
+    pub fn cmd_within(&self, tool: &Referee, secs: u32) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg(secs.to_string()).arg(&tool.0);
+        c.env("USBMUXD_SOCKET_ADDRESS", &self.addr);
+        c
+    }
+}
+
+/// A referee client found on this machine.
+pub struct Referee(pub PathBuf);
+
+/// Find a referee client. In CI (`CI` set) a missing referee fails the test;
+/// elsewhere it is skipped with a note, so a developer without them can
+/// still run the rest.
+pub fn referee(name: &str) -> Option<Referee> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(v) = std::env::var("IBACKUP_REFEREE_VENV") {
+        dirs.push(Path::new(&v).join("bin"));
+    }
+    dirs.push(PathBuf::from("/tmp/ref/bin"));
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        return Some(Referee(p));
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("referee client {name} is not installed; .ci/run installs it");
+    }
+    eprintln!("SKIP: referee client {name} not found (install it as .ci/run does)");
+    None
+}
+
+/// Run and capture, with a readable failure.
+pub fn run(mut c: Command) -> Output {
+    let out = c.output().expect("spawn");
+    if std::env::var_os("IBACKUP_TEST_VERBOSE").is_some() {
+        eprintln!(
+            "{:?}\n{}\n{}",
+            c,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+    .replace('\r', "\n")
+}
+
+#[track_caller]
+pub fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}",
+        o.status,
+        tail(&text(o), 40)
+    );
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.starts_with('[')).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What a tree entry is, for comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File { sha1: String, size: u64, mtime: i64 },
+    Link(String),
+}
+
+fn sha1_file(p: &Path) -> String {
+    let mut h = Sha1::new();
+    let mut f = std::fs::File::open(p).expect("open");
+    std::io::copy(&mut f, &mut h).expect("read");
+    hex::encode(h.finalize())
+}
+
+fn mtime(md: &std::fs::Metadata) -> i64 {
+    md.modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `<Domain>/<path>` → node for everything below `fs_root`, leaving out
+/// `skip` domains. Domain roots are directories with an empty path.
+pub fn device_tree(fs_root: &Path, skip: &[&str]) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(fs_root).min_depth(1) {
+        let e = e.expect("walk");
+        let rel = e
+            .path()
+            .strip_prefix(fs_root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let domain = rel.split('/').next().unwrap();
+        if skip.contains(&domain) {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        let node = if md.file_type().is_symlink() {
+            Node::Link(
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        } else if md.is_dir() {
+            Node::Dir
+        } else {
+            Node::File {
+                sha1: sha1_file(e.path()),
+                size: md.len(),
+                mtime: mtime(&md),
+            }
+        };
+        out.insert(rel, node);
+    }
+    out
+}
+
+/// The same map read from a plain backup folder: Manifest.db rows, with
+/// each file's content taken from `xx/<fileID>`. Also checks that the
+/// content files on disk are exactly those the rows name.
+pub fn backup_tree(backup: &Path) -> BTreeMap<String, Node> {
+    let db = ManifestDb::open(&backup.join("Manifest.db")).expect("Manifest.db opens");
+    let mut out = BTreeMap::new();
+    let mut expected_files = std::collections::BTreeSet::new();
+    db.for_each(|row| {
+        assert_eq!(
+            row.file_id,
+            ibackup_store::paths::file_id(&row.domain, &row.relative_path),
+            "fileID is SHA-1 of domain-path"
+        );
+        let key = if row.relative_path.is_empty() {
+            row.domain.clone()
+        } else {
+            format!("{}/{}", row.domain, row.relative_path)
+        };
+        let node = match row.flags {
+            FLAG_DIRECTORY => Node::Dir,
+            FLAG_SYMLINK => Node::Link(row.file.target.clone().unwrap_or_default()),
+            FLAG_FILE => {
+                let p = backup.join(&row.file_id[..2]).join(&row.file_id);
+                expected_files.insert(p.clone());
+                let size = std::fs::metadata(&p)
+                    .unwrap_or_else(|_| panic!("content file for {key} missing"))
+                    .len();
+                assert_eq!(size, row.file.size, "{key}: Size matches content");
+                Node::File {
+                    sha1: sha1_file(&p),
+                    size,
+                    mtime: row.file.last_modified,
+                }
+            }
+            f => panic!("{key}: unknown flags {f}"),
+        };
+        out.insert(key, node);
+        Ok(())
+    })
+    .expect("rows");
+    let mut on_disk = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(backup).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.len() == 2 && e.path().is_dir() {
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                on_disk.insert(f.path());
+            }
+        }
+    }
+    assert_eq!(
+        on_disk, expected_files,
+        "content files on disk are exactly those in Manifest.db"
+    );
+    out
+}
+
+/// Plain backups leave out the domains only encrypted backups carry.
+pub const PLAIN_SKIP: [&str; 2] = ENCRYPTED_ONLY_DOMAINS;
+
+#[track_caller]
+pub fn assert_same_tree(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>, what: &str) {
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(5).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
+    let differ: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
+        "{what}: only in first {only_a:?}, only in second {only_b:?}, different {differ:?}"
+    );
+}
+
+/// Change a device's `device.toml`; the simulator reads it on the next connection.
+pub fn edit_device(dir: &Path, f: impl FnOnce(&mut DeviceConfig)) {
+    let mut cfg = DeviceConfig::load(dir).expect("config");
+    f(&mut cfg);
+    cfg.save(dir).expect("save config");
+}
+
+/// Status.plist's SnapshotState, if readable.
+pub fn snapshot_state(backup: &Path) -> Option<String> {
+    let v = plist::Value::from_file(backup.join("Status.plist")).ok()?;
+    v.as_dictionary()?
+        .get("SnapshotState")?
+        .as_string()
+        .map(str::to_string)
+}

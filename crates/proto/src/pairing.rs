@@ -11,7 +11,8 @@
 
 use plist::{Dictionary, Value};
 use rand::{CryptoRng, RngCore};
-use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
+use rsa::pkcs1::{DecodeRsaPublicKey, EncodeRsaPrivateKey, EncodeRsaPublicKey};
+use rsa::pkcs8::EncodePrivateKey;
 use rsa::pkcs8::LineEnding;
 use rsa::RsaPrivateKey;
 
@@ -120,6 +121,97 @@ impl DeviceKey {
     }
 }
 
+/// The device's public key as rcgen needs it to issue the device certificate.
+struct DevicePublicKey(Vec<u8>);
+
+impl rcgen::PublicKeyData for DevicePublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+fn crypto(e: impl std::fmt::Display) -> ProtoError {
+    ProtoError::Crypto(e.to_string())
+}
+
+/// An RSA key as rcgen signs with, plus its PKCS#1 PEM for the pair record.
+fn rsa_key<R: RngCore + CryptoRng>(rng: &mut R) -> Result<(rcgen::KeyPair, String)> {
+    let key = RsaPrivateKey::new(rng, 2048).map_err(crypto)?;
+    let pkcs8 = key.to_pkcs8_der().map_err(crypto)?;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
+    let pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256)
+        .map_err(crypto)?;
+    let pem = key
+        .to_pkcs1_pem(LineEnding::LF)
+        .map_err(crypto)?
+        .to_string();
+    Ok((pair, pem))
+}
+
+fn params(ca: bool) -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    // Hosts issue these without names (libimobiledevice `userpref.c`).
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.serial_number = Some(rcgen::SerialNumber::from(if ca { 0u64 } else { 1 }));
+    let now = std::time::SystemTime::now();
+    p.not_before = now.into();
+    p.not_after = (now + std::time::Duration::from_secs(10 * 365 * 86_400)).into();
+    if ca {
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    } else {
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+    }
+    p
+}
+
+impl PairRecord {
+    /// Host side of pairing: make a root CA, a host certificate, and a
+    /// device certificate over `device_public_key_pem` (the device's
+    /// `DevicePublicKey`, PKCS#1 PEM), as libimobiledevice and
+    /// pymobiledevice3 do before sending `Pair`.
+    pub fn generate<R: RngCore + CryptoRng>(
+        device_public_key_pem: &[u8],
+        host_id: &str,
+        system_buid: &str,
+        rng: &mut R,
+    ) -> Result<PairRecord> {
+        let pem = std::str::from_utf8(device_public_key_pem).map_err(crypto)?;
+        let device_key = rsa::RsaPublicKey::from_pkcs1_pem(pem.trim()).map_err(crypto)?;
+        let device_der = device_key
+            .to_pkcs1_der()
+            .map_err(crypto)?
+            .as_bytes()
+            .to_vec();
+        let (root_key, root_pem) = rsa_key(rng)?;
+        let (host_key, host_pem) = rsa_key(rng)?;
+        let root = params(true).self_signed(&root_key).map_err(crypto)?;
+        let host = params(false)
+            .signed_by(&host_key, &root, &root_key)
+            .map_err(crypto)?;
+        let device = params(false)
+            .signed_by(&DevicePublicKey(device_der), &root, &root_key)
+            .map_err(crypto)?;
+        Ok(PairRecord {
+            device_certificate: device.pem().into_bytes(),
+            host_certificate: host.pem().into_bytes(),
+            root_certificate: root.pem().into_bytes(),
+            host_id: host_id.to_string(),
+            system_buid: system_buid.to_string(),
+            host_private_key: Some(host_pem.into_bytes()),
+            root_private_key: Some(root_pem.into_bytes()),
+            escrow_bag: None,
+            wifi_mac_address: None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +237,54 @@ mod tests {
         let mut broken = r.to_dict();
         broken.remove("HostID");
         assert!(PairRecord::from_dict(&broken).is_err());
+    }
+
+    #[test]
+    fn generated_records_carry_a_session_both_ways_and_fall_back_to_plaintext() {
+        use std::io::{Read, Write};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let device = DeviceKey::generate(&mut rng).unwrap();
+        let rec =
+            PairRecord::generate(device.public_pem.as_bytes(), "HOST-1", "BUID", &mut rng).unwrap();
+        assert!(String::from_utf8_lossy(&rec.device_certificate)
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+        let server =
+            crate::tls::server_config(&rec.device_certificate, device.private_pem.as_bytes())
+                .unwrap();
+        let client = crate::tls::client_config(
+            &rec.host_certificate,
+            rec.host_private_key.as_ref().unwrap(),
+        )
+        .unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let device_side = std::thread::spawn(move || {
+            let mut t = crate::tls::TlsStream::accept(a, server).unwrap();
+            let mut buf = [0u8; 5];
+            t.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hello");
+            t.write_all(b"world").unwrap();
+            // The host's close_notify ends TLS; what follows is plaintext, unread so far.
+            assert_eq!(t.read(&mut buf).unwrap(), 0);
+            assert!(t.peer_closed());
+            let mut plain = t.into_inner();
+            let mut rest = [0u8; 7];
+            plain.read_exact(&mut rest).unwrap();
+            assert_eq!(&rest, b"goodbye");
+        });
+        let mut t = crate::tls::TlsStream::connect(b, client).unwrap();
+        t.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        t.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"world");
+        let mut plain = t.close().unwrap();
+        plain.write_all(b"goodbye").unwrap();
+        device_side.join().unwrap();
+    }
+
+    #[test]
+    fn a_bad_device_key_is_an_error() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        assert!(PairRecord::generate(b"not a key", "H", "B", &mut rng).is_err());
     }
 
     #[test]

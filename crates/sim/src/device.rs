@@ -75,6 +75,10 @@ pub struct DeviceConfig {
     /// Set when backup encryption is on. Changed by ChangePassword.
     #[serde(default)]
     pub backup_password: Option<String>,
+    /// PBKDF2-SHA256 rounds (DPIC) of a new backup keybag. Devices use
+    /// 10,000,000; tests lower it to keep key derivation fast.
+    #[serde(default = "default_dpic")]
+    pub backup_kdf_iterations: u32,
     /// Drop the connection once this many bytes of file payload were sent
     /// in one backup session.
     #[serde(default)]
@@ -103,6 +107,9 @@ fn default_capacity() -> u64 {
 fn default_free() -> u64 {
     64_000_000_000
 }
+fn default_dpic() -> u32 {
+    ibackup_store::crypto::DEVICE_DPIC
+}
 fn default_conn() -> String {
     "USB".into()
 }
@@ -129,6 +136,7 @@ impl DeviceConfig {
             passcode_locked: false,
             find_my: false,
             backup_password: None,
+            backup_kdf_iterations: default_dpic(),
             fault_disconnect_after_bytes: None,
             fault_disconnect_after_files: None,
             fault_hostile_paths: Vec::new(),
@@ -214,7 +222,7 @@ impl Device {
             write_atomic(&pub_path, k.public_pem.as_bytes())?;
             k
         };
-        Ok(Arc::new(Device {
+        let device = Arc::new(Device {
             dir: dir.to_path_buf(),
             device_id,
             config: Mutex::new(config),
@@ -223,7 +231,9 @@ impl Device {
             pending_services: Mutex::new(BTreeMap::new()),
             next_port: Mutex::new(49152),
             backup_busy: Mutex::new(false),
-        }))
+        });
+        crate::keys::ensure(&device)?;
+        Ok(device)
     }
 
     pub fn cfg(&self) -> DeviceConfig {
@@ -249,6 +259,9 @@ impl Device {
         match DeviceConfig::load(&self.dir) {
             Ok(c) => *self.config.lock().expect("config lock") = c,
             Err(e) => log::warn!("keeping the previous configuration: {e}"),
+        }
+        if let Err(e) = crate::keys::ensure(self) {
+            log::warn!("backup keybag: {e}");
         }
     }
 

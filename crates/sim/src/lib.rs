@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod device;
 pub mod error;
+pub mod keys;
 pub mod lockdownd;
 pub mod populate;
 pub mod services;

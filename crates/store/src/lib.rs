@@ -5,6 +5,7 @@
 //! [`paths`] (file IDs and the validation of every path a device or a disk
 //! hands us). Facts in `docs/format.md` and the shared format fact sheet.
 
+pub mod crypto;
 pub mod error;
 pub mod manifest_db;
 pub mod mbfile;

@@ -27,6 +27,7 @@ use ibackup_proto::mb2::{
 };
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::ProtoError;
+use ibackup_store::crypto::{self, CbcEncryptor, Keybag};
 use ibackup_store::manifest_db::{ManifestDb, ManifestWriter};
 use ibackup_store::mbfile::{MbFile, S_IFDIR, S_IFLNK, S_IFREG};
 use ibackup_store::paths::file_id;
@@ -156,6 +157,7 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                     }
                     "Backup" => exclusive(&mut dl, |dl| backup(dl, &req))?,
                     "Restore" => exclusive(&mut dl, |dl| super::restore::restore(dl, &req))?,
+                    "ChangePassword" => exclusive(&mut dl, |dl| change_password(dl, &req))?,
                     other => dl.finish(1, &format!("{other} is not supported by this device"))?,
                 }
             }
@@ -354,7 +356,9 @@ pub fn receive_files(
 }
 
 /// Whether the previous backup on the host can be continued incrementally.
-fn previous_backup(dir: &Path, udid: &str, encrypted: bool) -> Option<ManifestDb> {
+/// An encrypted one must be made with this device's current keybag.
+fn previous_backup(dir: &Path, udid: &str, keybag: Option<&Keybag>) -> Option<ManifestDb> {
+    let encrypted = keybag.is_some();
     let status = Value::from_file(dir.join("Status.plist"))
         .ok()?
         .into_dictionary()?;
@@ -373,6 +377,16 @@ fn previous_backup(dir: &Path, udid: &str, encrypted: bool) -> Option<ManifestDb
         != Some(udid)
     {
         return None;
+    }
+    if let Some(kb) = keybag {
+        let theirs = Keybag::parse(manifest.data_of("BackupKeyBag")?).ok()?;
+        if theirs.uuid != kb.uuid {
+            return None;
+        }
+        let db_key = kb.unwrap_key(manifest.data_of("ManifestKey")?).ok()?;
+        let plain = crypto::decrypt(&db_key, &std::fs::read(dir.join("Manifest.db")).ok()?).ok()?;
+        std::fs::write(dir.join("Manifest-plain.db"), plain).ok()?;
+        return ManifestDb::open(&dir.join("Manifest-plain.db")).ok();
     }
     ManifestDb::open(&dir.join("Manifest.db")).ok()
 }
@@ -417,7 +431,11 @@ pub fn backup_keybag() -> Vec<u8> {
     kb
 }
 
-pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
+pub fn manifest_plist(
+    device: &Device,
+    keybag: Option<&Keybag>,
+    manifest_key: Option<Vec<u8>>,
+) -> Vec<u8> {
     let c = device.cfg();
     let apps: Dictionary = super::misc::user_apps(device)
         .into_iter()
@@ -453,25 +471,33 @@ pub fn manifest_plist(device: &Device, encrypted: bool) -> Vec<u8> {
             Value::Dictionary(Dictionary::new()),
         ),
     ]);
-    let v = Value::Dictionary(dict([
+    let mut v = dict([
         ("Applications", Value::Dictionary(apps)),
-        ("BackupKeyBag", Value::Data(backup_keybag())),
+        (
+            "BackupKeyBag",
+            Value::Data(keybag.map(Keybag::encode).unwrap_or_else(backup_keybag)),
+        ),
         ("Date", Value::Date(std::time::SystemTime::now().into())),
-        ("IsEncrypted", Value::Boolean(encrypted)),
+        ("IsEncrypted", Value::Boolean(keybag.is_some())),
         ("Lockdown", Value::Dictionary(lockdown)),
         ("SystemDomainsVersion", Value::from("24.0")),
         ("Version", Value::from("10.0")),
         ("WasPasscodeSet", Value::Boolean(true)),
-    ]));
-    ibackup_proto::plistx::to_binary(&v)
+    ]);
+    if let Some(k) = manifest_key {
+        v.insert("ManifestKey".into(), Value::Data(k));
+    }
+    ibackup_proto::plistx::to_binary(&Value::Dictionary(v))
 }
 
-/// Send one file's content from disk, hashing it if asked.
+/// Send one file's content from disk, encrypted with `key` if given,
+/// hashing what is sent (the stored bytes) if asked.
 fn send_file(
     dl: &mut Dl,
     device_name: &str,
     backup_name: &str,
     source: &Path,
+    key: Option<&[u8; 32]>,
     hash: bool,
     buf: &mut [u8],
 ) -> Result<Option<Vec<u8>>> {
@@ -483,16 +509,36 @@ fn send_file(
         w.name(device_name)?;
         w.name(backup_name)?;
     }
+    let mut enc = key.map(CbcEncryptor::new);
+    let mut cipher = Vec::new();
     loop {
         let n = f.read(buf)?;
         if n == 0 {
             break;
         }
         dl.account(n as u64, false)?;
+        let out: &[u8] = match enc.as_mut() {
+            Some(e) => {
+                cipher.clear();
+                e.update(&buf[..n], &mut cipher);
+                &cipher
+            }
+            None => &buf[..n],
+        };
         if let Some(h) = h.as_mut() {
-            h.update(&buf[..n]);
+            h.update(out);
         }
-        FileStreamWriter::new(&mut dl.conn).data(&buf[..n])?;
+        if !out.is_empty() {
+            FileStreamWriter::new(&mut dl.conn).data(out)?;
+        }
+    }
+    if let Some(e) = enc {
+        cipher.clear();
+        e.finish(&mut cipher);
+        if let Some(h) = h.as_mut() {
+            h.update(&cipher);
+        }
+        FileStreamWriter::new(&mut dl.conn).data(&cipher)?;
     }
     FileStreamWriter::new(&mut dl.conn).end_of_file()?;
     Ok(h.map(|h| h.finalize().to_vec()))
@@ -540,13 +586,8 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &format!("Target identifier {target} is not this device"),
         );
     }
-    if c.backup_password.is_some() {
-        return dl.finish(
-            1,
-            "Encrypted backups are not supported by this simulated device yet",
-        );
-    }
-    let encrypted = false;
+    let keybag = crate::keys::load(&device)?;
+    let encrypted = keybag.is_some();
     let force_full = req.options.bool_of("ForceFullBackup").unwrap_or(false);
     let work = tempdir_in(&device.state_dir())?;
 
@@ -562,9 +603,10 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let previous = if force_full {
         None
     } else {
-        previous_backup(work.path(), &c.udid, encrypted)
+        previous_backup(work.path(), &c.udid, keybag.as_ref())
     };
     let full = previous.is_none();
+    let had_backup = work.path().join("Status.plist").exists();
     log::info!(
         "backup of {}: {}",
         c.udid,
@@ -578,13 +620,14 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         for e in entries.iter_mut().filter(|e| e.upload) {
             if let Some(row) = prev.get(&e.domain, &e.file.relative_path)? {
                 let p = &row.file;
-                if p.size == e.file.size
+                let same = p.size == e.file.size
                     && p.last_modified == e.file.last_modified
                     && p.mode == e.file.mode
-                    && p.inode == e.file.inode
-                {
+                    && p.inode == e.file.inode;
+                if same && p.encryption_key.is_some() == encrypted {
                     e.upload = false;
                     e.file.digest = p.digest.clone();
+                    e.file.encryption_key = p.encryption_key.clone();
                 }
             }
         }
@@ -627,7 +670,20 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         );
     }
 
-    // 4. Directories, Status.plist (uploading), removals, then the files.
+    // 4. A full backup over an earlier one starts from empty content
+    //    folders, so nothing of the earlier backup lingers beside the new
+    //    Manifest.db (hosts ignore missing paths here).
+    if full && had_backup {
+        let all: Vec<String> = (0..=255u8).map(|b| format!("{target}/{b:02x}")).collect();
+        dl.send(&DlMessage::RemoveItems {
+            paths: all,
+            progress: 0.0,
+        })?;
+        if let Err(e) = dl.status()? {
+            log::info!("host could not clear old content: {e}");
+        }
+    }
+    // Directories, Status.plist (uploading), removals, then the files.
     let mut prefixes: Vec<String> = entries
         .iter()
         .filter(|e| e.upload)
@@ -712,11 +768,21 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             for e in entries[i..j].iter_mut().filter(|e| e.upload) {
                 let id = file_id(&e.domain, &e.file.relative_path);
                 let device_name = format!("/var/mobile/{}", e.file.relative_path);
+                let file_key: Option<[u8; 32]> = match &keybag {
+                    Some(kb) => {
+                        let k: [u8; 32] = rand::random();
+                        e.file.encryption_key =
+                            Some(kb.wrap_key(e.file.protection_class as u32, &k)?);
+                        Some(k)
+                    }
+                    None => None,
+                };
                 let digest = send_file(
                     dl,
                     &device_name,
                     &format!("{target}/{}/{id}", &id[..2]),
                     &e.source,
+                    file_key.as_ref(),
                     has_digest(&e.domain),
                     &mut buf,
                 )?;
@@ -741,7 +807,14 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         w.insert(&e.domain, &e.file)?;
     }
     w.finish()?;
-    let db = std::fs::read(&db_path)?;
+    let mut db = std::fs::read(&db_path)?;
+    let mut manifest_key = None;
+    if let Some(kb) = &keybag {
+        // Manifest.db is encrypted under class 4 with a full PKCS#7 block (fact sheet §5.4).
+        let db_key: [u8; 32] = rand::random();
+        db = crypto::encrypt(&db_key, &db);
+        manifest_key = Some(kb.wrap_key(4, &db_key)?);
+    }
     dl.send(&DlMessage::CreateDirectory {
         path: format!("{target}/Snapshot"),
     })?;
@@ -750,7 +823,7 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         (format!("{target}/Snapshot/Manifest.db"), db),
         (
             format!("{target}/Snapshot/Manifest.plist"),
-            manifest_plist(&device, encrypted),
+            manifest_plist(&device, keybag.as_ref(), manifest_key),
         ),
     ];
     if let Err(e) = upload_metadata(dl, &snapshot, 99.0)? {
@@ -796,6 +869,50 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &format!("Host could not store Status.plist: {e}"),
         );
     }
+    dl.finish(0, "")
+}
+
+/// Turn backup encryption on (NewPassword), off (OldPassword) or change it
+/// (both), as `idevicebackup2 encryption`/`changepw` and Finder ask.
+fn change_password(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
+    let device = dl.device.clone();
+    let c = device.cfg();
+    let old = req.extra.str_of("OldPassword").map(str::to_string);
+    let new = req.extra.str_of("NewPassword").map(str::to_string);
+    match (&c.backup_password, &old) {
+        (Some(_), None) => {
+            return dl.finish(
+                error_code::INVALID_PASSWORD,
+                "The current backup password is required",
+            )
+        }
+        (Some(cur), Some(o)) if cur != o => {
+            return dl.finish(error_code::INVALID_PASSWORD, "Invalid password")
+        }
+        (None, Some(_)) => {
+            return dl.finish(
+                error_code::INVALID_PASSWORD,
+                "Backup encryption is not enabled",
+            )
+        }
+        _ => {}
+    }
+    if new.as_deref() == Some("") {
+        return dl.finish(
+            error_code::INVALID_PASSWORD,
+            "The new backup password is empty",
+        );
+    }
+    let keybag = match &new {
+        Some(pw) => Some(Keybag::new_backup(
+            pw,
+            c.backup_kdf_iterations,
+            &mut rand::rngs::OsRng,
+        )?),
+        None => None,
+    };
+    crate::keys::save(&device, keybag.as_ref())?;
+    device.update_config(|c| c.backup_password = new.clone())?;
     dl.finish(0, "")
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ibackup_proto::mb2::{error_code, Mb2Request};
 use ibackup_proto::plistx::DictExt;
+use ibackup_store::crypto::{self, CbcDecryptor, Keybag};
 use ibackup_store::manifest_db::ManifestDb;
 use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use plist::Value;
@@ -68,13 +69,50 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             "Error deserializing properties (Manifest.plist is missing or damaged)",
         );
     };
-    if manifest.bool_of("IsEncrypted").unwrap_or(false) {
-        return dl.finish(
-            error_code::INVALID_PASSWORD,
-            "Encrypted backups cannot be restored by this simulated device yet",
-        );
-    }
-    let db = match ManifestDb::open(&work.path().join("Manifest.db")) {
+    let mut db_path = work.path().join("Manifest.db");
+    let keybag = if manifest.bool_of("IsEncrypted").unwrap_or(false) {
+        let password = req
+            .options
+            .str_of("Password")
+            .or_else(|| req.extra.str_of("Password"));
+        let Some(password) = password else {
+            return dl.finish(
+                error_code::INVALID_PASSWORD,
+                "A password is required to restore an encrypted backup",
+            );
+        };
+        let Some(mut kb) = manifest
+            .data_of("BackupKeyBag")
+            .and_then(|b| Keybag::parse(b).ok())
+        else {
+            return dl.finish(
+                error_code::MISSING_FILES,
+                "Error deserializing properties (BackupKeyBag is damaged)",
+            );
+        };
+        if !matches!(kb.unlock(password), Ok(Ok(()))) {
+            return dl.finish(
+                error_code::INVALID_PASSWORD,
+                "Invalid password when restoring encrypted backup (MKBKeyBagUnlock error)",
+            );
+        }
+        let plain = manifest
+            .data_of("ManifestKey")
+            .and_then(|k| kb.unwrap_key(k).ok())
+            .and_then(|k| crypto::decrypt(&k, &std::fs::read(&db_path).ok()?).ok());
+        let Some(plain) = plain else {
+            return dl.finish(
+                error_code::MISSING_FILES,
+                "Manifest.db could not be decrypted",
+            );
+        };
+        db_path = work.path().join("Manifest-plain.db");
+        std::fs::write(&db_path, plain)?;
+        Some(kb)
+    } else {
+        None
+    };
+    let db = match ManifestDb::open(&db_path) {
         Ok(db) => db,
         Err(e) => {
             return dl.finish(
@@ -144,6 +182,20 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
                     );
                 }
             }
+            if let Some(wrapped) = &f.encryption_key {
+                let Some(kb) = &keybag else {
+                    return dl.finish(
+                        error_code::MISSING_FILES,
+                        &format!("{name} has a key but the backup is not encrypted"),
+                    );
+                };
+                if decrypt_in_place(kb, wrapped, dest).is_err() {
+                    return dl.finish(
+                        error_code::MISSING_FILES,
+                        &format!("Could not decrypt {name}"),
+                    );
+                }
+            }
             let t = std::time::UNIX_EPOCH
                 + std::time::Duration::from_secs(f.last_modified.max(0) as u64);
             std::fs::File::options()
@@ -197,6 +249,33 @@ fn receive_batch(
             .find(|(p, _, _)| p == name)
             .map(|(_, d, _)| d.clone())
     })
+}
+
+/// Replace an encrypted content file by its plaintext, streaming.
+fn decrypt_in_place(kb: &Keybag, wrapped: &[u8], path: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let key = kb.unwrap_key(wrapped)?;
+    let tmp = path.with_extension("plain");
+    let mut input = std::fs::File::open(path)?;
+    let mut output = std::fs::File::create(&tmp)?;
+    let mut d = CbcDecryptor::new(&key);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::with_capacity(buf.len() + 32);
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.clear();
+        d.update(&buf[..n], &mut out);
+        output.write_all(&out)?;
+    }
+    out.clear();
+    d.finish(&mut out)?;
+    output.write_all(&out)?;
+    drop(output);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 fn sha1_of(p: &Path) -> Result<Vec<u8>> {

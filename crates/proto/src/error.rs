@@ -17,6 +17,12 @@ pub enum ProtoError {
     Tls(#[from] rustls::Error),
     #[error("key or certificate error: {0}")]
     Crypto(String),
+    /// lockdownd answered with an error name (see `lockdown::LockdownError`).
+    #[error("lockdownd refused {request}: {error}")]
+    Lockdown { request: String, error: String },
+    /// usbmuxd answered a request with a non-zero result.
+    #[error("usbmuxd refused {request} (result {result})")]
+    Mux { request: String, result: u64 },
 }
 
 impl ProtoError {

@@ -32,13 +32,13 @@ fn with_prefix(body: Vec<u8>) -> Vec<u8> {
 
 /// Read one framed plist. `Err(Closed)` when the peer closed cleanly before
 /// the first byte of the frame.
-pub fn read_plist<R: Read>(r: &mut R) -> Result<Value> {
+pub fn read_plist<R: Read + ?Sized>(r: &mut R) -> Result<Value> {
     let body = read_frame(r)?;
     plistx::from_bytes(&body)
 }
 
 /// Read one frame's raw body.
-pub fn read_frame<R: Read>(r: &mut R) -> Result<Vec<u8>> {
+pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
     read_exact_or_closed(r, &mut len)?;
     let len = u32::from_be_bytes(len);
@@ -53,20 +53,20 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-pub fn write_xml<W: Write>(w: &mut W, value: &Value) -> Result<()> {
+pub fn write_xml<W: Write + ?Sized>(w: &mut W, value: &Value) -> Result<()> {
     w.write_all(&encode_xml(value))?;
     w.flush()?;
     Ok(())
 }
 
-pub fn write_binary<W: Write>(w: &mut W, value: &Value) -> Result<()> {
+pub fn write_binary<W: Write + ?Sized>(w: &mut W, value: &Value) -> Result<()> {
     w.write_all(&encode_binary(value))?;
     w.flush()?;
     Ok(())
 }
 
 /// `read_exact`, but a clean end of stream before any byte is `Closed`.
-pub fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<()> {
+pub fn read_exact_or_closed<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {

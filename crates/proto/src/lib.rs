@@ -12,6 +12,7 @@ pub mod afc;
 pub mod devicelink;
 pub mod error;
 pub mod frame;
+pub mod host;
 pub mod lockdown;
 pub mod mb2;
 pub mod pairing;

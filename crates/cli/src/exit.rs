@@ -1,0 +1,32 @@
+//! One sentence and one exit code for every failure a user can hit.
+//! The table is documented in docs/exit-codes.md.
+
+use ibackup_engine::EngineError;
+
+pub fn describe(e: &EngineError) -> (u8, String) {
+    use EngineError::*;
+    match e {
+        NoDevice => (3, "No iPhone or iPad is connected. Connect it with a USB cable, unlock it, and run again.".into()),
+        DeviceNotFound(u) => (3, format!("No device with UDID {u} is connected. Run `ibackup devices` to see the connected ones.")),
+        SeveralDevices(list) => (3, format!("Several devices are connected ({list}); choose one with -u UDID.")),
+        Usbmuxd { addr, source } => (12, format!("Cannot reach usbmuxd at {addr} ({source}). Install and start usbmuxd (Linux) or iTunes/Apple Devices (Windows), or set USBMUXD_SOCKET_ADDRESS.")),
+        NotTrusted => (4, "The device has not trusted this computer. Unlock it, tap Trust when asked, and run again.".into()),
+        TrustDenied => (5, "The device refused to trust this computer (Don't Trust was tapped). Unplug and reconnect it, then tap Trust.".into()),
+        Locked => (6, "The device is locked. Unlock it with its passcode and run again.".into()),
+        ConnectionLost(why) => (8, format!("The connection to the device was lost ({why}). The last backup is intact; reconnect and run again.")),
+        DiskFull { needed } => (7, format!("The backup disk is full. Free at least {} and run again; the last backup is intact.", human(*needed))),
+        DeviceRefused { code, description } => (10, format!("The device refused the backup: {description} (error {code}).")),
+        Busy(lock) => (11, format!("Another backup of this device is already running (lock {lock}). Wait for it to finish.")),
+        Damaged(why) => (9, format!("The backup folder is damaged ({why}). Run `ibackup verify`, then `ibackup full`.")),
+        Io(err) => (9, format!("Cannot use the backup folder: {err}.")),
+        Protocol(why) => (1, format!("Unexpected answer from the device: {why}. Run again; if it keeps happening, report it with RUST_LOG=debug output.")),
+    }
+}
+
+fn human(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GB", n as f64 / 1e9)
+    } else {
+        format!("{:.0} MB", (n as f64 / 1e6).max(1.0))
+    }
+}

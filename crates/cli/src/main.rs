@@ -1,0 +1,275 @@
+//! `ibackup`: back up iPhones and iPads over USB to a disk you own.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ibackup_engine::backup::{self, Events, Options};
+use ibackup_engine::{device, EngineError};
+use ibackup_proto::host::MuxClient;
+use ibackup_proto::usbmux::SocketAddress;
+use serde_json::json;
+
+mod exit;
+
+/// Back up and restore iPhones and iPads over USB.
+#[derive(Parser)]
+#[command(name = "ibackup", version)]
+struct Cli {
+    /// Use a built-in simulated iPhone instead of usbmuxd (for trying ibackup out).
+    #[arg(long, global = true)]
+    simulated: bool,
+    /// The device's UDID; may be left out when exactly one device is connected.
+    #[arg(short = 'u', long = "udid", global = true)]
+    udid: Option<String>,
+    /// Also consider devices usbmuxd sees over Wi-Fi.
+    #[arg(long, global = true)]
+    network: bool,
+    /// Print progress and the result as JSON lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Seconds to wait for the user to tap Trust on the device.
+    #[arg(long, global = true, default_value_t = 120)]
+    trust_timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List connected devices.
+    Devices,
+    /// Make this computer trusted by the device (the device asks the user).
+    Pair,
+    /// Back up everything, even if an earlier backup could be continued.
+    Full {
+        /// The backup folder; the backup goes to DIR/<UDID>/.
+        dir: PathBuf,
+    },
+    /// Back up; incremental when DIR holds an earlier backup of the device.
+    Backup {
+        dir: PathBuf,
+        /// Force a full backup.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+/// Progress for a person on a terminal, a log, or JSON lines.
+struct Report {
+    json: bool,
+    quiet: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Instant,
+    last_percent: f64,
+}
+
+impl Report {
+    fn new(json: bool, quiet: bool) -> Report {
+        let bar = (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(1000);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {percent:>3}% {msg} {elapsed_precise} ETA {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            b
+        });
+        Report {
+            json,
+            quiet,
+            bar,
+            last_line: Instant::now(),
+            last_percent: -1.0,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(text),
+            None if self.json => println!("{}", json!({"event": "step", "message": text})),
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+impl Events for Report {
+    fn progress(&mut self, percent: f64, bytes: u64, files: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position((percent * 10.0) as u64);
+            let rate = bytes as f64 / b.elapsed().as_secs_f64().max(0.001);
+            b.set_message(format!(
+                "{} in {files} files, {}/s",
+                human_bytes(bytes),
+                human_bytes(rate as u64)
+            ));
+            return;
+        }
+        let due = self.last_line.elapsed() >= Duration::from_secs(if self.json { 1 } else { 10 })
+            || percent >= self.last_percent + 10.0;
+        if self.quiet || !due {
+            return;
+        }
+        self.last_line = Instant::now();
+        self.last_percent = percent;
+        if self.json {
+            println!(
+                "{}",
+                json!({"event": "progress", "percent": percent, "bytes": bytes, "files": files})
+            );
+        } else {
+            eprintln!("{percent:5.1}% {} in {files} files", human_bytes(bytes));
+        }
+    }
+
+    fn step(&mut self, what: &str) {
+        self.line(what);
+    }
+
+    fn waiting_for_trust(&mut self) {
+        self.line("Unlock your iPhone and tap Trust to let this computer back it up.");
+    }
+}
+
+fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
+    if !cli.simulated {
+        let addr = SocketAddress::from_env()
+            .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
+        return Ok(MuxClient::new(addr));
+    }
+    let dir = std::env::temp_dir().join("ibackup-simulated-iphone");
+    if !dir.join("device.toml").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        if !cli.quiet && !cli.json {
+            eprintln!(
+                "Making a simulated iPhone in {} (about 120 MB)...",
+                dir.display()
+            );
+        }
+        ibackup_sim::populate::populate(&dir, ibackup_sim::populate::Profile::Small, 1)
+            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+    }
+    let device =
+        ibackup_sim::Device::open(&dir, 1).map_err(|e| EngineError::Protocol(e.to_string()))?;
+    let mux = ibackup_sim::usbmuxd::Mux::new(vec![device])
+        .map_err(|e| EngineError::Protocol(e.to_string()))?;
+    let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)
+        .map_err(|e| EngineError::Protocol(e.to_string()))?;
+    Ok(MuxClient::new(SocketAddress::Tcp(addr)))
+}
+
+fn run_backup(cli: &Cli, mux: &MuxClient, dir: &Path, full: bool) -> Result<(), EngineError> {
+    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let mut report = Report::new(cli.json, cli.quiet);
+    let opts = Options {
+        full,
+        trust_wait: Duration::from_secs(cli.trust_timeout),
+    };
+    let started = Instant::now();
+    let r = backup::run(mux, &dev, dir, &opts, &mut report);
+    if let Some(b) = &report.bar {
+        b.finish_and_clear();
+    }
+    let o = r?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "udid": o.udid, "full": o.full, "files": o.files_received, "bytes": o.bytes_received, "seconds": secs, "path": o.path, "refused_paths": o.refused_paths})
+        );
+    } else if !cli.quiet {
+        println!(
+            "{} backup of {} complete: {} files, {} received in {:.1} s. Backup: {}",
+            if o.full { "Full" } else { "Incremental" },
+            o.udid,
+            o.files_received,
+            human_bytes(o.bytes_received),
+            secs,
+            o.path.display()
+        );
+        if o.refused_paths > 0 {
+            eprintln!(
+                "Warning: the device named {} paths outside the backup folder; they were refused.",
+                o.refused_paths
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<(), EngineError> {
+    let mux = mux_for(cli)?;
+    match &cli.cmd {
+        Cmd::Devices => {
+            let list = device::list(&mux)?;
+            if cli.json {
+                for d in &list {
+                    println!(
+                        "{}",
+                        json!({"udid": d.udid, "connection": d.connection_type, "device_id": d.device_id})
+                    );
+                }
+            } else if list.is_empty() {
+                println!("No devices connected.");
+            } else {
+                for d in &list {
+                    println!(
+                        "{}\t{}",
+                        d.udid,
+                        if d.is_network() { "Wi-Fi" } else { "USB" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Pair => {
+            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            let mut report = Report::new(cli.json, cli.quiet);
+            device::open(
+                &mux,
+                &dev,
+                Duration::from_secs(cli.trust_timeout),
+                &mut || report.waiting_for_trust(),
+            )?;
+            if !cli.quiet {
+                println!("Paired with {}.", dev.udid);
+            }
+            Ok(())
+        }
+        Cmd::Full { dir } => run_backup(cli, &mux, dir, true),
+        Cmd::Backup { dir, full } => run_backup(cli, &mux, dir, *full),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, sentence) = exit::describe(&e);
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"event": "result", "ok": false, "exit_code": code, "error": sentence})
+                );
+            }
+            eprintln!("ibackup: {sentence}");
+            ExitCode::from(code)
+        }
+    }
+}

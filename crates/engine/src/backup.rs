@@ -1,0 +1,631 @@
+//! The host side of a mobilebackup2 backup: answer each DeviceLink request
+//! the device sends, writing only inside the staging folder, and commit
+//! when the device reports success.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ibackup_proto::devicelink::{DlMessage, BULK_OPERATION_ERROR, VERSION_MAJOR};
+use ibackup_proto::frame;
+use ibackup_proto::host::{MuxClient, Stream};
+use ibackup_proto::mb2::{
+    self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem,
+};
+use ibackup_proto::plistx::{dict, DictExt};
+use ibackup_proto::usbmux::DeviceRecord;
+use plist::{Dictionary, Value};
+
+use crate::device;
+use crate::error::{EngineError, Result};
+use crate::staging::BackupDir;
+
+/// What a caller hears while a backup runs.
+pub trait Events {
+    /// Overall percent as the device reports it, bytes and files received so far.
+    fn progress(&mut self, _percent: f64, _bytes: u64, _files: u64) {}
+    /// A step worth a line in a log.
+    fn step(&mut self, _what: &str) {}
+    /// The device asks the user to tap Trust.
+    fn waiting_for_trust(&mut self) {}
+}
+
+pub struct NoEvents;
+impl Events for NoEvents {}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ask the device for a full backup even if an earlier one exists.
+    pub full: bool,
+    /// How long to wait for the user to tap Trust.
+    pub trust_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            full: false,
+            trust_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub udid: String,
+    pub full: bool,
+    pub files_received: u64,
+    pub bytes_received: u64,
+    /// Paths the device named that were refused (outside the backup folder).
+    pub refused_paths: u64,
+    pub path: PathBuf,
+}
+
+/// Device error numbers for host-side failures (libimobiledevice `errno_to_device_error`).
+fn device_errno(e: &std::io::Error) -> i64 {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => -6,
+        std::io::ErrorKind::AlreadyExists => -7,
+        std::io::ErrorKind::IsADirectory => -8,
+        std::io::ErrorKind::StorageFull => -15,
+        _ => -1,
+    }
+}
+
+const BLOCK: usize = 1 << 20;
+/// Host → device frames stay small: BackupAgent2 buffers a whole frame
+/// (pymobiledevice3 `device_link.py`, matching Apple's 32 KiB default).
+const SEND_BLOCK: usize = 32 * 1024;
+
+struct Host<'a> {
+    s: Box<dyn Stream>,
+    dir: &'a BackupDir,
+    events: &'a mut dyn Events,
+    percent: f64,
+    bytes: u64,
+    files: u64,
+    refused: u64,
+    buf: Vec<u8>,
+}
+
+impl Host<'_> {
+    fn send(&mut self, m: &DlMessage) -> Result<()> {
+        frame::write_binary(&mut self.s, &m.encode())?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<DlMessage> {
+        Ok(DlMessage::decode(frame::read_plist(&mut self.s)?)?)
+    }
+
+    fn status(&mut self, code: i64, description: Option<String>, payload: Value) -> Result<()> {
+        self.send(&DlMessage::StatusResponse {
+            code,
+            description,
+            payload,
+        })
+    }
+
+    fn ok(&mut self) -> Result<()> {
+        self.status(0, None, Value::Dictionary(Dictionary::new()))
+    }
+
+    fn progress(&mut self) {
+        self.events.progress(self.percent, self.bytes, self.files);
+    }
+
+    /// Device → host files. Each lands in a new file renamed into place.
+    fn upload_files(&mut self, batch_bytes: u64) -> Result<()> {
+        let start_bytes = self.bytes;
+        let mut error: Option<(i64, String)> = None;
+        loop {
+            let mut r = FileStreamReader::new(&mut self.s);
+            let _device_name = match r.name()? {
+                StreamItem::End => break,
+                StreamItem::Name(n) => n,
+            };
+            let backup_name = match r.name()? {
+                StreamItem::End => {
+                    return Err(EngineError::Protocol(
+                        "file stream ended between two names".into(),
+                    ))
+                }
+                StreamItem::Name(n) => n,
+            };
+            let target = match self.dir.resolve(&backup_name) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log::warn!("{e}");
+                    self.refused += 1;
+                    error = Some((-1, format!("refused unsafe path {backup_name:?}")));
+                    None
+                }
+            };
+            let part = target.as_ref().map(|t| {
+                let mut name = t.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                name.push(".ibackup-part");
+                t.with_file_name(name)
+            });
+            let mut out: Option<File> = None;
+            let mut write_err: Option<std::io::Error> = None;
+            let open = |part: &Path| -> std::io::Result<File> {
+                if let Some(parent) = part.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let _ = std::fs::remove_file(part);
+                File::options().write(true).create_new(true).open(part)
+            };
+            if let Some(p) = &part {
+                match open(p) {
+                    Ok(f) => out = Some(f),
+                    Err(e) => write_err = Some(e),
+                }
+            }
+            let finished = loop {
+                let h = FileStreamReader::new(&mut self.s).block_header()?;
+                match h.code {
+                    mb2::CODE_FILE_DATA => {
+                        let mut left = h.len as usize;
+                        while left > 0 {
+                            let n = left.min(self.buf.len());
+                            FileStreamReader::new(&mut self.s).payload(&mut self.buf[..n])?;
+                            if let (Some(f), None) = (out.as_mut(), write_err.as_ref()) {
+                                if let Err(e) = f.write_all(&self.buf[..n]) {
+                                    write_err = Some(e);
+                                }
+                            }
+                            left -= n;
+                            self.bytes += n as u64;
+                        }
+                        self.progress();
+                    }
+                    mb2::CODE_SUCCESS => break true,
+                    _ => {
+                        let text = FileStreamReader::new(&mut self.s).text(h.len)?;
+                        log::warn!("device could not send {backup_name}: {text}");
+                        break false;
+                    }
+                }
+            };
+            drop(out);
+            match (&part, &target, write_err) {
+                (Some(p), Some(t), None) if finished => {
+                    std::fs::rename(p, t)?;
+                    self.files += 1;
+                }
+                (Some(p), _, Some(e)) => {
+                    let _ = std::fs::remove_file(p);
+                    if e.kind() == std::io::ErrorKind::StorageFull {
+                        self.status(
+                            device_errno(&e),
+                            Some(e.to_string()),
+                            Value::Dictionary(Dictionary::new()),
+                        )?;
+                        let needed = batch_bytes.saturating_sub(self.bytes - start_bytes).max(1);
+                        return Err(EngineError::DiskFull { needed });
+                    }
+                    error = Some((device_errno(&e), e.to_string()));
+                }
+                (Some(p), _, None) => {
+                    let _ = std::fs::remove_file(p);
+                }
+                _ => {}
+            }
+        }
+        match error {
+            None => self.ok(),
+            Some((code, text)) => {
+                self.status(code, Some(text), Value::Dictionary(Dictionary::new()))
+            }
+        }
+    }
+
+    /// Host → device files (the previous backup's plists and index).
+    fn download_files(&mut self, paths: &[String]) -> Result<()> {
+        let mut errors = Dictionary::new();
+        for p in paths {
+            FileStreamWriter::new(&mut self.s).name(p)?;
+            let opened = self
+                .dir
+                .resolve(p)
+                .and_then(|local| File::open(local).map_err(EngineError::from));
+            match opened {
+                Ok(mut f) => {
+                    let mut chunk = vec![0u8; SEND_BLOCK];
+                    loop {
+                        let n = f.read(&mut chunk)?;
+                        if n == 0 {
+                            break;
+                        }
+                        FileStreamWriter::new(&mut self.s).data(&chunk[..n])?;
+                    }
+                    FileStreamWriter::new(&mut self.s).end_of_file()?;
+                }
+                Err(e) => {
+                    let (code, text) = match &e {
+                        EngineError::Io(io) => (device_errno(io), io.to_string()),
+                        other => (-1, other.to_string()),
+                    };
+                    FileStreamWriter::new(&mut self.s).error(mb2::CODE_ERROR_LOCAL, &text)?;
+                    errors.insert(
+                        p.clone(),
+                        Value::Dictionary(dict([
+                            ("DLFileErrorString", Value::from(text)),
+                            ("DLFileErrorCode", Value::from(code as u64)),
+                        ])),
+                    );
+                }
+            }
+        }
+        FileStreamWriter::new(&mut self.s).terminate()?;
+        if errors.is_empty() {
+            self.ok()
+        } else {
+            self.status(
+                BULK_OPERATION_ERROR,
+                Some("Multi status".into()),
+                Value::Dictionary(errors),
+            )
+        }
+    }
+
+    fn each_path(
+        &mut self,
+        paths: &[String],
+        f: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut failure: Option<(i64, String)> = None;
+        for p in paths {
+            match self.dir.resolve(p) {
+                Ok(local) => {
+                    if let Err(e) = f(&local) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            failure = Some((device_errno(&e), e.to_string()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    self.refused += 1;
+                    failure = Some((-1, e.to_string()));
+                }
+            }
+        }
+        match failure {
+            None => self.ok(),
+            Some((c, t)) => self.status(c, Some(t), Value::Dictionary(Dictionary::new())),
+        }
+    }
+
+    fn handle(&mut self, m: DlMessage) -> Result<Option<Dictionary>> {
+        if let Some(p) = m.progress() {
+            if p > 0.0 {
+                self.percent = p;
+                self.progress();
+            }
+        }
+        match m {
+            DlMessage::UploadFiles { total_bytes, .. } => self.upload_files(total_bytes)?,
+            DlMessage::DownloadFiles { paths, .. } => self.download_files(&paths)?,
+            DlMessage::GetFreeDiskSpace => {
+                let free = fs4::available_space(self.dir.staging())?;
+                self.status(0, None, Value::from(free))?;
+            }
+            DlMessage::PurgeDiskSpace { .. } => self.status(
+                -1,
+                Some("DLPurgeDiskSpace failed to purge".into()),
+                Value::Dictionary(Dictionary::new()),
+            )?,
+            DlMessage::CreateDirectory { path } => {
+                self.each_path(&[path], |p| std::fs::create_dir_all(p))?
+            }
+            DlMessage::RemoveItems { paths, .. } => self.each_path(&paths, |p| {
+                if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(p)
+                } else {
+                    std::fs::remove_file(p)
+                }
+            })?,
+            DlMessage::MoveItems { moves, .. } => {
+                let mut failure = None;
+                for (from, to) in &moves {
+                    match (self.dir.resolve(from), self.dir.resolve(to)) {
+                        (Ok(a), Ok(b)) => {
+                            if b.is_dir() {
+                                let _ = std::fs::remove_dir_all(&b);
+                            }
+                            if let Some(parent) = b.parent() {
+                                std::fs::create_dir_all(parent)?;
+                            }
+                            if let Err(e) = std::fs::rename(&a, &b) {
+                                failure = Some((device_errno(&e), e.to_string()));
+                            }
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            log::warn!("{e}");
+                            self.refused += 1;
+                            failure = Some((-1, e.to_string()));
+                        }
+                    }
+                }
+                match failure {
+                    None => self.ok()?,
+                    Some((c, t)) => {
+                        self.status(c, Some(t), Value::Dictionary(Dictionary::new()))?
+                    }
+                }
+            }
+            DlMessage::CopyItem { from, to } => {
+                let r = match (self.dir.resolve(&from), self.dir.resolve(&to)) {
+                    (Ok(a), Ok(b)) => std::fs::copy(a, b)
+                        .map(|_| ())
+                        .map_err(|e| (device_errno(&e), e.to_string())),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.refused += 1;
+                        Err((-1, e.to_string()))
+                    }
+                };
+                match r {
+                    Ok(()) => self.ok()?,
+                    Err((c, t)) => self.status(c, Some(t), Value::Dictionary(Dictionary::new()))?,
+                }
+            }
+            DlMessage::ContentsOfDirectory { path } => {
+                let mut listing = Dictionary::new();
+                if let Ok(local) = self.dir.resolve(&path) {
+                    for e in std::fs::read_dir(local).into_iter().flatten().flatten() {
+                        let Ok(md) = e.metadata() else { continue };
+                        let kind = if md.is_dir() {
+                            "DLFileTypeDirectory"
+                        } else if md.is_file() {
+                            "DLFileTypeRegular"
+                        } else {
+                            "DLFileTypeUnknown"
+                        };
+                        let mut d = dict([
+                            ("DLFileType", Value::from(kind)),
+                            ("DLFileSize", Value::from(md.len())),
+                        ]);
+                        if let Ok(t) = md.modified() {
+                            d.insert("DLFileModificationDate".into(), Value::Date(t.into()));
+                        }
+                        listing.insert(
+                            e.file_name().to_string_lossy().into_owned(),
+                            Value::Dictionary(d),
+                        );
+                    }
+                }
+                self.status(0, None, Value::Dictionary(listing))?;
+            }
+            DlMessage::ProcessMessage(d) => return Ok(Some(d)),
+            DlMessage::Disconnect(reason) => {
+                return Err(EngineError::ConnectionLost(format!(
+                    "the device ended the session: {reason}"
+                )))
+            }
+            other => log::warn!("ignoring DeviceLink message {}", other.name()),
+        }
+        Ok(None)
+    }
+}
+
+fn string_of(values: &Dictionary, key: &str) -> Option<Value> {
+    values.get(key).filter(|v| v.as_string().is_some()).cloned()
+}
+
+/// The host-written Info.plist, with libimobiledevice's key set (fact sheet §2.1).
+pub fn info_plist(values: &Dictionary, udid: &str, itunes: Dictionary) -> Dictionary {
+    let mut d = Dictionary::new();
+    d.insert("Applications".into(), Value::Dictionary(Dictionary::new()));
+    let name = string_of(values, "DeviceName").unwrap_or_else(|| Value::from("iPhone"));
+    d.insert("Device Name".into(), name.clone());
+    d.insert("Display Name".into(), name);
+    let guid: [u8; 16] = rand::random();
+    d.insert(
+        "GUID".into(),
+        Value::from(guid.iter().map(|b| format!("{b:02X}")).collect::<String>()),
+    );
+    d.insert("Installed Applications".into(), Value::Array(vec![]));
+    // Whole seconds: XML readers (Python's plistlib) reject fractional dates.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(now);
+    d.insert("Last Backup Date".into(), Value::Date(now.into()));
+    for (ours, theirs) in [
+        ("Build Version", "BuildVersion"),
+        ("ICCID", "IntegratedCircuitCardIdentity"),
+        ("IMEI", "InternationalMobileEquipmentIdentity"),
+        ("MEID", "MobileEquipmentIdentifier"),
+        ("Phone Number", "PhoneNumber"),
+        ("Product Type", "ProductType"),
+        ("Product Version", "ProductVersion"),
+        ("Serial Number", "SerialNumber"),
+    ] {
+        if let Some(v) = string_of(values, theirs) {
+            d.insert(ours.into(), v);
+        }
+    }
+    d.insert("Target Identifier".into(), Value::from(udid));
+    d.insert("Target Type".into(), Value::from("Device"));
+    d.insert("Unique Identifier".into(), Value::from(udid.to_uppercase()));
+    d.insert("iTunes Files".into(), Value::Dictionary(Dictionary::new()));
+    d.insert("iTunes Settings".into(), Value::Dictionary(itunes));
+    d.insert("iTunes Version".into(), Value::from("12.5.0"));
+    d
+}
+
+/// Back up `device` into `root/<UDID>/`.
+pub fn run(
+    mux: &MuxClient,
+    device: &DeviceRecord,
+    root: &Path,
+    opts: &Options,
+    events: &mut dyn Events,
+) -> Result<Outcome> {
+    let dir = BackupDir::open(root, &device.udid)?;
+    events.step("connecting to the device");
+    let mut session = device::open(mux, device, opts.trust_wait, &mut || {
+        events.waiting_for_trust()
+    })?;
+    let values = session.values()?;
+    let itunes = session.domain("com.apple.iTunes")?;
+    let has_previous = dir.committed().join("Manifest.db").is_file();
+    let full = opts.full || !has_previous;
+    dir.prepare(!full)?;
+    let result = (|| -> Result<Outcome> {
+        let info = info_plist(&values, &device.udid, itunes);
+        Value::Dictionary(info)
+            .to_file_xml(dir.staging().join("Info.plist"))
+            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+
+        events.step("starting the backup service");
+        let stream = session.service(mux, mb2::SERVICE_NAME)?;
+        let mut host = Host {
+            s: stream,
+            dir: &dir,
+            events,
+            percent: 0.0,
+            bytes: 0,
+            files: 0,
+            refused: 0,
+            buf: vec![0u8; BLOCK],
+        };
+        match host.recv()? {
+            DlMessage::VersionExchange { major, .. } if major <= 400 => {}
+            other => {
+                return Err(EngineError::Protocol(format!(
+                    "unexpected DeviceLink greeting {other:?}"
+                )))
+            }
+        }
+        host.send(&DlMessage::VersionsOk {
+            major: VERSION_MAJOR,
+        })?;
+        match host.recv()? {
+            DlMessage::DeviceReady => {}
+            other => {
+                return Err(EngineError::Protocol(format!(
+                    "device not ready: {}",
+                    other.name()
+                )))
+            }
+        }
+        let mut hello = Dictionary::new();
+        hello.insert(
+            "SupportedProtocolVersions".into(),
+            Value::Array(
+                mb2::PROTOCOL_VERSIONS
+                    .iter()
+                    .map(|v| Value::Real(*v))
+                    .collect(),
+            ),
+        );
+        hello.insert("MessageName".into(), Value::from("Hello"));
+        host.send(&DlMessage::ProcessMessage(hello))?;
+        match host.recv()? {
+            DlMessage::ProcessMessage(d) if d.u64_of("ErrorCode") == Some(0) => {}
+            DlMessage::ProcessMessage(d) => {
+                return Err(EngineError::DeviceRefused {
+                    code: d.u64_of("ErrorCode").unwrap_or(0),
+                    description: d
+                        .str_of("ErrorDescription")
+                        .unwrap_or("no common protocol version")
+                        .into(),
+                })
+            }
+            other => {
+                return Err(EngineError::Protocol(format!(
+                    "Hello answered with {}",
+                    other.name()
+                )))
+            }
+        }
+        let mut options = Dictionary::new();
+        if full {
+            options.insert("ForceFullBackup".into(), Value::Boolean(true));
+        }
+        let req = Mb2Request {
+            name: "Backup".into(),
+            target: Some(device.udid.clone()),
+            source: Some(device.udid.clone()),
+            options,
+            extra: Dictionary::new(),
+        };
+        host.send(&DlMessage::ProcessMessage(req.encode()))?;
+        host.events.step(if full {
+            "receiving a full backup"
+        } else {
+            "receiving an incremental backup"
+        });
+        let last = loop {
+            let m = host.recv()?;
+            if let Some(d) = host.handle(m)? {
+                break d;
+            }
+        };
+        let code = last.u64_of("ErrorCode").unwrap_or(0);
+        if code != error_code::SUCCESS {
+            let description = last.str_of("ErrorDescription").unwrap_or("").to_string();
+            if code == error_code::INSUFFICIENT_DISK_SPACE {
+                let free = fs4::available_space(dir.staging()).unwrap_or(0);
+                return Err(EngineError::DiskFull {
+                    needed: parse_needed(&description)
+                        .map(|n| n.saturating_sub(free))
+                        .unwrap_or(0),
+                });
+            }
+            return Err(EngineError::DeviceRefused { code, description });
+        }
+        let _ = host.send(&DlMessage::Disconnect(String::new()));
+        Ok(Outcome {
+            udid: device.udid.clone(),
+            full,
+            files_received: host.files,
+            bytes_received: host.bytes,
+            refused_paths: host.refused,
+            path: dir.committed(),
+        })
+    })();
+    match result {
+        Ok(outcome) => {
+            verify_staged(&dir.staging())?;
+            dir.commit()?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            dir.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// "need N bytes" in a device's free-space refusal.
+fn parse_needed(description: &str) -> Option<u64> {
+    let i = description.find("need ")?;
+    description[i + 5..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Refuse to commit what the device did not finish.
+fn verify_staged(staging: &Path) -> Result<()> {
+    let status = Value::from_file(staging.join("Status.plist"))
+        .ok()
+        .and_then(Value::into_dictionary);
+    if status.as_ref().and_then(|s| s.str_of("SnapshotState")) != Some("finished") {
+        return Err(EngineError::Protocol(
+            "the device reported success but its Status.plist is not finished".into(),
+        ));
+    }
+    if !staging.join("Manifest.db").is_file() || !staging.join("Manifest.plist").is_file() {
+        return Err(EngineError::Protocol(
+            "the device reported success without Manifest.db and Manifest.plist".into(),
+        ));
+    }
+    Ok(())
+}

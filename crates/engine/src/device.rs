@@ -1,0 +1,199 @@
+//! Finding a device, making sure it trusts this host, and opening services.
+
+use std::time::{Duration, Instant};
+
+use ibackup_proto::host::{is_lockdown_error, LockdownClient, MuxClient, Stream};
+use ibackup_proto::lockdown::LockdownError;
+use ibackup_proto::pairing::PairRecord;
+use ibackup_proto::tls::{self, TlsStream};
+use ibackup_proto::usbmux::{DeviceRecord, LOCKDOWN_PORT};
+use ibackup_proto::ProtoError;
+use plist::{Dictionary, Value};
+
+use crate::error::{EngineError, Result};
+
+/// The devices usbmuxd lists, with a clear error when it cannot be reached.
+pub fn list(mux: &MuxClient) -> Result<Vec<DeviceRecord>> {
+    mux.devices().map_err(|e| match e {
+        ProtoError::Io(source) => EngineError::Usbmuxd {
+            addr: mux.addr.to_string(),
+            source,
+        },
+        other => other.into(),
+    })
+}
+
+/// The one device to use: the given UDID, or the only one attached.
+/// Wi-Fi devices are considered only with `network`.
+pub fn choose(mux: &MuxClient, udid: Option<&str>, network: bool) -> Result<DeviceRecord> {
+    let all: Vec<DeviceRecord> = list(mux)?
+        .into_iter()
+        .filter(|d| network || !d.is_network())
+        .collect();
+    match udid {
+        Some(u) => all
+            .into_iter()
+            .find(|d| d.udid.eq_ignore_ascii_case(u))
+            .ok_or_else(|| EngineError::DeviceNotFound(u.to_string())),
+        None => {
+            let mut unique: Vec<DeviceRecord> = Vec::new();
+            for d in all {
+                if !unique.iter().any(|x| x.udid == d.udid) {
+                    unique.push(d);
+                }
+            }
+            match unique.len() {
+                0 => Err(EngineError::NoDevice),
+                1 => Ok(unique.remove(0)),
+                _ => Err(EngineError::SeveralDevices(
+                    unique
+                        .iter()
+                        .map(|d| d.udid.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )),
+            }
+        }
+    }
+}
+
+/// A device with a trusted lockdownd session.
+pub struct Session {
+    pub device: DeviceRecord,
+    pub pair: PairRecord,
+    pub lockdown: LockdownClient,
+}
+
+fn new_host_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Pair with the device: make a pair record, ask for trust until the user
+/// answers or `trust_wait` runs out, and share the record through usbmuxd
+/// so other tools (libimobiledevice) use the same pairing.
+pub fn pair(
+    mux: &MuxClient,
+    device: &DeviceRecord,
+    lockdown: &mut LockdownClient,
+    trust_wait: Duration,
+    on_wait: &mut dyn FnMut(),
+) -> Result<PairRecord> {
+    let public_key = match lockdown.get_value(None, Some("DevicePublicKey"))? {
+        Value::Data(d) => d,
+        _ => return Err(EngineError::Protocol("DevicePublicKey is not data".into())),
+    };
+    let buid = mux.buid()?;
+    let mut rec = PairRecord::generate(&public_key, &new_host_id(), &buid, &mut rand::rngs::OsRng)?;
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match lockdown.pair(&rec) {
+            Ok(escrow) => {
+                rec.escrow_bag = escrow;
+                mux.save_pair_record(&device.udid, device.device_id, &rec)?;
+                return Ok(rec);
+            }
+            Err(e) if is_lockdown_error(&e, LockdownError::PairingDialogResponsePending) => {
+                if !told {
+                    on_wait();
+                    told = true;
+                }
+                if start.elapsed() >= trust_wait {
+                    return Err(EngineError::NotTrusted);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Connect to lockdownd and open a trusted session, pairing first if this
+/// host has no pair record for the device or the device forgot it.
+pub fn open(
+    mux: &MuxClient,
+    device: &DeviceRecord,
+    trust_wait: Duration,
+    on_wait: &mut dyn FnMut(),
+) -> Result<Session> {
+    let connect = || -> Result<LockdownClient> {
+        let mut l = LockdownClient::new(mux.connect(device.device_id, LOCKDOWN_PORT)?, "ibackup");
+        let ty = l.query_type()?;
+        if ty != ibackup_proto::lockdown::SERVICE_TYPE {
+            return Err(EngineError::Protocol(format!(
+                "port 62078 answers as {ty}, not lockdownd"
+            )));
+        }
+        Ok(l)
+    };
+    let mut lockdown = connect()?;
+    let mut record = mux.read_pair_record(&device.udid).ok().flatten();
+    for attempt in 0..2 {
+        let rec = match record.take() {
+            Some(r) => r,
+            None => pair(mux, device, &mut lockdown, trust_wait, on_wait)?,
+        };
+        match lockdown.start_session(&rec) {
+            Ok(()) => {
+                return Ok(Session {
+                    device: device.clone(),
+                    pair: rec,
+                    lockdown,
+                })
+            }
+            Err(e) if attempt == 0 && is_lockdown_error(&e, LockdownError::InvalidHostId) => {
+                // The device no longer trusts this record (reset, or unpaired elsewhere).
+                let _ = mux.delete_pair_record(&device.udid);
+                lockdown = connect()?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(EngineError::NotTrusted)
+}
+
+impl Session {
+    /// All lockdownd values, for Info.plist and `ibackup info`.
+    pub fn values(&mut self) -> Result<Dictionary> {
+        match self.lockdown.get_value(None, None)? {
+            Value::Dictionary(d) => Ok(d),
+            _ => Err(EngineError::Protocol(
+                "GetValue answered with a non-dictionary".into(),
+            )),
+        }
+    }
+
+    pub fn domain(&mut self, domain: &str) -> Result<Dictionary> {
+        match self.lockdown.get_value(Some(domain), None) {
+            Ok(Value::Dictionary(d)) => Ok(d),
+            Ok(_) => Ok(Dictionary::new()),
+            Err(e) if is_lockdown_error(&e, LockdownError::MissingValue) => Ok(Dictionary::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Start a service and connect to it.
+    pub fn service(&mut self, mux: &MuxClient, name: &str) -> Result<Box<dyn Stream>> {
+        let escrow = self.pair.escrow_bag.clone();
+        let info = self.lockdown.start_service(name, escrow)?;
+        let stream = mux.connect(self.device.device_id, info.port)?;
+        if info.ssl {
+            let key =
+                self.pair.host_private_key.as_deref().ok_or_else(|| {
+                    EngineError::Protocol("pair record without a host key".into())
+                })?;
+            let config = tls::client_config(&self.pair.host_certificate, key)?;
+            return Ok(Box::new(TlsStream::connect(stream, config)?));
+        }
+        Ok(stream)
+    }
+}

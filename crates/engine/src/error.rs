@@ -1,0 +1,78 @@
+//! What can go wrong, in the categories a user can act on.
+
+use ibackup_proto::ProtoError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("no device is connected")]
+    NoDevice,
+    #[error("no device with UDID {0} is connected")]
+    DeviceNotFound(String),
+    #[error("several devices are connected ({0}); choose one with -u UDID")]
+    SeveralDevices(String),
+    #[error("cannot reach usbmuxd at {addr}: {source}")]
+    Usbmuxd {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the device has not trusted this computer yet")]
+    NotTrusted,
+    #[error("the user tapped Don't Trust on the device")]
+    TrustDenied,
+    #[error("the device is locked with a passcode")]
+    Locked,
+    #[error("the connection to the device was lost: {0}")]
+    ConnectionLost(String),
+    #[error("the backup disk is full: {needed} more bytes are needed")]
+    DiskFull { needed: u64 },
+    #[error("the device refused: {description} (error {code})")]
+    DeviceRefused { code: u64, description: String },
+    #[error("another backup of this device is running (lock {0})")]
+    Busy(String),
+    #[error("the backup folder is damaged: {0}")]
+    Damaged(String),
+    #[error("i/o error on the backup disk: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<ProtoError> for EngineError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::Closed => {
+                EngineError::ConnectionLost("the device closed the connection".into())
+            }
+            ProtoError::Io(io) => match io.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::NotConnected => EngineError::ConnectionLost(io.to_string()),
+                _ => EngineError::ConnectionLost(io.to_string()),
+            },
+            ProtoError::Lockdown { error, .. } if error == "PasswordProtected" => {
+                EngineError::Locked
+            }
+            ProtoError::Lockdown { error, .. } if error == "UserDeniedPairing" => {
+                EngineError::TrustDenied
+            }
+            ProtoError::Lockdown { error, .. } if error == "PairingDialogResponsePending" => {
+                EngineError::NotTrusted
+            }
+            other => EngineError::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<ibackup_store::StoreError> for EngineError {
+    fn from(e: ibackup_store::StoreError) -> Self {
+        match e {
+            ibackup_store::StoreError::Io(io) => EngineError::Io(io),
+            other => EngineError::Damaged(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,10 @@
+//! Runs a session with a device: finds it through usbmuxd, makes sure this
+//! host is trusted, and runs a backup that lands in a staging folder and is
+//! committed only when the device reports success.
+
+pub mod backup;
+pub mod device;
+pub mod error;
+pub mod staging;
+
+pub use error::EngineError;

@@ -1,0 +1,244 @@
+//! The backup folder during a session.
+//!
+//! `DIR/<UDID>/` is always the newest complete backup. A session works in
+//! `DIR/.ibackup/staging/<UDID>/`, which starts as hard links to the
+//! committed files (an incremental backup's device-side removals and moves
+//! then touch only links), and every file the device sends is written as a
+//! new file and renamed into place, never opened where it exists: committed
+//! files are never modified. On the device's final success the staging
+//! folder replaces the committed one with two renames; a crash between
+//! them is repaired at the next start.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use ibackup_store::paths::check_relative;
+
+use crate::error::{EngineError, Result};
+
+pub struct BackupDir {
+    pub root: PathBuf,
+    pub udid: String,
+    _lock: File,
+}
+
+impl BackupDir {
+    /// Take the per-device lock and repair what an interrupted run left.
+    pub fn open(root: &Path, udid: &str) -> Result<BackupDir> {
+        if udid.is_empty() || check_relative(udid).is_err() || udid.contains('/') {
+            return Err(EngineError::Protocol(format!(
+                "unusable device identifier {udid:?}"
+            )));
+        }
+        if !root.is_dir() {
+            return Err(EngineError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("backup folder {} does not exist", root.display()),
+            )));
+        }
+        let meta = root.join(".ibackup");
+        for sub in ["staging", "old", "locks"] {
+            fs::create_dir_all(meta.join(sub))?;
+        }
+        let lock_path = meta.join("locks").join(format!("{udid}.lock"));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(EngineError::Busy(lock_path.display().to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        let dir = BackupDir {
+            root: root.to_path_buf(),
+            udid: udid.to_string(),
+            _lock: lock,
+        };
+        dir.recover()?;
+        Ok(dir)
+    }
+
+    pub fn committed(&self) -> PathBuf {
+        self.root.join(&self.udid)
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.root.join(".ibackup/staging").join(&self.udid)
+    }
+
+    fn old(&self) -> PathBuf {
+        self.root.join(".ibackup/old").join(&self.udid)
+    }
+
+    fn recover(&self) -> Result<()> {
+        if !self.committed().exists() && self.old().exists() {
+            // Interrupted between the two renames of a commit.
+            fs::rename(self.old(), self.committed())?;
+        }
+        remove_tree(&self.old())?;
+        remove_tree(&self.staging())?;
+        Ok(())
+    }
+
+    /// A fresh staging folder; with `link_previous`, holding links to the
+    /// committed backup's files so the device can continue it.
+    pub fn prepare(&self, link_previous: bool) -> Result<()> {
+        let staging = self.staging();
+        remove_tree(&staging)?;
+        fs::create_dir_all(&staging)?;
+        let committed = self.committed();
+        if !link_previous || !committed.is_dir() {
+            return Ok(());
+        }
+        for e in walkdir::WalkDir::new(&committed).min_depth(1) {
+            let e = e.map_err(|e| EngineError::Io(e.into()))?;
+            let rel = e.path().strip_prefix(&committed).expect("below root");
+            let to = staging.join(rel);
+            let ft = e.file_type();
+            if ft.is_dir() {
+                fs::create_dir_all(&to)?;
+            } else if ft.is_file() {
+                if fs::hard_link(e.path(), &to).is_err() {
+                    // Filesystems without hard links: copy (slower, same result).
+                    fs::copy(e.path(), &to)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Map a path the device names (`<UDID>/…`) into the staging folder,
+    /// refusing anything else: other devices' folders, absolute paths,
+    /// `..`, NUL.
+    pub fn resolve(&self, device_path: &str) -> Result<PathBuf> {
+        let (first, rest) = device_path.split_once('/').unwrap_or((device_path, ""));
+        let refuse = |why: &str| {
+            EngineError::Protocol(format!("refused device path {device_path:?}: {why}"))
+        };
+        if first != self.udid {
+            return Err(refuse("outside this device's backup"));
+        }
+        let rest = rest.trim_end_matches('/');
+        check_relative(rest).map_err(|e| refuse(&e.to_string()))?;
+        Ok(if rest.is_empty() {
+            self.staging()
+        } else {
+            self.staging().join(rest)
+        })
+    }
+
+    /// Make the staging folder the newest complete backup.
+    pub fn commit(&self) -> Result<()> {
+        let staging = self.staging();
+        // Durable before visible: flush the index and plists the readers need first.
+        for name in [
+            "Manifest.db",
+            "Manifest.plist",
+            "Status.plist",
+            "Info.plist",
+        ] {
+            if let Ok(f) = File::open(staging.join(name)) {
+                f.sync_all()?;
+            }
+        }
+        let committed = self.committed();
+        if committed.exists() {
+            fs::rename(&committed, self.old())?;
+        }
+        fs::rename(&staging, &committed)?;
+        if let Ok(d) = File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        remove_tree(&self.old())?;
+        Ok(())
+    }
+
+    /// Drop the staging folder (after a failed session).
+    pub fn abandon(&self) {
+        let _ = remove_tree(&self.staging());
+    }
+}
+
+fn remove_tree(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_refuses_escapes() {
+        let root = tempfile::tempdir().unwrap();
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        assert_eq!(
+            d.resolve("U1/ab/abcd").unwrap(),
+            d.staging().join("ab/abcd")
+        );
+        assert_eq!(d.resolve("U1").unwrap(), d.staging());
+        for bad in [
+            "U2/ab",
+            "../U1/x",
+            "U1/../../etc/passwd",
+            "/etc/passwd",
+            "U1/a\0b",
+            "U1//x",
+            "U1/./x",
+        ] {
+            assert!(d.resolve(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn second_session_is_refused_while_the_first_holds_the_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let _first = BackupDir::open(root.path(), "U1").unwrap();
+        assert!(matches!(
+            BackupDir::open(root.path(), "U1"),
+            Err(EngineError::Busy(_))
+        ));
+        assert!(
+            BackupDir::open(root.path(), "U2").is_ok(),
+            "other devices are independent"
+        );
+    }
+
+    #[test]
+    fn staging_links_never_change_the_committed_files_and_commit_swaps() {
+        let root = tempfile::tempdir().unwrap();
+        let committed = root.path().join("U1");
+        fs::create_dir_all(committed.join("ab")).unwrap();
+        fs::write(committed.join("ab/file"), b"old").unwrap();
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        let staged = d.resolve("U1/ab/file").unwrap();
+        assert_eq!(fs::read(&staged).unwrap(), b"old");
+        // Replace as the engine does: new file, rename over the link.
+        fs::write(staged.with_extension("part"), b"new").unwrap();
+        fs::rename(staged.with_extension("part"), &staged).unwrap();
+        assert_eq!(
+            fs::read(committed.join("ab/file")).unwrap(),
+            b"old",
+            "committed file untouched"
+        );
+        d.commit().unwrap();
+        assert_eq!(fs::read(committed.join("ab/file")).unwrap(), b"new");
+        assert!(!d.staging().exists());
+    }
+
+    #[test]
+    fn an_interrupted_commit_is_repaired() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join(".ibackup/old/U1")).unwrap();
+        fs::write(root.path().join(".ibackup/old/U1/Manifest.db"), b"x").unwrap();
+        let _d = BackupDir::open(root.path(), "U1").unwrap();
+        assert_eq!(fs::read(root.path().join("U1/Manifest.db")).unwrap(), b"x");
+    }
+}

@@ -101,11 +101,9 @@ impl BackupDir {
             let ft = e.file_type();
             if ft.is_dir() {
                 fs::create_dir_all(&to)?;
-            } else if ft.is_file() {
-                if fs::hard_link(e.path(), &to).is_err() {
-                    // Filesystems without hard links: copy (slower, same result).
-                    fs::copy(e.path(), &to)?;
-                }
+            } else if ft.is_file() && fs::hard_link(e.path(), &to).is_err() {
+                // Filesystems without hard links: copy (slower, same result).
+                fs::copy(e.path(), &to)?;
             }
         }
         Ok(())

@@ -151,7 +151,9 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
             .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
         return Ok(MuxClient::new(addr));
     }
-    let dir = std::env::temp_dir().join("ibackup-simulated-iphone");
+    let dir = std::env::var_os("IBACKUP_SIMULATED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ibackup-simulated-iphone"));
     if !dir.join("device.toml").is_file() {
         let _ = std::fs::remove_dir_all(&dir);
         if !cli.quiet && !cli.json {

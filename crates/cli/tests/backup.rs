@@ -1,0 +1,317 @@
+//! `ibackup full` / `ibackup backup` end to end against the simulator, and
+//! checked by libimobiledevice (which must restore what we write).
+
+use std::path::Path;
+use std::process::Command;
+
+use ibackup_sim::device::Trust;
+use ibackup_sim::populate::Profile;
+use ibackup_suite::*;
+
+fn ibackup(host: &SimHost) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    c
+}
+
+/// Every file under a folder with its bytes' hash, for "byte for byte intact".
+fn snapshot(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<_> = device_tree(dir, &[])
+        .into_iter()
+        .filter_map(|(k, n)| match n {
+            Node::File { sha1, .. } => Some((k, sha1)),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn full_backup_matches_the_device_and_idevicebackup2_restores_it() {
+    let host = SimHost::start(&[(Profile::Small, 101), (Profile::Empty, 102)], |_, _| {});
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let dir = host.path("backups");
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "full"]).arg(&dir);
+        c
+    });
+    assert_ok(&o, "ibackup full");
+    assert!(text(&o).contains("Full backup of"), "{}", text(&o));
+    let device = device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP);
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device,
+        "ibackup backup vs device",
+    );
+    assert!(
+        !dir.join(".ibackup/staging").join(a).exists(),
+        "staging is gone after commit"
+    );
+
+    // The pairing ibackup made is shared through usbmuxd: libimobiledevice uses it.
+    let Some(b2) = referee("idevicebackup2") else {
+        return;
+    };
+    let o = run({
+        let mut c = host.cmd(&b2);
+        c.args(["-u", b, "-s", a, "restore", "--system", "--no-reboot"])
+            .arg(&dir);
+        c
+    });
+    assert_ok(&o, "idevicebackup2 restore of an ibackup backup");
+    assert_same_tree(
+        &device_tree(&host.devices[1].join("fs"), &[]),
+        &device,
+        "device B after restoring our backup",
+    );
+}
+
+#[test]
+fn incremental_backup_follows_changes_and_continues_an_idevicebackup2_backup() {
+    let host = SimHost::start(&[(Profile::Small, 111)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let fs = host.devices[0].join("fs");
+    // Start from a backup libimobiledevice made, when it is here.
+    match referee("idevicebackup2") {
+        Some(b2) => assert_ok(
+            &run({
+                let mut c = host.cmd(&b2);
+                c.args(["-u", a, "backup"]).arg(&dir);
+                c
+            }),
+            "idevicebackup2 backup",
+        ),
+        None => assert_ok(
+            &run({
+                let mut c = ibackup(&host);
+                c.args(["-u", a, "full"]).arg(&dir);
+                c
+            }),
+            "ibackup full",
+        ),
+    }
+    std::fs::write(fs.join("HomeDomain/Library/added.txt"), "new").unwrap();
+    std::fs::write(fs.join("HomeDomain/Library/SMS/sms.db"), "replaced content").unwrap();
+    let gone: Vec<_> = std::fs::read_dir(fs.join("CameraRollDomain/Media/DCIM/100APPLE"))
+        .unwrap()
+        .flatten()
+        .take(2)
+        .map(|e| e.path())
+        .collect();
+    for p in gone {
+        std::fs::remove_file(p).unwrap();
+    }
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "backup"]).arg(&dir);
+        c
+    });
+    assert_ok(&o, "ibackup backup");
+    assert!(text(&o).contains("Incremental backup"), "{}", text(&o));
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&fs, &PLAIN_SKIP),
+        "incremental vs changed device",
+    );
+}
+
+#[test]
+fn a_cut_cable_leaves_the_last_backup_intact_and_the_next_run_succeeds() {
+    let host = SimHost::start(&[(Profile::Small, 121)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "first backup",
+    );
+    let before = snapshot(&dir.join(a));
+    std::fs::write(
+        host.devices[0].join("fs/HomeDomain/Library/changed.txt"),
+        "x".repeat(1000),
+    )
+    .unwrap();
+    edit_device(&host.devices[0], |c| {
+        c.fault_disconnect_after_bytes = Some(30_000_000)
+    });
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "full"]).arg(&dir);
+        c
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(8),
+        "connection lost has its own exit code: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("last backup is intact"), "{}", text(&o));
+    assert_eq!(
+        snapshot(&dir.join(a)),
+        before,
+        "the committed backup is byte for byte unchanged"
+    );
+
+    edit_device(&host.devices[0], |c| {
+        c.fault_disconnect_after_bytes = None;
+        c.fault_disconnect_after_files = Some(50);
+    });
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "backup", "--full"]).arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert_eq!(snapshot(&dir.join(a)), before);
+
+    edit_device(&host.devices[0], |c| {
+        c.fault_disconnect_after_bytes = None;
+        c.fault_disconnect_after_files = None;
+    });
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "backup"]).arg(&dir);
+            c
+        }),
+        "the next run, no clean-up",
+    );
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
+        "after recovery",
+    );
+}
+
+#[test]
+fn a_hostile_device_cannot_write_outside_its_backup() {
+    let host = SimHost::start(&[(Profile::Empty, 131)], |_, c| {
+        c.fault_hostile_paths = vec![
+            "../../escaped".into(),
+            "/tmp/ibackup-absolute-escape".into(),
+            format!("{}/../../escaped2", c.udid),
+            "OTHER-UDID/file".into(),
+            format!("{}/a\u{0}b", c.udid),
+        ];
+    });
+    let a = &host.udids[0];
+    let dir = host.path("deep/backups");
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "full"]).arg(&dir);
+        c
+    });
+    let t = text(&o);
+    assert!(
+        !host.root.path().join("escaped").exists()
+            && !host.root.path().join("deep/escaped2").exists()
+            && !host.root.path().join("escaped2").exists()
+    );
+    assert!(!Path::new("/tmp/ibackup-absolute-escape").exists());
+    assert!(!dir.join("OTHER-UDID").exists());
+    assert_ok(&o, "backup with refused paths");
+    assert!(t.contains("refused"), "the user is told: {t}");
+}
+
+#[test]
+fn one_backup_per_device_at_a_time() {
+    let host = SimHost::start(&[(Profile::Empty, 141)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let _held = ibackup_engine::staging::BackupDir::open(&dir, a).unwrap();
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "full"]).arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(text(&o).contains("already running"), "{}", text(&o));
+}
+
+#[test]
+fn trust_locked_and_missing_devices_each_have_a_sentence_and_a_code() {
+    let host = SimHost::start(
+        &[
+            (Profile::Empty, 151),
+            (Profile::Empty, 152),
+            (Profile::Empty, 153),
+        ],
+        |i, c| match i {
+            0 => {
+                c.trust = Trust::Prompt;
+                c.trust_after_seconds = 2;
+            }
+            1 => c.trust = Trust::Deny,
+            _ => c.passcode_locked = true,
+        },
+    );
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", &host.udids[0], "pair"]);
+        c
+    });
+    assert_ok(&o, "pair after a trust prompt");
+    assert!(text(&o).contains("tap Trust"), "{}", text(&o));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", &host.udids[1], "pair"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", &host.udids[2], "pair"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("Unlock it"), "{}", text(&o));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", "NOPE", "full"]).arg(host.path("b"));
+        c
+    });
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["full"]).arg(host.path("b"));
+        c
+    });
+    assert_eq!(o.status.code(), Some(3), "several devices: {}", text(&o));
+    assert!(text(&o).contains("-u UDID"));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.env("USBMUXD_SOCKET_ADDRESS", "127.0.0.1:1")
+            .arg("devices");
+        c
+    });
+    assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+}
+
+#[test]
+fn simulated_full_works_on_a_fresh_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+        c.env("IBACKUP_SIMULATED_DIR", tmp.path().join("phone"))
+            .args(["--simulated", "--json", "full"])
+            .arg(tmp.path().join("b"));
+        std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+        c
+    });
+    assert_ok(&o, "ibackup --simulated full");
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&last).expect("the last line is the JSON result");
+    assert_eq!(v["ok"], true);
+    assert!(v["files"].as_u64().unwrap() > 2500);
+}

@@ -18,7 +18,9 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         DeviceRefused { code, description } => (10, format!("The device refused the backup: {description} (error {code}).")),
         Busy(lock) => (11, format!("Another backup of this device is already running (lock {lock}). Wait for it to finish.")),
         Damaged(why) => (9, format!("The backup folder is damaged ({why}). Run `ibackup verify`, then `ibackup full`.")),
+                        Unsound(what) => (9, format!("The backup has problems ({what}). Make a new one with `ibackup full`; earlier backups are untouched.")),
         Io(err) => (9, format!("Cannot use the backup folder: {err}.")),
+        WrongPassword => (13, "Wrong backup password; nothing was written. A forgotten password cannot be recovered: on the device, Settings > General > Transfer or Reset iPhone > Reset > Reset All Settings removes it, and later backups use a new one.".into()),
         Protocol(why) => (1, format!("Unexpected answer from the device: {why}. Run again; if it keeps happening, report it with RUST_LOG=debug output.")),
     }
 }

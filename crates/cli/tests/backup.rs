@@ -315,3 +315,39 @@ fn simulated_full_works_on_a_fresh_machine() {
     assert_eq!(v["ok"], true);
     assert!(v["files"].as_u64().unwrap() > 2500);
 }
+
+#[test]
+fn verify_passes_a_sound_backup_and_names_damage() {
+    let host = SimHost::start(&[(Profile::Small, 161)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "backup",
+    );
+    let o = run({
+        let mut c = ibackup(&host);
+        c.arg("verify").arg(&dir);
+        c
+    });
+    assert_ok(&o, "verify a sound backup");
+    assert!(text(&o).contains("The backup is sound"), "{}", text(&o));
+    // Damage one content file; verify names it and exits 9.
+    let sms = ibackup_store::paths::file_id("HomeDomain", "Library/SMS/sms.db");
+    std::fs::write(dir.join(a).join(&sms[..2]).join(&sms), b"truncated").unwrap();
+    let o = run({
+        let mut c = ibackup(&host);
+        c.arg("verify").arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(
+        text(&o).contains("HomeDomain-Library/SMS/sms.db"),
+        "{}",
+        text(&o)
+    );
+}

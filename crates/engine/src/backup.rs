@@ -474,7 +474,9 @@ pub fn run(
     let itunes = session.domain("com.apple.iTunes")?;
     let has_previous = dir.committed().join("Manifest.db").is_file();
     let full = opts.full || !has_previous;
+    let t0 = std::time::Instant::now();
     dir.prepare(!full)?;
+    log::info!("staging prepared in {:?}", t0.elapsed());
     let result = (|| -> Result<Outcome> {
         let info = info_plist(&values, &device.udid, itunes);
         Value::Dictionary(info)
@@ -560,8 +562,10 @@ pub fn run(
         } else {
             "receiving an incremental backup"
         });
+        let t0 = std::time::Instant::now();
         let last = loop {
             let m = host.recv()?;
+            log::debug!("{:?} {}", t0.elapsed(), m.name());
             if let Some(d) = host.handle(m)? {
                 break d;
             }
@@ -591,8 +595,10 @@ pub fn run(
     })();
     match result {
         Ok(outcome) => {
+            let t0 = std::time::Instant::now();
             verify_staged(&dir.staging())?;
             dir.commit()?;
+            log::info!("committed in {:?}", t0.elapsed());
             Ok(outcome)
         }
         Err(e) => {

@@ -32,6 +32,11 @@ pub enum EngineError {
     Busy(String),
     #[error("the backup folder is damaged: {0}")]
     Damaged(String),
+    #[error("wrong backup password")]
+    WrongPassword,
+    /// `verify` found problems (already listed to the user).
+    #[error("the backup has problems: {0}")]
+    Unsound(String),
     #[error("i/o error on the backup disk: {0}")]
     Io(#[from] std::io::Error),
     #[error("protocol error: {0}")]
@@ -70,6 +75,7 @@ impl From<ibackup_store::StoreError> for EngineError {
     fn from(e: ibackup_store::StoreError) -> Self {
         match e {
             ibackup_store::StoreError::Io(io) => EngineError::Io(io),
+            ibackup_store::StoreError::WrongPassword => EngineError::WrongPassword,
             other => EngineError::Damaged(other.to_string()),
         }
     }

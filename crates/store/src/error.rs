@@ -10,6 +10,8 @@ pub enum StoreError {
     Plist(#[from] plist::Error),
     #[error("malformed file record: {0}")]
     Record(String),
+    #[error("wrong backup password")]
+    WrongPassword,
     #[error("unsafe path {path:?}: {why}")]
     UnsafePath { path: String, why: &'static str },
 }

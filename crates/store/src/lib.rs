@@ -10,5 +10,6 @@ pub mod error;
 pub mod manifest_db;
 pub mod mbfile;
 pub mod paths;
+pub mod verify;
 
 pub use error::StoreError;

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark: ibackup against idevicebackup2 on the same simulated device, in
+# the same run, alternating. Prints MB/s, files/s, peak RSS and ratios.
+#   bash examples/bench.sh [medium|small|large] [rounds]
+# Needs idevicebackup2 (libimobiledevice-utils) and GNU time (/usr/bin/time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-medium}"; rounds="${2:-2}"
+work="${BENCH_DIR:-target/bench}"
+# Backups are written here; /dev/shm (RAM) measures the software, not the disk.
+out="${BENCH_OUT:-$work}"
+mkdir -p "$work" "$out"
+cargo build --quiet --release -p ibackup -p ibackup-sim
+sim=target/release/ibackup-sim; ib=target/release/ibackup
+[ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
+# One 2 GiB file: end-to-end throughput on large files.
+if [ ! -d "$work/bigfile" ]; then
+  "$sim" populate "$work/bigfile" --profile empty --seed 99 >/dev/null
+  mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
+  head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
+fi
+port=$((20000 + RANDOM % 20000))
+"$sim" serve --listen "127.0.0.1:$port" "$work/$profile" "$work/bigfile" 2>"$work/sim.log" &
+simpid=$!
+trap 'kill $simpid 2>/dev/null' EXIT
+sleep 0.5
+export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
+udid=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$work/$profile/device.toml")
+big=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$work/bigfile/device.toml")
+"$ib" -q -u "$udid" pair; "$ib" -q -u "$big" pair
+bytes=$(du -sb "$work/$profile/fs" --exclude=HealthDomain --exclude=KeychainDomain | cut -f1)
+files=$(find "$work/$profile/fs" -type f -not -path '*HealthDomain*' -not -path '*KeychainDomain*' | wc -l)
+
+measure() { # name, command... ; prints "name seconds peak_kb"
+  local name=$1; shift
+  sync; /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" >/dev/null 2>"$work/$name.err" || { echo "$name failed:" >&2; tail -3 "$work/$name.err" >&2; exit 1; }
+  echo "$name $(cat "$work/time.txt")"
+}
+results="$work/results.txt"; : > "$results"
+for r in $(seq 1 "$rounds"); do
+  rm -rf "$out/out-ib" "$out/out-limd"; mkdir -p "$out/out-ib" "$out/out-limd"
+  measure ibackup_full "$ib" -q -u "$udid" full "$out/out-ib" >> "$results"
+  measure idevicebackup2_full idevicebackup2 -u "$udid" backup --full "$out/out-limd" >> "$results"
+  measure ibackup_unchanged "$ib" -q -u "$udid" backup "$out/out-ib" >> "$results"
+  measure idevicebackup2_unchanged idevicebackup2 -u "$udid" backup "$out/out-limd" >> "$results"
+  rm -rf "$out/out-big"; mkdir -p "$out/out-big"
+  measure ibackup_bigfile "$ib" -q -u "$big" full "$out/out-big" >> "$results"
+  rm -rf "$out/out-big"; mkdir -p "$out/out-big"
+  measure idevicebackup2_bigfile idevicebackup2 -u "$big" backup --full "$out/out-big" >> "$results"
+done
+rm -rf "$out/out-ib" "$out/out-limd" "$out/out-big"
+bigbytes=$(stat -c %s "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV")
+python3 - "$results" "$bytes" "$files" "$bigbytes" "$profile" <<'PY'
+import sys, collections, statistics
+path, nbytes, nfiles, bigbytes, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+runs = collections.defaultdict(list)
+for line in open(path):
+    name, secs, kb = line.split()
+    runs[name].append((float(secs), int(kb)))
+def med(name): return statistics.median(s for s, _ in runs[name])
+def rss(name): return max(k for _, k in runs[name]) / 1024
+print(f"profile {profile}: {nfiles} files, {nbytes/1e6:.0f} MB; big file {bigbytes/1e9:.2f} GB; {len(runs['ibackup_full'])} rounds, medians")
+print(f"{'run':26} {'seconds':>8} {'MB/s':>8} {'files/s':>9} {'peak RSS MB':>12}")
+for name in ["ibackup_full", "idevicebackup2_full", "ibackup_unchanged", "idevicebackup2_unchanged", "ibackup_bigfile", "idevicebackup2_bigfile"]:
+    s = max(med(name), 0.01); b = bigbytes if "big" in name else nbytes; f = 1 if "big" in name else nfiles
+    print(f"{name:26} {s:8.2f} {b/1e6/s:8.0f} {f/s:9.0f} {rss(name):12.1f}")
+print(f"full backup throughput, ibackup / idevicebackup2: {med('idevicebackup2_full')/max(med('ibackup_full'),0.01):.2f}x")
+print(f"unchanged incremental / full (ibackup): {100*med('ibackup_unchanged')/max(med('ibackup_full'),0.01):.1f}%")
+print(f"big file, ibackup: {bigbytes/1e9/max(med('ibackup_bigfile'),0.01):.2f} GB/s; idevicebackup2: {bigbytes/1e9/max(med('idevicebackup2_bigfile'),0.01):.2f} GB/s")
+PY

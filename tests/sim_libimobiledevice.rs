@@ -300,3 +300,53 @@ fn faults_cut_the_backup_and_idevicebackup2_reports_it() {
         );
     }
 }
+
+#[test]
+fn restore_refuses_while_find_my_is_on() {
+    let Some(b2) = referee("idevicebackup2") else {
+        return;
+    };
+    let host = SimHost::start(&[(Profile::Empty, 161), (Profile::Empty, 162)], |i, c| {
+        c.find_my = i == 1
+    });
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    std::fs::create_dir_all(host.devices[0].join("fs/HomeDomain/Library")).unwrap();
+    std::fs::write(host.devices[0].join("fs/HomeDomain/Library/note.txt"), "x").unwrap();
+    let dir = host.path("backups");
+    assert_ok(
+        &run({
+            let mut c = host.cmd(&b2);
+            c.args(["-u", a, "backup"]).arg(&dir);
+            c
+        }),
+        "backup",
+    );
+    let o = run({
+        let mut c = host.cmd(&b2);
+        c.args(["-u", b, "-s", a, "restore", "--system", "--no-reboot"])
+            .arg(&dir);
+        c
+    });
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("Find My iPhone must be disabled"),
+        "{}",
+        tail(&text(&o), 5)
+    );
+    assert!(
+        device_tree(&host.devices[1].join("fs"), &[]).is_empty(),
+        "nothing restored"
+    );
+    // Turned off, the same restore goes through.
+    edit_device(&host.devices[1], |c| c.find_my = false);
+    let o = run({
+        let mut c = host.cmd(&b2);
+        c.args(["-u", b, "-s", a, "restore", "--system", "--no-reboot"])
+            .arg(&dir);
+        c
+    });
+    assert_ok(&o, "restore with Find My off");
+    assert!(host.devices[1]
+        .join("fs/HomeDomain/Library/note.txt")
+        .is_file());
+}

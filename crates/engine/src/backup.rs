@@ -484,7 +484,9 @@ pub fn run(
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
 
         events.step("starting the backup service");
-        let stream = session.service(mux, mb2::SERVICE_NAME)?;
+        let stream: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
+            session.service(mux, mb2::SERVICE_NAME)?,
+        ));
         let mut host = Host {
             s: stream,
             dir: &dir,

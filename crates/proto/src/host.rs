@@ -26,6 +26,37 @@ impl Stream for UnixStream {}
 impl Stream for Box<dyn Stream> {}
 impl<S: Stream> Stream for TlsStream<S> {}
 
+/// Buffers reads (many small headers arrive between file blocks); writes
+/// pass straight through.
+pub struct BufStream<S: Read + Write> {
+    inner: std::io::BufReader<S>,
+}
+
+impl<S: Read + Write> BufStream<S> {
+    pub fn new(s: S) -> Self {
+        BufStream {
+            inner: std::io::BufReader::with_capacity(256 * 1024, s),
+        }
+    }
+}
+
+impl<S: Read + Write> Read for BufStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Read + Write> Write for BufStream<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.get_mut().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.get_mut().flush()
+    }
+}
+
+impl<S: Stream> Stream for BufStream<S> {}
+
 /// usbmuxd, reached at one address. Each request uses a fresh connection,
 /// as libusbmuxd does.
 #[derive(Debug, Clone)]

@@ -81,3 +81,40 @@ impl Conn for Link {
         }
     }
 }
+
+/// Buffers writes and flushes them before every read, so the many small
+/// pieces of a file stream (names, block headers) leave in few segments
+/// while request/answer turns still see each other's bytes.
+pub struct Buffered<C: Conn> {
+    inner: io::BufWriter<C>,
+}
+
+impl<C: Conn> Buffered<C> {
+    pub fn new(conn: C) -> Self {
+        Buffered {
+            inner: io::BufWriter::with_capacity(256 * 1024, conn),
+        }
+    }
+}
+
+impl<C: Conn> Read for Buffered<C> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.flush()?;
+        self.inner.get_mut().read(buf)
+    }
+}
+
+impl<C: Conn> Write for Buffered<C> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<C: Conn> Conn for Buffered<C> {
+    fn cut(&self) {
+        self.inner.get_ref().cut()
+    }
+}

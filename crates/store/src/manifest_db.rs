@@ -74,6 +74,25 @@ impl ManifestWriter {
         Ok(())
     }
 
+    /// Add a row whose record is already encoded (copied from another
+    /// Manifest.db); the domain and path are still validated.
+    pub fn insert_raw(
+        &mut self,
+        domain: &str,
+        relative_path: &str,
+        flags: i64,
+        record: &[u8],
+    ) -> Result<()> {
+        paths::check_domain(domain)?;
+        paths::check_relative(relative_path)?;
+        let id = paths::file_id(domain, relative_path);
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO Files (fileID, domain, relativePath, flags, file) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![id, domain, relative_path, flags, record])?;
+        Ok(())
+    }
+
     pub fn finish(self) -> Result<()> {
         self.conn.execute_batch("COMMIT")?;
         self.conn
@@ -127,6 +146,29 @@ impl ManifestDb {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             f(Self::row(r)?)?;
+        }
+        Ok(())
+    }
+
+    /// Visit every row with its encoded record as stored, decoding it too.
+    pub fn for_each_with_record(
+        &self,
+        mut f: impl FnMut(ManifestRow, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let blob: Vec<u8> = r.get(4)?;
+            let row = Self::build(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                Some(blob.clone()),
+            )?;
+            f(row, &blob)?;
         }
         Ok(())
     }

@@ -48,7 +48,7 @@ const BATCH_BYTES: u64 = 512 << 20;
 
 /// A DeviceLink connection with the fault counters of one session.
 pub struct Dl {
-    pub conn: Box<dyn Conn>,
+    pub conn: crate::conn::Buffered<Box<dyn Conn>>,
     pub device: Arc<Device>,
     bytes_sent: u64,
     files_sent: u64,
@@ -117,7 +117,7 @@ impl Dl {
 
 pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
     let mut dl = Dl {
-        conn,
+        conn: crate::conn::Buffered::new(conn),
         device,
         bytes_sent: 0,
         files_sent: 0,
@@ -182,12 +182,22 @@ fn exclusive(dl: &mut Dl, f: impl FnOnce(&mut Dl) -> Result<()>) -> Result<()> {
     r
 }
 
+/// A row of the host's previous Manifest.db, decoded once.
+struct PrevRecord {
+    file: MbFile,
+    record: Vec<u8>,
+    file_id: String,
+    flags: i64,
+}
+
 /// One entry of the device's file system, as the backup records it.
 pub struct Entry {
     pub domain: String,
     pub file: MbFile,
     pub source: PathBuf,
     pub upload: bool,
+    /// The previous backup's encoded record, reused when nothing changed.
+    pub record: Option<Vec<u8>>,
 }
 
 /// Domains whose files carry a Digest (system domains; fact sheet §3.4).
@@ -269,6 +279,7 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
                 domain: domain.clone(),
                 source: e.path().to_path_buf(),
                 upload: ft.is_file(),
+                record: None,
             });
         }
     }
@@ -617,9 +628,38 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let mut entries = scan(&device.fs_root(), encrypted)?;
     let mut removed = Vec::new();
     if let Some(prev) = &previous {
-        for e in entries.iter_mut().filter(|e| e.upload) {
-            if let Some(row) = prev.get(&e.domain, &e.file.relative_path)? {
-                let p = &row.file;
+        // One pass over the host's index, each record decoded once.
+        let mut known: std::collections::HashMap<(String, String), PrevRecord> =
+            std::collections::HashMap::new();
+        prev.for_each_with_record(|row, blob| {
+            known.insert(
+                (row.domain, row.relative_path),
+                PrevRecord {
+                    file: row.file,
+                    record: blob.to_vec(),
+                    file_id: row.file_id,
+                    flags: row.flags,
+                },
+            );
+            Ok(())
+        })?;
+        for e in entries.iter_mut() {
+            let Some(PrevRecord {
+                file: p,
+                record: blob,
+                ..
+            }) = known.remove(&(e.domain.clone(), e.file.relative_path.clone()))
+            else {
+                continue;
+            };
+            if !e.upload {
+                // Directories and symlinks: keep the record when it says the same.
+                if p == e.file {
+                    e.record = Some(blob);
+                }
+                continue;
+            }
+            {
                 let same = p.size == e.file.size
                     && p.last_modified == e.file.last_modified
                     && p.mode == e.file.mode
@@ -628,21 +668,21 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
                     e.upload = false;
                     e.file.digest = p.digest.clone();
                     e.file.encryption_key = p.encryption_key.clone();
+                    if p == e.file {
+                        e.record = Some(blob);
+                    }
                 }
             }
         }
-        let present: std::collections::HashSet<(String, String)> = entries
-            .iter()
-            .map(|e| (e.domain.clone(), e.file.relative_path.clone()))
-            .collect();
-        prev.for_each(|row| {
-            if row.flags == ibackup_store::mbfile::FLAG_FILE
-                && !present.contains(&(row.domain.clone(), row.relative_path.clone()))
-            {
-                removed.push(format!("{target}/{}/{}", &row.file_id[..2], row.file_id));
+        for PrevRecord {
+            file_id: id, flags, ..
+        } in known.into_values()
+        {
+            if flags == ibackup_store::mbfile::FLAG_FILE {
+                removed.push(format!("{target}/{}/{id}", &id[..2]));
             }
-            Ok(())
-        })?;
+        }
+        removed.sort();
     }
     let total: u64 = entries
         .iter()
@@ -804,7 +844,10 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let db_path = work.path().join("new-Manifest.db");
     let mut w = ManifestWriter::create(&db_path)?;
     for e in &entries {
-        w.insert(&e.domain, &e.file)?;
+        match &e.record {
+            Some(r) => w.insert_raw(&e.domain, &e.file.relative_path, e.file.kind_flag(), r)?,
+            None => w.insert(&e.domain, &e.file)?,
+        }
     }
     w.finish()?;
     let mut db = std::fs::read(&db_path)?;

@@ -64,19 +64,6 @@ pub struct Session {
     pub lockdown: LockdownClient,
 }
 
-fn new_host_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// Pair with the device: make a pair record, ask for trust until the user
 /// answers or `trust_wait` runs out, and share the record through usbmuxd
 /// so other tools (libimobiledevice) use the same pairing.
@@ -92,7 +79,12 @@ pub fn pair(
         _ => return Err(EngineError::Protocol("DevicePublicKey is not data".into())),
     };
     let buid = mux.buid()?;
-    let mut rec = PairRecord::generate(&public_key, &new_host_id(), &buid, &mut rand::rngs::OsRng)?;
+    let mut rec = PairRecord::generate(
+        &public_key,
+        &ibackup_proto::pairing::random_uuid(),
+        &buid,
+        &mut rand::rngs::OsRng,
+    )?;
     let start = Instant::now();
     let mut told = false;
     loop {

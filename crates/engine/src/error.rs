@@ -49,14 +49,8 @@ impl From<ProtoError> for EngineError {
             ProtoError::Closed => {
                 EngineError::ConnectionLost("the device closed the connection".into())
             }
-            ProtoError::Io(io) => match io.kind() {
-                std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::NotConnected => EngineError::ConnectionLost(io.to_string()),
-                _ => EngineError::ConnectionLost(io.to_string()),
-            },
+            // Any I/O failure on a device stream is the connection going away.
+            ProtoError::Io(io) => EngineError::ConnectionLost(io.to_string()),
             ProtoError::Lockdown { error, .. } if error == "PasswordProtected" => {
                 EngineError::Locked
             }

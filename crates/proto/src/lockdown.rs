@@ -238,6 +238,10 @@ impl LockdownError {
     }
 
     pub fn parse(s: &str) -> Option<LockdownError> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    pub const ALL: [LockdownError; 21] = {
         use LockdownError::*;
         [
             InvalidResponse,
@@ -262,9 +266,7 @@ impl LockdownError {
             FmipProtected,
             InvalidRequest,
         ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
-    }
+    };
 }
 
 /// A successful answer: `{Request: name}` plus the given entries.

@@ -121,6 +121,21 @@ impl DeviceKey {
     }
 }
 
+/// A random upper-case UUID string, the form lockdownd and usbmuxd use for
+/// host IDs, BUIDs and session IDs.
+pub fn random_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// The device's public key as rcgen needs it to issue the device certificate.
 struct DevicePublicKey(Vec<u8>);
 

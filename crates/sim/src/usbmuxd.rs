@@ -73,18 +73,7 @@ impl Mux {
     }
 }
 
-pub fn random_uuid() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode_upper(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use ibackup_proto::pairing::random_uuid;
 
 /// Serve until the process is killed.
 pub fn serve(addr: &SocketAddress, mux: Arc<Mux>) -> Result<()> {

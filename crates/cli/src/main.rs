@@ -46,6 +46,16 @@ enum Cmd {
     Devices,
     /// Make this computer trusted by the device (the device asks the user).
     Pair,
+    /// Check that the device still trusts this computer.
+    Validate,
+    /// Make the device forget this computer.
+    Unpair,
+    /// Name, model, iOS version, storage, backup encryption; with --dir, the last backup there.
+    Info {
+        /// A backup folder: also show the last backup of this device in it.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Back up everything, even if an earlier backup could be continued.
     Full {
         /// The backup folder; the backup goes to DIR/<UDID>/.
@@ -304,6 +314,84 @@ fn run_backup(cli: &Cli, mux: &MuxClient, dir: &Path, full: bool) -> Result<(), 
     Ok(())
 }
 
+fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineError> {
+    use ibackup_proto::plistx::DictExt;
+    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let mut report = Report::new(cli.json, cli.quiet);
+    let mut s = device::open(
+        mux,
+        &dev,
+        Duration::from_secs(cli.trust_timeout),
+        &mut || report.waiting_for_trust(),
+    )?;
+    let v = s.values()?;
+    let backup = s.domain("com.apple.mobile.backup")?;
+    let disk = s.domain("com.apple.disk_usage")?;
+    let encrypted = backup.bool_of("WillEncrypt").unwrap_or(false);
+    let last = dir.map(|d| d.join(&dev.udid)).and_then(|b| {
+        let st = plist::Value::from_file(b.join("Status.plist"))
+            .ok()?
+            .into_dictionary()?;
+        let date = match st.get("Date") {
+            Some(plist::Value::Date(d)) => d.to_xml_format(),
+            _ => "unknown date".into(),
+        };
+        Some((
+            date,
+            st.str_of("SnapshotState").unwrap_or("unknown").to_string(),
+        ))
+    });
+    let field = |k: &str| v.str_of(k).unwrap_or("").to_string();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"udid": dev.udid, "name": field("DeviceName"), "model": field("ProductType"), "ios": field("ProductVersion"), "build": field("BuildVersion"),
+                   "total_bytes": disk.u64_of("TotalDiskCapacity"), "free_bytes": disk.u64_of("AmountDataAvailable"), "backup_encrypted": encrypted,
+                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d, "state": s}))})
+        );
+    } else {
+        println!("Name:              {}", field("DeviceName"));
+        println!("UDID:              {}", dev.udid);
+        println!("Model:             {}", field("ProductType"));
+        println!(
+            "iOS:               {} ({})",
+            field("ProductVersion"),
+            field("BuildVersion")
+        );
+        if let (Some(t), Some(f)) = (
+            disk.u64_of("TotalDiskCapacity"),
+            disk.u64_of("AmountDataAvailable"),
+        ) {
+            println!(
+                "Storage:           {} free of {}",
+                human_bytes(f),
+                human_bytes(t)
+            );
+        }
+        println!(
+            "Backup encryption: {}",
+            if encrypted {
+                "on (Health and Keychain data are included)"
+            } else {
+                "off"
+            }
+        );
+        match (dir, last) {
+            (Some(_), Some((date, state))) => println!(
+                "Last backup:       {date} ({})",
+                if state == "finished" {
+                    "complete".to_string()
+                } else {
+                    format!("incomplete: {state}")
+                }
+            ),
+            (Some(d), None) => println!("Last backup:       none in {}", d.display()),
+            (None, _) => {}
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), EngineError> {
     if let Cmd::Verify { dir, password_file } = &cli.cmd {
         return verify(cli, dir, password_file.as_deref());
@@ -346,6 +434,23 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             }
             Ok(())
         }
+        Cmd::Validate => {
+            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            device::validate(&mux, &dev)?;
+            if !cli.quiet {
+                println!("{} trusts this computer.", dev.udid);
+            }
+            Ok(())
+        }
+        Cmd::Unpair => {
+            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            device::unpair(&mux, &dev)?;
+            if !cli.quiet {
+                println!("{} no longer trusts this computer.", dev.udid);
+            }
+            Ok(())
+        }
+        Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
         Cmd::Full { dir } => run_backup(cli, &mux, dir, true),
         Cmd::Backup { dir, full } => run_backup(cli, &mux, dir, *full),
         Cmd::Verify { .. } => unreachable!("handled before connecting"),

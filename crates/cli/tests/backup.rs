@@ -351,3 +351,55 @@ fn verify_passes_a_sound_backup_and_names_damage() {
         text(&o)
     );
 }
+
+#[test]
+fn info_validate_and_unpair() {
+    let host = SimHost::start(&[(Profile::Empty, 171)], |_, c| {
+        c.backup_password = Some("pw".into())
+    });
+    let a = &host.udids[0];
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "--json", "info"]);
+        c
+    });
+    assert_ok(&o, "info");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["udid"], a.as_str());
+    assert_eq!(v["ios"], "17.5.1");
+    assert_eq!(v["backup_encrypted"], true);
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "validate"]);
+            c
+        }),
+        "validate after info paired",
+    );
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "unpair"]);
+            c
+        }),
+        "unpair",
+    );
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "validate"]);
+        c
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "not trusted after unpair: {}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(host.devices[0].join("state/trusted_hosts"))
+            .unwrap()
+            .count(),
+        0,
+        "the device forgot us"
+    );
+}

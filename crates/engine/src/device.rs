@@ -153,6 +153,44 @@ pub fn open(
     Err(EngineError::NotTrusted)
 }
 
+/// Open a session with the pairing usbmuxd already has, without pairing:
+/// `Ok` means the device still trusts this host.
+pub fn validate(mux: &MuxClient, device: &DeviceRecord) -> Result<Session> {
+    let rec = mux
+        .read_pair_record(&device.udid)?
+        .ok_or(EngineError::NotTrusted)?;
+    let mut lockdown =
+        LockdownClient::new(mux.connect(device.device_id, LOCKDOWN_PORT)?, "ibackup");
+    match lockdown.start_session(&rec) {
+        Ok(()) => Ok(Session {
+            device: device.clone(),
+            pair: rec,
+            lockdown,
+        }),
+        Err(e) if is_lockdown_error(&e, LockdownError::InvalidHostId) => {
+            Err(EngineError::NotTrusted)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make the device forget this host and drop usbmuxd's pair record.
+pub fn unpair(mux: &MuxClient, device: &DeviceRecord) -> Result<()> {
+    let Some(rec) = mux.read_pair_record(&device.udid)? else {
+        return Ok(());
+    };
+    let mut lockdown =
+        LockdownClient::new(mux.connect(device.device_id, LOCKDOWN_PORT)?, "ibackup");
+    match lockdown.unpair(&rec) {
+        Ok(()) => {}
+        // Already forgotten on the device: still drop our copy.
+        Err(e) if is_lockdown_error(&e, LockdownError::InvalidHostId) => {}
+        Err(e) => return Err(e.into()),
+    }
+    mux.delete_pair_record(&device.udid)?;
+    Ok(())
+}
+
 impl Session {
     /// All lockdownd values, for Info.plist and `ibackup info`.
     pub fn values(&mut self) -> Result<Dictionary> {

@@ -294,6 +294,14 @@ impl LockdownClient {
         })
     }
 
+    /// Ask the device to forget this host.
+    pub fn unpair(&mut self, rec: &PairRecord) -> Result<()> {
+        self.request(&LdRequest::Unpair {
+            record: rec.public_dict(),
+        })?;
+        Ok(())
+    }
+
     pub fn has_session(&self) -> bool {
         self.session.is_some()
     }

@@ -405,3 +405,138 @@ fn info_validate_and_unpair() {
         "the device forgot us"
     );
 }
+
+#[test]
+fn a_killed_ibackup_leaves_the_last_backup_intact() {
+    let host = SimHost::start(&[(Profile::Small, 181)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "first backup",
+    );
+    let before = snapshot(&dir.join(a));
+    // A slow device, so the kill lands while files are arriving.
+    edit_device(&host.devices[0], |c| c.fault_slow_file_ms = Some(2));
+    let mut child = {
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "full"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+    .spawn()
+    .unwrap();
+    let staging = dir.join(".ibackup/staging").join(a);
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) < 20 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the backup never started receiving"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        snapshot(&dir.join(a)),
+        before,
+        "the committed backup is byte for byte unchanged"
+    );
+    edit_device(&host.devices[0], |c| c.fault_slow_file_ms = None);
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "backup"]).arg(&dir);
+            c
+        }),
+        "next run, no clean-up",
+    );
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
+        "after a killed run",
+    );
+}
+
+/// A small filesystem for the backup folder; needs mount rights (root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, megabytes: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            if std::env::var_os("CI").is_some() {
+                panic!("cannot mount a small tmpfs for the full-disk test");
+            }
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_host_disk_is_reported_with_the_space_needed() {
+    let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});
+    let a = &host.udids[0];
+    let fs = host.devices[0].join("fs/HomeDomain/Library");
+    std::fs::create_dir_all(&fs).unwrap();
+    std::fs::write(fs.join("small.bin"), vec![7u8; 2_000_000]).unwrap();
+    let Some(disk) = SmallDisk::mount(&host.root.path().join("small-disk"), 20) else {
+        return;
+    };
+    let dir = disk.0.clone();
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "a backup that fits",
+    );
+    let before = snapshot(&dir.join(a));
+    std::fs::write(fs.join("big.bin"), vec![9u8; 40_000_000]).unwrap();
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "backup"]).arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("disk is full") && t.contains("Free at least") && t.contains("MB"),
+        "{t}"
+    );
+    assert_eq!(snapshot(&dir.join(a)), before, "the last backup is intact");
+    std::fs::remove_file(fs.join("big.bin")).unwrap();
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "backup"]).arg(&dir);
+            c
+        }),
+        "fits again",
+    );
+}

@@ -358,9 +358,13 @@ impl Host<'_> {
             }
             DlMessage::CopyItem { from, to } => {
                 let r = match (self.dir.resolve(&from), self.dir.resolve(&to)) {
-                    (Ok(a), Ok(b)) => std::fs::copy(a, b)
-                        .map(|_| ())
-                        .map_err(|e| (device_errno(&e), e.to_string())),
+                    (Ok(a), Ok(b)) => {
+                        // b may be a link to a committed file: unlink, then copy to a new inode.
+                        let _ = std::fs::remove_file(&b);
+                        std::fs::copy(a, b)
+                            .map(|_| ())
+                            .map_err(|e| (device_errno(&e), e.to_string()))
+                    }
                     (Err(e), _) | (_, Err(e)) => {
                         self.refused += 1;
                         Err((-1, e.to_string()))
@@ -479,9 +483,13 @@ pub fn run(
     log::info!("staging prepared in {:?}", t0.elapsed());
     let result = (|| -> Result<Outcome> {
         let info = info_plist(&values, &device.udid, itunes);
+        // Staged files may be hard links to the committed backup: write a
+        // new file and rename it over, never into the existing one.
+        let mut bytes = Vec::new();
         Value::Dictionary(info)
-            .to_file_xml(dir.staging().join("Info.plist"))
+            .to_writer_xml(&mut bytes)
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))?;
+        replace_file(&dir.staging().join("Info.plist"), &bytes)?;
 
         events.step("starting the backup service");
         let stream: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
@@ -608,6 +616,21 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Write `bytes` as a new file at `path`, renamed over whatever is there.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".ibackup-part");
+    let part = path.with_file_name(name);
+    let _ = std::fs::remove_file(&part);
+    let mut f = File::options().write(true).create_new(true).open(&part)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&part, path)
 }
 
 /// "need N bytes" in a device's free-space refusal.

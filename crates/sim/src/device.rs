@@ -86,6 +86,10 @@ pub struct DeviceConfig {
     /// Drop the connection once this many files were sent in one session.
     #[serde(default)]
     pub fault_disconnect_after_files: Option<u64>,
+    /// Pause this many milliseconds before sending each file (a slow
+    /// device, so a test can interrupt a backup mid-way).
+    #[serde(default)]
+    pub fault_slow_file_ms: Option<u64>,
     /// Ask the host to write files under these backup-relative paths
     /// (hostile-device tests: `../x`, absolute paths).
     #[serde(default)]
@@ -139,6 +143,7 @@ impl DeviceConfig {
             backup_kdf_iterations: default_dpic(),
             fault_disconnect_after_bytes: None,
             fault_disconnect_after_files: None,
+            fault_slow_file_ms: None,
             fault_hostile_paths: Vec::new(),
         }
     }

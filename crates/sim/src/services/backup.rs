@@ -94,6 +94,10 @@ impl Dl {
     /// Count payload about to be sent and fire the disconnect faults.
     fn account(&mut self, bytes: u64, new_file: bool) -> Result<()> {
         let c = self.device.cfg();
+        if let (true, Some(ms)) = (new_file, c.fault_slow_file_ms) {
+            self.conn.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if new_file {
             if let Some(limit) = c.fault_disconnect_after_files {
                 if self.files_sent >= limit {

@@ -90,6 +90,10 @@ pub struct DeviceConfig {
     /// device, so a test can interrupt a backup mid-way).
     #[serde(default)]
     pub fault_slow_file_ms: Option<u64>,
+    /// Skip the free-space check before uploading (a device that misjudges
+    /// the size, so the host disk fills up mid-write).
+    #[serde(default)]
+    pub fault_ignore_free_space: bool,
     /// Ask the host to write files under these backup-relative paths
     /// (hostile-device tests: `../x`, absolute paths).
     #[serde(default)]
@@ -144,6 +148,7 @@ impl DeviceConfig {
             fault_disconnect_after_bytes: None,
             fault_disconnect_after_files: None,
             fault_slow_file_ms: None,
+            fault_ignore_free_space: false,
             fault_hostile_paths: Vec::new(),
         }
     }

@@ -707,7 +707,7 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         }
     };
     let needed = total + 1_000_000;
-    if free < needed {
+    if free < needed && !c.fault_ignore_free_space {
         return dl.finish(
             error_code::INSUFFICIENT_DISK_SPACE,
             &format!("Insufficient free disk space on drive to upload files (need {needed} bytes, {free} available)"),

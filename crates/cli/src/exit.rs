@@ -9,7 +9,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         NoDevice => (3, "No iPhone or iPad is connected. Connect it with a USB cable, unlock it, and run again.".into()),
         DeviceNotFound(u) => (3, format!("No device with UDID {u} is connected. Run `ibackup devices` to see the connected ones.")),
         SeveralDevices(list) => (3, format!("Several devices are connected ({list}); choose one with -u UDID.")),
-        Usbmuxd { addr, source } => (12, format!("Cannot reach usbmuxd at {addr} ({source}). Install and start usbmuxd (Linux) or iTunes/Apple Devices (Windows), or set USBMUXD_SOCKET_ADDRESS.")),
+        Usbmuxd { addr, source } => (12, format!("Cannot reach {addr} ({source}). Install and start usbmuxd (Linux) or iTunes/Apple Devices (Windows), or set USBMUXD_SOCKET_ADDRESS.")),
         NotTrusted => (4, "The device has not trusted this computer. Unlock it, tap Trust when asked, and run again.".into()),
         TrustDenied => (5, "The device refused to trust this computer (Don't Trust was tapped). Unplug and reconnect it, then tap Trust.".into()),
         Locked => (6, "The device is locked. Unlock it with its passcode and run again.".into()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ibackup_proto::devicelink::{DlMessage, BULK_OPERATION_ERROR, VERSION_MAJOR};
 use ibackup_proto::frame;
-use ibackup_proto::host::{MuxClient, Stream};
+use ibackup_proto::host::{Stream, Transport};
 use ibackup_proto::mb2::{
     self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem,
 };
@@ -463,7 +463,7 @@ pub fn info_plist(values: &Dictionary, udid: &str, itunes: Dictionary) -> Dictio
 
 /// Back up `device` into `root/<UDID>/`.
 pub fn run(
-    mux: &MuxClient,
+    mux: &dyn Transport,
     device: &DeviceRecord,
     root: &Path,
     opts: &Options,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use ibackup_proto::host::{is_lockdown_error, LockdownClient, MuxClient, Stream};
+use ibackup_proto::host::{is_lockdown_error, LockdownClient, Stream, Transport};
 use ibackup_proto::lockdown::LockdownError;
 use ibackup_proto::pairing::PairRecord;
 use ibackup_proto::tls::{self, TlsStream};
@@ -13,10 +13,10 @@ use plist::{Dictionary, Value};
 use crate::error::{EngineError, Result};
 
 /// The devices usbmuxd lists, with a clear error when it cannot be reached.
-pub fn list(mux: &MuxClient) -> Result<Vec<DeviceRecord>> {
+pub fn list(mux: &dyn Transport) -> Result<Vec<DeviceRecord>> {
     mux.devices().map_err(|e| match e {
         ProtoError::Io(source) => EngineError::Usbmuxd {
-            addr: mux.addr.to_string(),
+            addr: mux.describe(),
             source,
         },
         other => other.into(),
@@ -25,7 +25,7 @@ pub fn list(mux: &MuxClient) -> Result<Vec<DeviceRecord>> {
 
 /// The one device to use: the given UDID, or the only one attached.
 /// Wi-Fi devices are considered only with `network`.
-pub fn choose(mux: &MuxClient, udid: Option<&str>, network: bool) -> Result<DeviceRecord> {
+pub fn choose(mux: &dyn Transport, udid: Option<&str>, network: bool) -> Result<DeviceRecord> {
     let all: Vec<DeviceRecord> = list(mux)?
         .into_iter()
         .filter(|d| network || !d.is_network())
@@ -68,7 +68,7 @@ pub struct Session {
 /// answers or `trust_wait` runs out, and share the record through usbmuxd
 /// so other tools (libimobiledevice) use the same pairing.
 pub fn pair(
-    mux: &MuxClient,
+    mux: &dyn Transport,
     device: &DeviceRecord,
     lockdown: &mut LockdownClient,
     trust_wait: Duration,
@@ -112,7 +112,7 @@ pub fn pair(
 /// Connect to lockdownd and open a trusted session, pairing first if this
 /// host has no pair record for the device or the device forgot it.
 pub fn open(
-    mux: &MuxClient,
+    mux: &dyn Transport,
     device: &DeviceRecord,
     trust_wait: Duration,
     on_wait: &mut dyn FnMut(),
@@ -155,7 +155,7 @@ pub fn open(
 
 /// Open a session with the pairing usbmuxd already has, without pairing:
 /// `Ok` means the device still trusts this host.
-pub fn validate(mux: &MuxClient, device: &DeviceRecord) -> Result<Session> {
+pub fn validate(mux: &dyn Transport, device: &DeviceRecord) -> Result<Session> {
     let rec = mux
         .read_pair_record(&device.udid)?
         .ok_or(EngineError::NotTrusted)?;
@@ -175,7 +175,7 @@ pub fn validate(mux: &MuxClient, device: &DeviceRecord) -> Result<Session> {
 }
 
 /// Make the device forget this host and drop usbmuxd's pair record.
-pub fn unpair(mux: &MuxClient, device: &DeviceRecord) -> Result<()> {
+pub fn unpair(mux: &dyn Transport, device: &DeviceRecord) -> Result<()> {
     let Some(rec) = mux.read_pair_record(&device.udid)? else {
         return Ok(());
     };
@@ -212,7 +212,7 @@ impl Session {
     }
 
     /// Start a service and connect to it.
-    pub fn service(&mut self, mux: &MuxClient, name: &str) -> Result<Box<dyn Stream>> {
+    pub fn service(&mut self, mux: &dyn Transport, name: &str) -> Result<Box<dyn Stream>> {
         let escrow = self.pair.escrow_bag.clone();
         let info = self.lockdown.start_service(name, escrow)?;
         let stream = mux.connect(self.device.device_id, info.port)?;

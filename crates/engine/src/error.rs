@@ -11,7 +11,7 @@ pub enum EngineError {
     DeviceNotFound(String),
     #[error("several devices are connected ({0}); choose one with -u UDID")]
     SeveralDevices(String),
-    #[error("cannot reach usbmuxd at {addr}: {source}")]
+    #[error("cannot reach {addr}: {source}")]
     Usbmuxd {
         addr: String,
         source: std::io::Error,

@@ -57,6 +57,45 @@ impl<S: Read + Write> Write for BufStream<S> {
 
 impl<S: Stream> Stream for BufStream<S> {}
 
+/// How the host reaches devices: through usbmuxd today ([`MuxClient`]),
+/// or directly over USB later. The engine sees only this.
+pub trait Transport: Send + Sync {
+    /// Where devices are reached, for messages.
+    fn describe(&self) -> String;
+    fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    /// A byte pipe to `port` on the device.
+    fn connect(&self, device_id: u32, port: u16) -> Result<Box<dyn Stream>>;
+    /// The host's system BUID, sent with pair records.
+    fn buid(&self) -> Result<String>;
+    fn read_pair_record(&self, udid: &str) -> Result<Option<PairRecord>>;
+    fn save_pair_record(&self, udid: &str, device_id: u32, rec: &PairRecord) -> Result<()>;
+    fn delete_pair_record(&self, udid: &str) -> Result<()>;
+}
+
+impl Transport for MuxClient {
+    fn describe(&self) -> String {
+        format!("usbmuxd at {}", self.addr)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        MuxClient::devices(self)
+    }
+    fn connect(&self, device_id: u32, port: u16) -> Result<Box<dyn Stream>> {
+        MuxClient::connect(self, device_id, port)
+    }
+    fn buid(&self) -> Result<String> {
+        MuxClient::buid(self)
+    }
+    fn read_pair_record(&self, udid: &str) -> Result<Option<PairRecord>> {
+        MuxClient::read_pair_record(self, udid)
+    }
+    fn save_pair_record(&self, udid: &str, device_id: u32, rec: &PairRecord) -> Result<()> {
+        MuxClient::save_pair_record(self, udid, device_id, rec)
+    }
+    fn delete_pair_record(&self, udid: &str) -> Result<()> {
+        MuxClient::delete_pair_record(self, udid)
+    }
+}
+
 /// usbmuxd, reached at one address. Each request uses a fresh connection,
 /// as libusbmuxd does.
 #[derive(Debug, Clone)]

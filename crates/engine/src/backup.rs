@@ -419,9 +419,14 @@ fn string_of(values: &Dictionary, key: &str) -> Option<Value> {
 }
 
 /// The host-written Info.plist, with libimobiledevice's key set (fact sheet §2.1).
-pub fn info_plist(values: &Dictionary, udid: &str, itunes: Dictionary) -> Dictionary {
+pub fn info_plist(
+    values: &Dictionary,
+    udid: &str,
+    itunes: Dictionary,
+    apps: (Vec<Value>, Dictionary),
+) -> Dictionary {
     let mut d = Dictionary::new();
-    d.insert("Applications".into(), Value::Dictionary(Dictionary::new()));
+    d.insert("Applications".into(), Value::Dictionary(apps.1));
     let name = string_of(values, "DeviceName").unwrap_or_else(|| Value::from("iPhone"));
     d.insert("Device Name".into(), name.clone());
     d.insert("Display Name".into(), name);
@@ -430,7 +435,7 @@ pub fn info_plist(values: &Dictionary, udid: &str, itunes: Dictionary) -> Dictio
         "GUID".into(),
         Value::from(guid.iter().map(|b| format!("{b:02X}")).collect::<String>()),
     );
-    d.insert("Installed Applications".into(), Value::Array(vec![]));
+    d.insert("Installed Applications".into(), Value::Array(apps.0));
     // Whole seconds: XML readers (Python's plistlib) reject fractional dates.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -480,9 +485,21 @@ pub fn run(
     let full = opts.full || !has_previous;
     let t0 = std::time::Instant::now();
     dir.prepare(!full)?;
+    let apps = crate::sync::user_apps(&mut session, mux).unwrap_or_else(|e| {
+        log::warn!("could not list the apps for Info.plist: {e}");
+        (Vec::new(), Dictionary::new())
+    });
+    events.step("taking the sync lock");
+    let lock = match crate::sync::SyncLock::acquire(&mut session, mux) {
+        Ok(l) => l,
+        Err(e) => {
+            dir.abandon();
+            return Err(e);
+        }
+    };
     log::info!("staging prepared in {:?}", t0.elapsed());
     let result = (|| -> Result<Outcome> {
-        let info = info_plist(&values, &device.udid, itunes);
+        let info = info_plist(&values, &device.udid, itunes, apps);
         // Staged files may be hard links to the committed backup: write a
         // new file and rename it over, never into the existing one.
         let mut bytes = Vec::new();
@@ -603,6 +620,10 @@ pub fn run(
             path: dir.committed(),
         })
     })();
+    // Best effort: after a lost connection there is no device to tell.
+    if let Err(e) = lock.release(&mut session, mux) {
+        log::info!("sync lock not released: {e}");
+    }
     match result {
         Ok(outcome) => {
             let t0 = std::time::Instant::now();

@@ -6,5 +6,6 @@ pub mod backup;
 pub mod device;
 pub mod error;
 pub mod staging;
+pub mod sync;
 
 pub use error::EngineError;

@@ -1,0 +1,175 @@
+//! What hosts do around a backup, as Finder and idevicebackup2 do it: post
+//! the sync notifications, hold `/com.apple.itunes.lock_sync` over AFC so
+//! no other host syncs at the same time, and list the user's apps for
+//! Info.plist (libimobiledevice `tools/idevicebackup2.c`,
+//! pymobiledevice3 `services/mobilebackup2.py`).
+
+use std::time::Duration;
+
+use ibackup_proto::afc::{self, mode, op, status, AfcPacket};
+use ibackup_proto::frame;
+use ibackup_proto::host::{Stream, Transport};
+use ibackup_proto::plistx::{dict, DictExt};
+use plist::{Dictionary, Value};
+
+use crate::device::Session;
+use crate::error::{EngineError, Result};
+
+pub const WILL_START: &str = "com.apple.itunes-mobdev.syncWillStart";
+pub const LOCK_REQUEST: &str = "com.apple.itunes-mobdev.syncLockRequest";
+pub const DID_START: &str = "com.apple.itunes-mobdev.syncDidStart";
+pub const DID_FINISH: &str = "com.apple.itunes-mobdev.syncDidFinish";
+const LOCK_FILE: &str = "/com.apple.itunes.lock_sync";
+const LOCK_EX: u64 = 2 | 4;
+const LOCK_UN: u64 = 8 | 4;
+
+/// Post one notification through notification_proxy.
+pub fn post(session: &mut Session, mux: &dyn Transport, name: &str) -> Result<()> {
+    let mut np = session.service(mux, "com.apple.mobile.notification_proxy")?;
+    frame::write_xml(
+        &mut np,
+        &Value::Dictionary(dict([
+            ("Command", Value::from("PostNotification")),
+            ("Name", Value::from(name)),
+        ])),
+    )?;
+    frame::write_xml(
+        &mut np,
+        &Value::Dictionary(dict([("Command", Value::from("Shutdown"))])),
+    )?;
+    // The device answers ProxyDeath; the notification is already out either way.
+    let _ = frame::read_plist(&mut np);
+    Ok(())
+}
+
+/// The sync lock, held for the length of a backup.
+pub struct SyncLock {
+    afc: Box<dyn Stream>,
+    handle: u64,
+    packet: u64,
+}
+
+impl SyncLock {
+    fn call(&mut self, operation: u64, args: Vec<u8>) -> Result<AfcPacket> {
+        self.packet += 1;
+        AfcPacket {
+            packet_num: self.packet,
+            operation,
+            args,
+            data: Vec::new(),
+        }
+        .write(&mut self.afc)?;
+        Ok(AfcPacket::read(&mut self.afc)?)
+    }
+
+    /// Take the lock, waiting while another host holds it.
+    pub fn acquire(session: &mut Session, mux: &dyn Transport) -> Result<SyncLock> {
+        post(session, mux, WILL_START)?;
+        let afc = session.service(mux, afc::SERVICE_NAME)?;
+        let mut lock = SyncLock {
+            afc,
+            handle: 0,
+            packet: 0,
+        };
+        let mut args = mode::RW.to_le_bytes().to_vec();
+        args.extend_from_slice(LOCK_FILE.as_bytes());
+        args.push(0);
+        let r = lock.call(op::FILE_OPEN, args)?;
+        lock.handle = match (r.operation, r.arg_u64(0)) {
+            (op::FILE_OPEN_RES, Some(h)) => h,
+            _ => {
+                return Err(EngineError::Protocol(format!(
+                    "the device would not open {LOCK_FILE} (AFC status {:?})",
+                    r.arg_u64(0)
+                )))
+            }
+        };
+        post(session, mux, LOCK_REQUEST)?;
+        for _ in 0..50 {
+            let mut a = lock.handle.to_le_bytes().to_vec();
+            a.extend_from_slice(&LOCK_EX.to_le_bytes());
+            let r = lock.call(op::FILE_LOCK, a)?;
+            match r.arg_u64(0) {
+                Some(status::SUCCESS) => {
+                    post(session, mux, DID_START)?;
+                    return Ok(lock);
+                }
+                Some(status::OP_WOULD_BLOCK) => std::thread::sleep(Duration::from_millis(200)),
+                other => {
+                    return Err(EngineError::Protocol(format!(
+                        "the device would not lock {LOCK_FILE} (AFC status {other:?})"
+                    )))
+                }
+            }
+        }
+        Err(EngineError::Busy(format!(
+            "{LOCK_FILE} on the device: another computer is syncing it"
+        )))
+    }
+
+    /// Release the lock and tell the device the sync is over.
+    pub fn release(mut self, session: &mut Session, mux: &dyn Transport) -> Result<()> {
+        let mut a = self.handle.to_le_bytes().to_vec();
+        a.extend_from_slice(&LOCK_UN.to_le_bytes());
+        self.call(op::FILE_LOCK, a)?;
+        self.call(op::FILE_CLOSE, self.handle.to_le_bytes().to_vec())?;
+        post(session, mux, DID_FINISH)
+    }
+}
+
+/// The user's apps as Info.plist records them: bundle IDs, and for each the
+/// SINF and iTunes metadata a restore uses to reinstall it.
+pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Value>, Dictionary)> {
+    let mut ip = session.service(mux, "com.apple.mobile.installation_proxy")?;
+    let options = dict([
+        ("ApplicationType", Value::from("User")),
+        (
+            "ReturnAttributes",
+            Value::Array(vec![
+                "CFBundleIdentifier".into(),
+                "ApplicationSINF".into(),
+                "iTunesMetadata".into(),
+            ]),
+        ),
+    ]);
+    frame::write_xml(
+        &mut ip,
+        &Value::Dictionary(dict([
+            ("Command", Value::from("Browse")),
+            ("ClientOptions", Value::Dictionary(options)),
+        ])),
+    )?;
+    let (mut ids, mut apps) = (Vec::new(), Dictionary::new());
+    loop {
+        let Value::Dictionary(d) = frame::read_plist(&mut ip)? else {
+            break;
+        };
+        for app in d
+            .get("CurrentList")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_dictionary)
+        {
+            let Some(id) = app.str_of("CFBundleIdentifier") else {
+                continue;
+            };
+            ids.push(Value::from(id));
+            if let (Some(sinf), Some(meta)) =
+                (app.get("ApplicationSINF"), app.get("iTunesMetadata"))
+            {
+                apps.insert(
+                    id.to_string(),
+                    Value::Dictionary(dict([
+                        ("ApplicationSINF", sinf.clone()),
+                        ("iTunesMetadata", meta.clone()),
+                    ])),
+                );
+            }
+        }
+        if d.str_of("Status") == Some("Complete") || d.contains_key("Error") {
+            break;
+        }
+    }
+    Ok((ids, apps))
+}

@@ -10,6 +10,7 @@ use ibackup_proto::afc::{self, mode, op, status, AfcPacket};
 use ibackup_proto::frame;
 use ibackup_proto::host::{Stream, Transport};
 use ibackup_proto::plistx::{dict, DictExt};
+use ibackup_proto::services::{self, NpMessage};
 use plist::{Dictionary, Value};
 
 use crate::device::Session;
@@ -25,18 +26,9 @@ const LOCK_UN: u64 = 8 | 4;
 
 /// Post one notification through notification_proxy.
 pub fn post(session: &mut Session, mux: &dyn Transport, name: &str) -> Result<()> {
-    let mut np = session.service(mux, "com.apple.mobile.notification_proxy")?;
-    frame::write_xml(
-        &mut np,
-        &Value::Dictionary(dict([
-            ("Command", Value::from("PostNotification")),
-            ("Name", Value::from(name)),
-        ])),
-    )?;
-    frame::write_xml(
-        &mut np,
-        &Value::Dictionary(dict([("Command", Value::from("Shutdown"))])),
-    )?;
+    let mut np = session.service(mux, services::NOTIFICATION_PROXY)?;
+    frame::write_xml(&mut np, &NpMessage::Post(name.into()).encode())?;
+    frame::write_xml(&mut np, &NpMessage::Shutdown.encode())?;
     // The device answers ProxyDeath; the notification is already out either way.
     let _ = frame::read_plist(&mut np);
     Ok(())
@@ -120,37 +112,15 @@ impl SyncLock {
 /// The user's apps as Info.plist records them: bundle IDs, and for each the
 /// SINF and iTunes metadata a restore uses to reinstall it.
 pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Value>, Dictionary)> {
-    let mut ip = session.service(mux, "com.apple.mobile.installation_proxy")?;
-    let options = dict([
-        ("ApplicationType", Value::from("User")),
-        (
-            "ReturnAttributes",
-            Value::Array(vec![
-                "CFBundleIdentifier".into(),
-                "ApplicationSINF".into(),
-                "iTunesMetadata".into(),
-            ]),
-        ),
-    ]);
-    frame::write_xml(
-        &mut ip,
-        &Value::Dictionary(dict([
-            ("Command", Value::from("Browse")),
-            ("ClientOptions", Value::Dictionary(options)),
-        ])),
-    )?;
+    let mut ip = session.service(mux, services::INSTALLATION_PROXY)?;
+    frame::write_xml(&mut ip, &Value::Dictionary(services::browse_user_apps()))?;
     let (mut ids, mut apps) = (Vec::new(), Dictionary::new());
     loop {
         let Value::Dictionary(d) = frame::read_plist(&mut ip)? else {
             break;
         };
-        for app in d
-            .get("CurrentList")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_dictionary)
-        {
+        let (list, last) = services::parse_browse(&d);
+        for app in &list {
             let Some(id) = app.str_of("CFBundleIdentifier") else {
                 continue;
             };
@@ -167,7 +137,7 @@ pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Valu
                 );
             }
         }
-        if d.str_of("Status") == Some("Complete") || d.contains_key("Error") {
+        if last {
             break;
         }
     }

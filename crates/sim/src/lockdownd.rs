@@ -21,9 +21,9 @@ use crate::usbmuxd::random_uuid;
 pub const SERVICES: [&str; 5] = [
     ibackup_proto::mb2::SERVICE_NAME,
     ibackup_proto::afc::SERVICE_NAME,
-    "com.apple.mobile.notification_proxy",
-    "com.apple.mobile.installation_proxy",
-    "com.apple.springboardservices",
+    ibackup_proto::services::NOTIFICATION_PROXY,
+    ibackup_proto::services::INSTALLATION_PROXY,
+    ibackup_proto::services::SPRINGBOARD,
 ];
 
 /// Services that need the device unlocked (backup data is class-protected;

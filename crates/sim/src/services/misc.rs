@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ibackup_proto::frame;
 use ibackup_proto::plistx::{dict, DictExt};
+use ibackup_proto::services::{self, NpMessage};
 use ibackup_proto::ProtoError;
 use plist::{Dictionary, Value};
 
@@ -25,16 +26,12 @@ fn next(conn: &mut Box<dyn Conn>) -> Result<Option<Dictionary>> {
 /// (libimobiledevice `np_client_free`, pymobiledevice3 `notification_proxy.py`).
 pub fn notification_proxy(mut conn: Box<dyn Conn>) -> Result<()> {
     while let Some(d) = next(&mut conn)? {
-        match d.str_of("Command") {
-            Some("Shutdown") => {
-                frame::write_xml(
-                    &mut conn,
-                    &Value::Dictionary(dict([("Command", Value::from("ProxyDeath"))])),
-                )?;
+        match NpMessage::decode(&d) {
+            NpMessage::Shutdown => {
+                frame::write_xml(&mut conn, &NpMessage::ProxyDeath.encode())?;
                 return Ok(());
             }
-            Some(c) => log::debug!("notification_proxy: {c} {:?}", d.str_of("Name")),
-            None => {}
+            other => log::debug!("notification_proxy: {other:?}"),
         }
     }
     Ok(())
@@ -86,18 +83,9 @@ pub fn installation_proxy(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Resul
                 let total = list.len() as u64;
                 frame::write_xml(
                     &mut conn,
-                    &Value::Dictionary(dict([
-                        ("Status", Value::from("BrowsingApplications")),
-                        ("CurrentIndex", Value::from(0u64)),
-                        ("CurrentAmount", Value::from(total)),
-                        ("Total", Value::from(total)),
-                        ("CurrentList", Value::Array(list)),
-                    ])),
+                    &Value::Dictionary(services::browse_page(list, 0, total)),
                 )?;
-                frame::write_xml(
-                    &mut conn,
-                    &Value::Dictionary(dict([("Status", Value::from("Complete"))])),
-                )?;
+                frame::write_xml(&mut conn, &Value::Dictionary(services::browse_complete()))?;
             }
             _ => frame::write_xml(
                 &mut conn,
@@ -121,9 +109,7 @@ pub fn springboard(mut conn: Box<dyn Conn>) -> Result<()> {
     while let Some(d) = next(&mut conn)? {
         // springboardservices answers getIconState with an array; everything else a dict.
         let answer = match d.str_of("command") {
-            Some("getIconPNGData") => {
-                Value::Dictionary(dict([("pngData", Value::Data(ICON_PNG.to_vec()))]))
-            }
+            Some("getIconPNGData") => Value::Dictionary(services::icon_response(ICON_PNG.to_vec())),
             Some("getIconState") => Value::Array(vec![]),
             _ => Value::Dictionary(dict([("Error", Value::from("UnknownCommand"))])),
         };

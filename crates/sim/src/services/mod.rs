@@ -16,9 +16,9 @@ pub fn serve(service: &str, conn: Box<dyn Conn>, device: Arc<Device>) -> Result<
     match service {
         ibackup_proto::mb2::SERVICE_NAME => backup::serve(conn, device),
         ibackup_proto::afc::SERVICE_NAME => afc::serve(conn, device),
-        "com.apple.mobile.notification_proxy" => misc::notification_proxy(conn),
-        "com.apple.mobile.installation_proxy" => misc::installation_proxy(conn, device),
-        "com.apple.springboardservices" => misc::springboard(conn),
+        ibackup_proto::services::NOTIFICATION_PROXY => misc::notification_proxy(conn),
+        ibackup_proto::services::INSTALLATION_PROXY => misc::installation_proxy(conn, device),
+        ibackup_proto::services::SPRINGBOARD => misc::springboard(conn),
         other => Err(SimError::Protocol(format!("no such service {other}"))),
     }
 }

@@ -175,7 +175,12 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
         match request {
             Request::StartSession { host_id, .. } => {
                 // The device is the TLS server, with the certificate the host issued it.
-                let host = device.trusted_host(&host_id).expect("checked in handle");
+                let Some(host) = device.trusted_host(&host_id) else {
+                    // Unpaired by another connection since the answer went out.
+                    return Err(crate::error::SimError::Protocol(
+                        "host forgotten during StartSession".into(),
+                    ));
+                };
                 let cert = host
                     .record
                     .data_of("DeviceCertificate")

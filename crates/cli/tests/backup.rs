@@ -540,3 +540,35 @@ fn a_full_host_disk_is_reported_with_the_space_needed() {
         "fits again",
     );
 }
+
+#[test]
+fn wifi_devices_are_listed_marked_and_used_only_with_network() {
+    let host = SimHost::start(&[(Profile::Empty, 211)], |_, c| {
+        c.connection = "Network".into()
+    });
+    let a = &host.udids[0];
+    let o = run({
+        let mut c = ibackup(&host);
+        c.arg("devices");
+        c
+    });
+    assert_ok(&o, "devices");
+    assert!(text(&o).contains(&format!("{a}\tWi-Fi")), "{}", text(&o));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.arg("info");
+        c
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a Wi-Fi device is not used without --network: {}",
+        text(&o)
+    );
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["--network", "info"]);
+        c
+    });
+    assert_ok(&o, "info over Wi-Fi");
+}

@@ -572,3 +572,26 @@ fn wifi_devices_are_listed_marked_and_used_only_with_network() {
     });
     assert_ok(&o, "info over Wi-Fi");
 }
+
+#[test]
+fn a_refused_backup_shows_the_device_error() {
+    let host = SimHost::start(&[(Profile::Empty, 221)], |_, c| {
+        c.fault_refuse_backup = Some(17)
+    });
+    let a = &host.udids[0];
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "--json", "full"]).arg(host.path("b"));
+        c
+    });
+    assert_eq!(o.status.code(), Some(10), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("error 17") && t.contains("refused by the device"),
+        "{t}"
+    );
+    assert!(
+        t.contains(r#""ok":false"#) && t.contains(r#""exit_code":10"#),
+        "JSON result line: {t}"
+    );
+}

@@ -90,6 +90,9 @@ pub struct DeviceConfig {
     /// device, so a test can interrupt a backup mid-way).
     #[serde(default)]
     pub fault_slow_file_ms: Option<u64>,
+    /// Refuse every backup with this MBErrorDomain code.
+    #[serde(default)]
+    pub fault_refuse_backup: Option<u64>,
     /// Skip the free-space check before uploading (a device that misjudges
     /// the size, so the host disk fills up mid-write).
     #[serde(default)]
@@ -149,6 +152,7 @@ impl DeviceConfig {
             fault_disconnect_after_files: None,
             fault_slow_file_ms: None,
             fault_ignore_free_space: false,
+            fault_refuse_backup: None,
             fault_hostile_paths: Vec::new(),
         }
     }

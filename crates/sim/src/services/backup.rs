@@ -601,6 +601,12 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &format!("Target identifier {target} is not this device"),
         );
     }
+    if let Some(code) = c.fault_refuse_backup {
+        return dl.finish(
+            code,
+            "The backup was refused by the device (simulated refusal)",
+        );
+    }
     let keybag = crate::keys::load(&device)?;
     let encrypted = keybag.is_some();
     let force_full = req.options.bool_of("ForceFullBackup").unwrap_or(false);

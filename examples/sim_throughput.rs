@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::Instant;
 
-use ibackup_proto::devicelink::{DlMessage, VERSION_MAJOR};
+use ibackup_proto::devicelink::DlMessage;
 use ibackup_proto::frame;
 use ibackup_proto::host::MuxClient;
 use ibackup_proto::mb2::{self, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem};
@@ -31,22 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         frame::write_binary(s, &m.encode())
     };
     let recv = |s: &mut Box<dyn ibackup_proto::host::Stream>| -> Result<DlMessage, ibackup_proto::ProtoError> { DlMessage::decode(frame::read_plist(s)?) };
-    recv(&mut s)?;
-    send(
-        &mut s,
-        DlMessage::VersionsOk {
-            major: VERSION_MAJOR,
-        },
-    )?;
-    recv(&mut s)?;
-    let mut hello = Dictionary::new();
-    hello.insert("MessageName".into(), Value::from("Hello"));
-    hello.insert(
-        "SupportedProtocolVersions".into(),
-        Value::Array(vec![Value::Real(2.0), Value::Real(2.1)]),
-    );
-    send(&mut s, DlMessage::ProcessMessage(hello))?;
-    recv(&mut s)?;
+    mb2::host_hello(&mut s)?
+        .map_err(|(code, text)| format!("device refused Hello: {text} ({code})"))?;
     let mut options = Dictionary::new();
     options.insert("ForceFullBackup".into(), Value::Boolean(true));
     let req = Mb2Request {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ibackup_proto::devicelink::{DlMessage, BULK_OPERATION_ERROR, VERSION_MAJOR};
+use ibackup_proto::devicelink::{DlMessage, BULK_OPERATION_ERROR};
 use ibackup_proto::frame;
 use ibackup_proto::host::{Stream, Transport};
 use ibackup_proto::mb2::{
@@ -522,55 +522,8 @@ pub fn run(
             refused: 0,
             buf: vec![0u8; BLOCK],
         };
-        match host.recv()? {
-            DlMessage::VersionExchange { major, .. } if major <= 400 => {}
-            other => {
-                return Err(EngineError::Protocol(format!(
-                    "unexpected DeviceLink greeting {other:?}"
-                )))
-            }
-        }
-        host.send(&DlMessage::VersionsOk {
-            major: VERSION_MAJOR,
-        })?;
-        match host.recv()? {
-            DlMessage::DeviceReady => {}
-            other => {
-                return Err(EngineError::Protocol(format!(
-                    "device not ready: {}",
-                    other.name()
-                )))
-            }
-        }
-        let mut hello = Dictionary::new();
-        hello.insert(
-            "SupportedProtocolVersions".into(),
-            Value::Array(
-                mb2::PROTOCOL_VERSIONS
-                    .iter()
-                    .map(|v| Value::Real(*v))
-                    .collect(),
-            ),
-        );
-        hello.insert("MessageName".into(), Value::from("Hello"));
-        host.send(&DlMessage::ProcessMessage(hello))?;
-        match host.recv()? {
-            DlMessage::ProcessMessage(d) if d.u64_of("ErrorCode") == Some(0) => {}
-            DlMessage::ProcessMessage(d) => {
-                return Err(EngineError::DeviceRefused {
-                    code: d.u64_of("ErrorCode").unwrap_or(0),
-                    description: d
-                        .str_of("ErrorDescription")
-                        .unwrap_or("no common protocol version")
-                        .into(),
-                })
-            }
-            other => {
-                return Err(EngineError::Protocol(format!(
-                    "Hello answered with {}",
-                    other.name()
-                )))
-            }
+        if let Err((code, description)) = mb2::host_hello(&mut host.s)? {
+            return Err(EngineError::DeviceRefused { code, description });
         }
         let mut options = Dictionary::new();
         if full {

@@ -125,6 +125,66 @@ pub fn hello_response(client_versions: &[f64]) -> Dictionary {
     }
 }
 
+/// Host side of opening a mobilebackup2 connection: the DeviceLink version
+/// exchange (libimobiledevice accepts device versions up to 400), then
+/// Hello. `Ok(Ok(version))` is the negotiated protocol version;
+/// `Ok(Err((code, description)))` the device refusing Hello.
+pub fn host_hello<S: std::io::Read + std::io::Write + ?Sized>(
+    s: &mut S,
+) -> Result<std::result::Result<f64, (u64, String)>> {
+    use crate::devicelink::{DlMessage, VERSION_MAJOR};
+    let recv = |s: &mut S| -> Result<DlMessage> { DlMessage::decode(crate::frame::read_plist(s)?) };
+    match recv(s)? {
+        DlMessage::VersionExchange { major, .. } if major <= 400 => {}
+        other => {
+            return Err(ProtoError::protocol(format!(
+                "unexpected DeviceLink greeting {}",
+                other.name()
+            )))
+        }
+    }
+    crate::frame::write_binary(
+        s,
+        &DlMessage::VersionsOk {
+            major: VERSION_MAJOR,
+        }
+        .encode(),
+    )?;
+    match recv(s)? {
+        DlMessage::DeviceReady => {}
+        other => {
+            return Err(ProtoError::protocol(format!(
+                "device not ready: {}",
+                other.name()
+            )))
+        }
+    }
+    let hello = dict([
+        ("MessageName", Value::from("Hello")),
+        (
+            "SupportedProtocolVersions",
+            Value::Array(PROTOCOL_VERSIONS.iter().map(|v| Value::Real(*v)).collect()),
+        ),
+    ]);
+    crate::frame::write_binary(s, &DlMessage::ProcessMessage(hello).encode())?;
+    match recv(s)? {
+        DlMessage::ProcessMessage(d) if d.u64_of("ErrorCode") == Some(0) => Ok(Ok(d
+            .get("ProtocolVersion")
+            .and_then(Value::as_real)
+            .unwrap_or(2.0))),
+        DlMessage::ProcessMessage(d) => Ok(Err((
+            d.u64_of("ErrorCode").unwrap_or(0),
+            d.str_of("ErrorDescription")
+                .unwrap_or("no common protocol version")
+                .to_string(),
+        ))),
+        other => Err(ProtoError::protocol(format!(
+            "Hello answered with {}",
+            other.name()
+        ))),
+    }
+}
+
 /// `{MessageName: Response, ErrorCode, ErrorDescription}` as sent in the final ProcessMessage.
 pub fn result_message(code: u64, description: &str) -> Dictionary {
     let mut d = dict([
@@ -342,6 +402,73 @@ mod tests {
         let mut b = 2u32.to_be_bytes().to_vec();
         b.extend([0xff, 0xfe]);
         assert!(FileStreamReader::new(&b[..]).name().is_err());
+    }
+
+    /// Reads a recorded device side, keeps what the host writes.
+    struct Recorded {
+        from_device: std::io::Cursor<Vec<u8>>,
+        from_host: Vec<u8>,
+    }
+    impl std::io::Read for Recorded {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.from_device.read(b)
+        }
+    }
+    impl std::io::Write for Recorded {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.from_host.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device_says(answer: Dictionary) -> Recorded {
+        use crate::devicelink::DlMessage;
+        let mut bytes = Vec::new();
+        for m in [
+            DlMessage::VersionExchange {
+                major: 300,
+                minor: 0,
+            },
+            DlMessage::DeviceReady,
+            DlMessage::ProcessMessage(answer),
+        ] {
+            bytes.extend(crate::frame::encode_binary(&m.encode()));
+        }
+        Recorded {
+            from_device: std::io::Cursor::new(bytes),
+            from_host: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn host_hello_negotiates_and_reports_refusal() {
+        use crate::devicelink::DlMessage;
+        let mut s = device_says(hello_response(&[2.0, 2.1]));
+        assert_eq!(host_hello(&mut s).unwrap(), Ok(2.1));
+        // The host answered VersionsOk, then sent Hello with both versions.
+        let mut sent = &s.from_host[..];
+        assert_eq!(
+            DlMessage::decode(crate::frame::read_plist(&mut sent).unwrap()).unwrap(),
+            DlMessage::VersionsOk { major: 300 }
+        );
+        let DlMessage::ProcessMessage(hello) =
+            DlMessage::decode(crate::frame::read_plist(&mut sent).unwrap()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(hello.str_of("MessageName"), Some("Hello"));
+        let mut s = device_says(hello_response(&[1.0]));
+        assert_eq!(host_hello(&mut s).unwrap().unwrap_err().0, 1);
+        let mut short = Recorded {
+            from_device: std::io::Cursor::new(Vec::new()),
+            from_host: Vec::new(),
+        };
+        assert!(
+            host_hello(&mut short).is_err(),
+            "a closed connection is an error"
+        );
     }
 
     #[test]

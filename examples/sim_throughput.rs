@@ -33,15 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let recv = |s: &mut Box<dyn ibackup_proto::host::Stream>| -> Result<DlMessage, ibackup_proto::ProtoError> { DlMessage::decode(frame::read_plist(s)?) };
     mb2::host_hello(&mut s)?
         .map_err(|(code, text)| format!("device refused Hello: {text} ({code})"))?;
-    let mut options = Dictionary::new();
-    options.insert("ForceFullBackup".into(), Value::Boolean(true));
-    let req = Mb2Request {
-        name: "Backup".into(),
-        target: Some(dev.udid.clone()),
-        source: Some(dev.udid.clone()),
-        options,
-        extra: Dictionary::new(),
-    };
+    let req = Mb2Request::backup(&dev.udid, true);
     send(&mut s, DlMessage::ProcessMessage(req.encode()))?;
     let ok = || DlMessage::status_ok(Value::Dictionary(Dictionary::new()));
     let start = Instant::now();

@@ -142,11 +142,7 @@ impl Host<'_> {
                     None
                 }
             };
-            let part = target.as_ref().map(|t| {
-                let mut name = t.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-                name.push(".ibackup-part");
-                t.with_file_name(name)
-            });
+            let part = target.as_deref().map(part_path);
             let mut out: Option<File> = None;
             let mut write_err: Option<std::io::Error> = None;
             let open = |part: &Path| -> std::io::Result<File> {
@@ -525,17 +521,7 @@ pub fn run(
         if let Err((code, description)) = mb2::host_hello(&mut host.s)? {
             return Err(EngineError::DeviceRefused { code, description });
         }
-        let mut options = Dictionary::new();
-        if full {
-            options.insert("ForceFullBackup".into(), Value::Boolean(true));
-        }
-        let req = Mb2Request {
-            name: "Backup".into(),
-            target: Some(device.udid.clone()),
-            source: Some(device.udid.clone()),
-            options,
-            extra: Dictionary::new(),
-        };
+        let req = Mb2Request::backup(&device.udid, full);
         host.send(&DlMessage::ProcessMessage(req.encode()))?;
         host.events.step(if full {
             "receiving a full backup"
@@ -590,6 +576,16 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Where a file is written before it is renamed to `path`.
+fn part_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".ibackup-part");
+    path.with_file_name(name)
 }
 
 /// Write `bytes` as a new file at `path`, renamed over whatever is there.

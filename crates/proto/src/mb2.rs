@@ -63,6 +63,21 @@ pub struct Mb2Request {
 }
 
 impl Mb2Request {
+    /// `Backup` of the device `udid` into the host folder of the same name.
+    pub fn backup(udid: &str, force_full: bool) -> Mb2Request {
+        let mut options = Dictionary::new();
+        if force_full {
+            options.insert("ForceFullBackup".into(), Value::Boolean(true));
+        }
+        Mb2Request {
+            name: "Backup".into(),
+            target: Some(udid.into()),
+            source: Some(udid.into()),
+            options,
+            extra: Dictionary::new(),
+        }
+    }
+
     pub fn decode(d: &Dictionary) -> Result<Mb2Request> {
         let name = d.req_str("MessageName")?.to_string();
         let mut extra = d.clone();

@@ -263,6 +263,40 @@ impl Keybag {
         Ok(kb)
     }
 
+    /// The keybag an unencrypted backup carries (fact sheet §2.2, shape of
+    /// TrollRestore's device-made one): no DPSL/DPIC, HMCK zeros, classes
+    /// 1–4 WRAP 2 and 5–11 WRAP 3 with random wrapped keys nobody unwraps.
+    pub fn unprotected<R: RngCore + CryptoRng>(rng: &mut R) -> Keybag {
+        let mut bytes = |n: usize| {
+            let mut v = vec![0u8; n];
+            rng.fill_bytes(&mut v);
+            v
+        };
+        let classes = (1..=11u32)
+            .map(|class| ClassKey {
+                uuid: bytes(16),
+                class,
+                wrap: if class <= 4 { 2 } else { 3 },
+                key_type: 0,
+                wrapped: bytes(40),
+                key: None,
+            })
+            .collect();
+        Keybag {
+            version: 5,
+            kind: 1,
+            uuid: bytes(16),
+            hmck: vec![0; 40],
+            wrap: 0,
+            salt: bytes(20),
+            iterations: DEVICE_ITER,
+            dp_wrap: None,
+            dp_iterations: None,
+            dp_salt: None,
+            classes,
+        }
+    }
+
     fn class_kek(&self, class: u32) -> Result<KekAes256> {
         let key = self
             .classes
@@ -509,6 +543,15 @@ mod tests {
             "wrong key fails the padding check (almost always)"
         );
         assert!(decrypt(&key, &[0u8; 15]).is_err());
+    }
+
+    #[test]
+    fn unprotected_keybag_round_trips_and_has_no_password() {
+        let kb = Keybag::unprotected(&mut rand_chacha::ChaCha8Rng::seed_from_u64(6));
+        let back = Keybag::parse(&kb.encode()).unwrap();
+        assert_eq!(back, kb);
+        assert!(!back.is_password_protected());
+        assert_eq!(back.classes.len(), 11);
     }
 
     #[test]

@@ -418,34 +418,6 @@ fn status_plist(full: bool, state: &str) -> Vec<u8> {
     ibackup_proto::plistx::to_binary(&v)
 }
 
-/// A backup keybag (fact sheet §5.1): present in every backup, plain or not.
-pub fn backup_keybag() -> Vec<u8> {
-    let mut kb = Vec::new();
-    let mut tag = |t: &[u8; 4], v: &[u8]| {
-        kb.extend_from_slice(t);
-        kb.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        kb.extend_from_slice(v);
-    };
-    tag(b"VERS", &5u32.to_be_bytes());
-    tag(b"TYPE", &1u32.to_be_bytes());
-    tag(b"UUID", &rand::random::<[u8; 16]>());
-    tag(b"HMCK", &[0u8; 40]);
-    tag(b"WRAP", &0u32.to_be_bytes());
-    tag(b"SALT", &rand::random::<[u8; 20]>());
-    tag(b"ITER", &10_000u32.to_be_bytes());
-    for class in 1u32..=11 {
-        tag(b"UUID", &rand::random::<[u8; 16]>());
-        tag(b"CLAS", &class.to_be_bytes());
-        tag(b"WRAP", &(if class <= 4 { 2u32 } else { 3 }).to_be_bytes());
-        tag(b"KTYP", &0u32.to_be_bytes());
-        let mut wpky = [0u8; 40];
-        wpky[..32].copy_from_slice(&rand::random::<[u8; 32]>());
-        wpky[32..].copy_from_slice(&rand::random::<[u8; 8]>());
-        tag(b"WPKY", &wpky);
-    }
-    kb
-}
-
 pub fn manifest_plist(
     device: &Device,
     keybag: Option<&Keybag>,
@@ -490,7 +462,11 @@ pub fn manifest_plist(
         ("Applications", Value::Dictionary(apps)),
         (
             "BackupKeyBag",
-            Value::Data(keybag.map(Keybag::encode).unwrap_or_else(backup_keybag)),
+            Value::Data(
+                keybag
+                    .map(Keybag::encode)
+                    .unwrap_or_else(|| Keybag::unprotected(&mut rand::rngs::OsRng).encode()),
+            ),
         ),
         ("Date", Value::Date(std::time::SystemTime::now().into())),
         ("IsEncrypted", Value::Boolean(keybag.is_some())),

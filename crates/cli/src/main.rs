@@ -10,9 +10,12 @@ use ibackup_engine::backup::{self, Events, Options};
 use ibackup_engine::{device, EngineError};
 use ibackup_proto::host::MuxClient;
 use ibackup_proto::usbmux::SocketAddress;
+use ibackup_store::categories::Selection;
 use serde_json::json;
 
+mod data;
 mod exit;
+mod passwords;
 
 /// Back up and restore iPhones and iPads over USB.
 #[derive(Parser)]
@@ -60,6 +63,10 @@ enum Cmd {
     Full {
         /// The backup folder; the backup goes to DIR/<UDID>/.
         dir: PathBuf,
+        #[command(flatten)]
+        only: Only,
+        #[command(flatten)]
+        pw: PasswordArgs,
     },
     /// Back up; incremental when DIR holds an earlier backup of the device.
     Backup {
@@ -67,31 +74,115 @@ enum Cmd {
         /// Force a full backup.
         #[arg(long)]
         full: bool,
+        #[command(flatten)]
+        only: Only,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Turn backup encryption on or off, or change its password (on the device).
+    /// Only encrypted backups hold Health and Keychain data.
+    Encryption {
+        #[arg(value_enum)]
+        action: EncryptionAction,
+        #[command(flatten)]
+        pw: PasswordArgs,
+        /// Read the new password from this file (else IBACKUP_NEW_PASSWORD, else a prompt).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List the files in a backup.
+    Ls {
+        dir: PathBuf,
+        #[command(flatten)]
+        only: Only,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Copy files out of a backup as OUT/<Domain>/<path>, decrypted, with their times.
+    Extract {
+        dir: PathBuf,
+        /// Where the files go.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        only: Only,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Restore a backup to a device (-u TARGET): everything, or only --only/--domain.
+    Restore {
+        dir: PathBuf,
+        /// Restore the backup of this device (default: the target's own).
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        only: Only,
+        /// Leave system files alone; restore app data only.
+        #[arg(long)]
+        no_system: bool,
+        /// Do not restart the device afterwards.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Also restore the backup's device settings.
+        #[arg(long)]
+        settings: bool,
+        #[command(flatten)]
+        pw: PasswordArgs,
     },
     /// Check a backup: index readable, every file present with the right size and digest.
     /// Exits 0 only when the backup is sound.
     Verify {
         dir: PathBuf,
-        /// Read the password of an encrypted backup from this file (else the IBACKUP_PASSWORD variable).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        pw: PasswordArgs,
     },
 }
 
-/// The backup password: a file, IBACKUP_PASSWORD, or nothing. Never argv.
-fn password(file: Option<&Path>) -> Result<Option<String>, EngineError> {
-    if let Some(f) = file {
-        let s = std::fs::read_to_string(f)?;
-        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
-    }
-    Ok(std::env::var("IBACKUP_PASSWORD")
-        .ok()
-        .filter(|s| !s.is_empty()))
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum EncryptionAction {
+    On,
+    Off,
+    Change,
 }
 
-fn verify(cli: &Cli, dir: &Path, password_file: Option<&Path>) -> Result<(), EngineError> {
-    // DIR/<UDID>/ when DIR holds backups, or DIR itself when it is one.
-    let backup = if dir.join("Manifest.db").is_file() {
+#[derive(clap::Args, Debug, Clone)]
+struct PasswordArgs {
+    /// Read the backup password from this file (else IBACKUP_PASSWORD, else a prompt).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Only {
+    /// Only these categories, comma-separated: photos, messages, contacts,
+    /// call-history, notes, calendars, voice-memos, safari, whatsapp, health,
+    /// keychain, app:<bundle id> (see docs/categories.md).
+    #[arg(long, value_name = "CATEGORIES")]
+    only: Vec<String>,
+    /// Only this backup domain (repeatable; a trailing * matches a prefix).
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Vec<String>,
+}
+
+impl Only {
+    fn selection(&self) -> Result<Selection, EngineError> {
+        Selection::parse(&self.only, &self.domain).map_err(|e| match e {
+            ibackup_store::StoreError::Record(m) => EngineError::Usage(m),
+            other => EngineError::Usage(other.to_string()),
+        })
+    }
+}
+
+/// DIR/<UDID>/ when DIR holds backups (choosing with -u when several do),
+/// or DIR itself when it is one.
+fn backup_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
+    if !dir.is_dir() {
+        return Err(EngineError::Usage(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    Ok(if dir.join("Manifest.db").is_file() {
         dir.to_path_buf()
     } else {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -110,18 +201,24 @@ fn verify(cli: &Cli, dir: &Path, password_file: Option<&Path>) -> Result<(), Eng
                 )))
             }
             (None, _) => {
-                return Err(EngineError::SeveralDevices(
+                return Err(EngineError::Usage(format!(
+                    "{} holds backups of several devices ({}); choose one with -u UDID",
+                    dir.display(),
                     found
                         .iter()
                         .filter_map(|p| p.file_name())
                         .map(|n| n.to_string_lossy().into_owned())
                         .collect::<Vec<_>>()
-                        .join(", "),
-                ))
+                        .join(", ")
+                )))
             }
         }
-    };
-    let pw = password(password_file)?;
+    })
+}
+
+fn verify(cli: &Cli, dir: &Path, password_file: Option<&Path>) -> Result<(), EngineError> {
+    let backup = backup_folder(cli, dir)?;
+    let pw = passwords::given(password_file)?;
     let scratch = std::env::temp_dir().join(format!("ibackup-verify-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let r = ibackup_store::verify::verify(&backup, pw.as_deref(), &scratch);
@@ -275,12 +372,26 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
     Ok(MuxClient::new(SocketAddress::Tcp(addr)))
 }
 
-fn run_backup(cli: &Cli, mux: &MuxClient, dir: &Path, full: bool) -> Result<(), EngineError> {
+fn run_backup(
+    cli: &Cli,
+    mux: &MuxClient,
+    dir: &Path,
+    full: bool,
+    only: &Only,
+    pw: &PasswordArgs,
+) -> Result<(), EngineError> {
+    let selection = only.selection()?;
     let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
     let mut report = Report::new(cli.json, cli.quiet);
     let opts = Options {
         full,
         trust_wait: Duration::from_secs(cli.trust_timeout),
+        password: if selection.is_all() {
+            None
+        } else {
+            passwords::given(pw.password_file.as_deref())?
+        },
+        selection,
     };
     let started = Instant::now();
     let r = backup::run(mux, &dev, dir, &opts, &mut report);
@@ -393,8 +504,13 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
 }
 
 fn run(cli: &Cli) -> Result<(), EngineError> {
-    if let Cmd::Verify { dir, password_file } = &cli.cmd {
-        return verify(cli, dir, password_file.as_deref());
+    match &cli.cmd {
+        Cmd::Verify { dir, pw } => return verify(cli, dir, pw.password_file.as_deref()),
+        Cmd::Ls { dir, only, pw } => return data::ls(cli, &backup_folder(cli, dir)?, only, pw),
+        Cmd::Extract { dir, to, only, pw } => {
+            return data::extract(cli, &backup_folder(cli, dir)?, to, only, pw)
+        }
+        _ => {}
     }
     let mux = mux_for(cli)?;
     match &cli.cmd {
@@ -451,9 +567,42 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
-        Cmd::Full { dir } => run_backup(cli, &mux, dir, true),
-        Cmd::Backup { dir, full } => run_backup(cli, &mux, dir, *full),
-        Cmd::Verify { .. } => unreachable!("handled before connecting"),
+        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, dir, true, only, pw),
+        Cmd::Backup {
+            dir,
+            full,
+            only,
+            pw,
+        } => run_backup(cli, &mux, dir, *full, only, pw),
+        Cmd::Encryption {
+            action,
+            pw,
+            new_password_file,
+        } => data::encryption(cli, &mux, *action, pw, new_password_file.as_deref()),
+        Cmd::Restore {
+            dir,
+            source,
+            only,
+            no_system,
+            no_reboot,
+            settings,
+            pw,
+        } => data::restore(
+            cli,
+            &mux,
+            dir,
+            data::RestoreArgs {
+                source: source.clone(),
+                only,
+                system: !no_system,
+                reboot: !no_reboot,
+                settings: *settings,
+                pw,
+            },
+        ),
+        Cmd::Verify { .. } | Cmd::Ls { .. } | Cmd::Extract { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 

@@ -19,7 +19,10 @@ use plist::{Dictionary, Value};
 
 use crate::device;
 use crate::error::{EngineError, Result};
-use crate::staging::BackupDir;
+use crate::staging::{Area, BackupDir};
+use ibackup_store::categories::Selection;
+use ibackup_store::mbfile::FLAG_FILE;
+use ibackup_store::reader::Backup;
 
 /// What a caller hears while a backup runs.
 pub trait Events {
@@ -40,6 +43,10 @@ pub struct Options {
     pub full: bool,
     /// How long to wait for the user to tap Trust.
     pub trust_wait: Duration,
+    /// Keep only these files in the stored backup (everything when empty).
+    pub selection: Selection,
+    /// The backup password, needed to filter an encrypted backup.
+    pub password: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +54,8 @@ impl Default for Options {
         Options {
             full: false,
             trust_wait: Duration::from_secs(120),
+            selection: Selection::default(),
+            password: None,
         }
     }
 }
@@ -78,18 +87,63 @@ const BLOCK: usize = 1 << 20;
 /// (pymobiledevice3 `device_link.py`, matching Apple's 32 KiB default).
 const SEND_BLOCK: usize = 32 * 1024;
 
-struct Host<'a> {
+pub(crate) struct Host<'a> {
     s: Box<dyn Stream>,
-    dir: &'a BackupDir,
-    events: &'a mut dyn Events,
+    dir: Area<'a>,
+    pub(crate) events: &'a mut dyn Events,
     percent: f64,
-    bytes: u64,
-    files: u64,
-    refused: u64,
+    pub(crate) bytes: u64,
+    pub(crate) files: u64,
+    pub(crate) refused: u64,
     buf: Vec<u8>,
 }
 
-impl Host<'_> {
+impl<'a> Host<'a> {
+    /// Start mobilebackup2 and agree on a protocol version.
+    pub(crate) fn open(
+        session: &mut device::Session,
+        mux: &dyn Transport,
+        dir: Area<'a>,
+        events: &'a mut dyn Events,
+    ) -> Result<Host<'a>> {
+        let stream: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
+            session.service(mux, mb2::SERVICE_NAME)?,
+        ));
+        let mut host = Host {
+            s: stream,
+            dir,
+            events,
+            percent: 0.0,
+            bytes: 0,
+            files: 0,
+            refused: 0,
+            buf: vec![0u8; BLOCK],
+        };
+        if let Err((code, description)) = mb2::host_hello(&mut host.s)? {
+            return Err(EngineError::DeviceRefused { code, description });
+        }
+        Ok(host)
+    }
+
+    /// Send a request and answer the device until it reports its result
+    /// (the final `ProcessMessage`, returned).
+    pub(crate) fn converse(&mut self, req: &Mb2Request) -> Result<Dictionary> {
+        self.send(&DlMessage::ProcessMessage(req.encode()))?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let m = self.recv()?;
+            log::debug!("{:?} {}", t0.elapsed(), m.name());
+            if let Some(d) = self.handle(m)? {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// Say goodbye; the device may already be gone.
+    pub(crate) fn disconnect(&mut self) {
+        let _ = self.send(&DlMessage::Disconnect(String::new()));
+    }
+
     fn send(&mut self, m: &DlMessage) -> Result<()> {
         frame::write_binary(&mut self.s, &m.encode())?;
         Ok(())
@@ -133,7 +187,7 @@ impl Host<'_> {
                 }
                 StreamItem::Name(n) => n,
             };
-            let target = match self.dir.resolve(&backup_name) {
+            let target = match self.dir.resolve_write(&backup_name) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log::warn!("{e}");
@@ -273,7 +327,7 @@ impl Host<'_> {
     ) -> Result<()> {
         let mut failure: Option<(i64, String)> = None;
         for p in paths {
-            match self.dir.resolve(p) {
+            match self.dir.resolve_write(p) {
                 Ok(local) => {
                     if let Err(e) = f(&local) {
                         if e.kind() != std::io::ErrorKind::NotFound {
@@ -305,7 +359,7 @@ impl Host<'_> {
             DlMessage::UploadFiles { total_bytes, .. } => self.upload_files(total_bytes)?,
             DlMessage::DownloadFiles { paths, .. } => self.download_files(&paths)?,
             DlMessage::GetFreeDiskSpace => {
-                let free = fs4::available_space(self.dir.staging())?;
+                let free = fs4::available_space(self.dir.disk())?;
                 self.status(0, None, Value::from(free))?;
             }
             DlMessage::PurgeDiskSpace { .. } => self.status(
@@ -326,7 +380,7 @@ impl Host<'_> {
             DlMessage::MoveItems { moves, .. } => {
                 let mut failure = None;
                 for (from, to) in &moves {
-                    match (self.dir.resolve(from), self.dir.resolve(to)) {
+                    match (self.dir.resolve_write(from), self.dir.resolve_write(to)) {
                         (Ok(a), Ok(b)) => {
                             if b.is_dir() {
                                 let _ = std::fs::remove_dir_all(&b);
@@ -353,7 +407,7 @@ impl Host<'_> {
                 }
             }
             DlMessage::CopyItem { from, to } => {
-                let r = match (self.dir.resolve(&from), self.dir.resolve(&to)) {
+                let r = match (self.dir.resolve(&from), self.dir.resolve_write(&to)) {
                     (Ok(a), Ok(b)) => {
                         // b may be a link to a committed file: unlink, then copy to a new inode.
                         let _ = std::fs::remove_file(&b);
@@ -477,8 +531,18 @@ pub fn run(
     })?;
     let values = session.values()?;
     let itunes = session.domain("com.apple.iTunes")?;
+    if !opts.selection.is_all()
+        && opts.password.is_none()
+        && crate::restore::will_encrypt(&mut session)?
+    {
+        // Filtering rewrites the encrypted index, which needs the password.
+        return Err(EngineError::PasswordRequired);
+    }
     let has_previous = dir.committed().join("Manifest.db").is_file();
-    let full = opts.full || !has_previous;
+    // The device continues from the index it is shown; a filtered index
+    // would make it skip what was dropped, so it gets a full backup.
+    let was_filtered = filtered_marker(root, &device.udid).exists();
+    let full = opts.full || !has_previous || was_filtered;
     let t0 = std::time::Instant::now();
     dir.prepare(!full)?;
     let apps = crate::sync::user_apps(&mut session, mux).unwrap_or_else(|e| {
@@ -505,37 +569,13 @@ pub fn run(
         replace_file(&dir.staging().join("Info.plist"), &bytes)?;
 
         events.step("starting the backup service");
-        let stream: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
-            session.service(mux, mb2::SERVICE_NAME)?,
-        ));
-        let mut host = Host {
-            s: stream,
-            dir: &dir,
-            events,
-            percent: 0.0,
-            bytes: 0,
-            files: 0,
-            refused: 0,
-            buf: vec![0u8; BLOCK],
-        };
-        if let Err((code, description)) = mb2::host_hello(&mut host.s)? {
-            return Err(EngineError::DeviceRefused { code, description });
-        }
-        let req = Mb2Request::backup(&device.udid, full);
-        host.send(&DlMessage::ProcessMessage(req.encode()))?;
+        let mut host = Host::open(&mut session, mux, Area::Staging(&dir), events)?;
         host.events.step(if full {
             "receiving a full backup"
         } else {
             "receiving an incremental backup"
         });
-        let t0 = std::time::Instant::now();
-        let last = loop {
-            let m = host.recv()?;
-            log::debug!("{:?} {}", t0.elapsed(), m.name());
-            if let Some(d) = host.handle(m)? {
-                break d;
-            }
-        };
+        let last = host.converse(&Mb2Request::backup(&device.udid, full))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
         if code != error_code::SUCCESS {
             let description = last.str_of("ErrorDescription").unwrap_or("").to_string();
@@ -549,7 +589,7 @@ pub fn run(
             }
             return Err(EngineError::DeviceRefused { code, description });
         }
-        let _ = host.send(&DlMessage::Disconnect(String::new()));
+        host.disconnect();
         Ok(Outcome {
             udid: device.udid.clone(),
             full,
@@ -567,7 +607,20 @@ pub fn run(
         Ok(outcome) => {
             let t0 = std::time::Instant::now();
             verify_staged(&dir.staging())?;
+            let marker = filtered_marker(root, &device.udid);
+            if !opts.selection.is_all() {
+                events.step("keeping only the chosen categories");
+                if let Err(e) = keep_only(&dir.staging(), &opts.selection, opts.password.as_deref())
+                {
+                    dir.abandon();
+                    return Err(e);
+                }
+                std::fs::write(&marker, opts.selection.categories.join(",") + "\n")?;
+            }
             dir.commit()?;
+            if opts.selection.is_all() {
+                let _ = std::fs::remove_file(&marker);
+            }
             log::info!("committed in {:?}", t0.elapsed());
             Ok(outcome)
         }
@@ -576,6 +629,33 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Present while `DIR/<UDID>/` holds a filtered backup (`backup --only`).
+fn filtered_marker(root: &Path, udid: &str) -> PathBuf {
+    root.join(".ibackup/locks").join(format!("{udid}.filtered"))
+}
+
+/// Drop from the staged backup every file outside `sel`: a new index
+/// holding only the kept rows (re-encrypted with the backup's own key when
+/// encrypted), and the dropped rows' content files removed.
+fn keep_only(staging: &Path, sel: &Selection, password: Option<&str>) -> Result<()> {
+    let backup = Backup::open(staging, password)?;
+    let new_index = staging.join("Manifest.db.ibackup-part");
+    let _ = std::fs::remove_file(&new_index);
+    backup.write_filtered_index(sel, &new_index)?;
+    backup.for_each(|row| {
+        if row.flags == FLAG_FILE && !sel.matches(&row.domain, &row.relative_path) {
+            match std::fs::remove_file(backup.content_path(&row.file_id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    })?;
+    drop(backup);
+    std::fs::rename(&new_index, staging.join("Manifest.db"))?;
+    Ok(())
 }
 
 /// Where a file is written before it is renamed to `path`.

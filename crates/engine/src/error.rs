@@ -34,6 +34,15 @@ pub enum EngineError {
     Damaged(String),
     #[error("wrong backup password")]
     WrongPassword,
+    #[error("the backup is encrypted and no password was given")]
+    PasswordRequired,
+    #[error("Find My is on on the target device")]
+    FindMy,
+    #[error("not enough space on the device: {needed} bytes are needed")]
+    DeviceFull { needed: u64 },
+    /// The request itself cannot be carried out as asked.
+    #[error("{0}")]
+    Usage(String),
     /// `verify` found problems (already listed to the user).
     #[error("the backup has problems: {0}")]
     Unsound(String),

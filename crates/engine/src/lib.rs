@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod device;
 pub mod error;
+pub mod restore;
 pub mod staging;
 pub mod sync;
 

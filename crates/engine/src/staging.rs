@@ -9,6 +9,7 @@
 //! folder replaces the committed one with two renames; a crash between
 //! them is repaired at the next start.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -113,20 +114,7 @@ impl BackupDir {
     /// refusing anything else: other devices' folders, absolute paths,
     /// `..`, NUL.
     pub fn resolve(&self, device_path: &str) -> Result<PathBuf> {
-        let (first, rest) = device_path.split_once('/').unwrap_or((device_path, ""));
-        let refuse = |why: &str| {
-            EngineError::Protocol(format!("refused device path {device_path:?}: {why}"))
-        };
-        if first != self.udid {
-            return Err(refuse("outside this device's backup"));
-        }
-        let rest = rest.trim_end_matches('/');
-        check_relative(rest).map_err(|e| refuse(&e.to_string()))?;
-        Ok(if rest.is_empty() {
-            self.staging()
-        } else {
-            self.staging().join(rest)
-        })
+        resolve_below(&self.udid, &self.staging(), device_path)
     }
 
     /// Make the staging folder the newest complete backup.
@@ -161,6 +149,74 @@ impl BackupDir {
     }
 }
 
+/// `<udid>/rest` → `base/rest`, refusing other devices' folders, absolute
+/// paths, `..`, NUL and empty components.
+pub fn resolve_below(udid: &str, base: &Path, device_path: &str) -> Result<PathBuf> {
+    let (first, rest) = device_path.split_once('/').unwrap_or((device_path, ""));
+    let refuse =
+        |why: &str| EngineError::Protocol(format!("refused device path {device_path:?}: {why}"));
+    if first != udid {
+        return Err(refuse("outside this device's backup"));
+    }
+    let rest = rest.trim_end_matches('/');
+    check_relative(rest).map_err(|e| refuse(&e.to_string()))?;
+    Ok(if rest.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    })
+}
+
+/// The part of the host's disk a device session may touch.
+pub enum Area<'a> {
+    /// A backup: the staging folder, written by the device.
+    Staging(&'a BackupDir),
+    /// A restore or a password change: `<udid>/…` read below `root`, with
+    /// `overrides` (device path → local file) for a filtered index. Never
+    /// written.
+    ReadOnly {
+        udid: String,
+        root: PathBuf,
+        overrides: HashMap<String, PathBuf>,
+    },
+}
+
+impl Area<'_> {
+    /// Where a device path may be read from.
+    pub fn resolve(&self, device_path: &str) -> Result<PathBuf> {
+        match self {
+            Area::Staging(d) => d.resolve(device_path),
+            Area::ReadOnly {
+                udid,
+                root,
+                overrides,
+            } => {
+                let p = resolve_below(udid, root, device_path)?;
+                let key = device_path.trim_end_matches('/');
+                Ok(overrides.get(key).cloned().unwrap_or(p))
+            }
+        }
+    }
+
+    /// Where a device path may be written; a read-only area refuses.
+    pub fn resolve_write(&self, device_path: &str) -> Result<PathBuf> {
+        match self {
+            Area::Staging(d) => d.resolve(device_path),
+            Area::ReadOnly { .. } => Err(EngineError::Protocol(format!(
+                "refused device path {device_path:?}: the backup being read is never written"
+            ))),
+        }
+    }
+
+    /// A folder on the disk the device asks the free space of.
+    pub fn disk(&self) -> PathBuf {
+        match self {
+            Area::Staging(d) => d.staging(),
+            Area::ReadOnly { root, .. } => root.clone(),
+        }
+    }
+}
+
 fn remove_tree(p: &Path) -> Result<()> {
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -192,6 +248,24 @@ mod tests {
         ] {
             assert!(d.resolve(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_read_only_area_serves_overrides_and_refuses_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let area = Area::ReadOnly {
+            udid: "A".into(),
+            root: root.path().join("A"),
+            overrides: HashMap::from([("A/Manifest.db".to_string(), root.path().join("f.db"))]),
+        };
+        assert_eq!(
+            area.resolve("A/Manifest.db").unwrap(),
+            root.path().join("f.db")
+        );
+        assert_eq!(area.resolve("A/ab/x").unwrap(), root.path().join("A/ab/x"));
+        assert!(area.resolve("B/Manifest.db").is_err());
+        assert!(area.resolve("A/../B/x").is_err());
+        assert!(area.resolve_write("A/ab/x").is_err());
     }
 
     #[test]

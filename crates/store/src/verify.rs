@@ -3,15 +3,14 @@
 //! device recorded one, of the right digest?
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plist::Value;
 use sha1::{Digest, Sha1};
 
-use crate::crypto::{self, Keybag};
 use crate::error::{Result, StoreError};
-use crate::manifest_db::ManifestDb;
 use crate::mbfile::FLAG_FILE;
+use crate::reader::open_index;
 
 /// What a verification found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,44 +48,6 @@ fn dict(path: &Path) -> std::result::Result<plist::Dictionary, String> {
     }
 }
 
-/// The plain Manifest.db of a backup: the file itself, or a decrypted copy
-/// in `scratch` for an encrypted backup (needs `password`).
-pub fn open_manifest(
-    backup: &Path,
-    password: Option<&str>,
-    scratch: &Path,
-) -> Result<(ManifestDb, Option<Keybag>)> {
-    let manifest = dict(&backup.join("Manifest.plist")).map_err(StoreError::Record)?;
-    let encrypted = manifest
-        .get("IsEncrypted")
-        .and_then(Value::as_boolean)
-        .unwrap_or(false);
-    let db_path = backup.join("Manifest.db");
-    let head = std::fs::read(&db_path).map(|b| b.starts_with(b"SQLite format 3\0"))?;
-    if !encrypted || head {
-        return Ok((ManifestDb::open(&db_path)?, None));
-    }
-    let password = password
-        .ok_or_else(|| StoreError::Record("the backup is encrypted; give its password".into()))?;
-    let mut kb = Keybag::parse(
-        manifest
-            .get("BackupKeyBag")
-            .and_then(Value::as_data)
-            .unwrap_or_default(),
-    )?;
-    kb.unlock(password)?
-        .map_err(|_| StoreError::WrongPassword)?;
-    let wrapped = manifest
-        .get("ManifestKey")
-        .and_then(Value::as_data)
-        .ok_or_else(|| StoreError::Record("encrypted backup without ManifestKey".into()))?;
-    let key = kb.unwrap_key(wrapped)?;
-    let plain = crypto::decrypt(&key, &std::fs::read(&db_path)?)?;
-    let out: PathBuf = scratch.join("Manifest-decrypted.db");
-    std::fs::write(&out, plain)?;
-    Ok((ManifestDb::open(&out)?, Some(kb)))
-}
-
 /// Verify the backup folder `backup` (a `<UDID>/` folder).
 pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<Report> {
     let mut r = Report::default();
@@ -111,8 +72,8 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
             ));
         }
     }
-    let (db, keybag) = match open_manifest(backup, password, scratch) {
-        Ok(x) => x,
+    let (db, keybag) = match open_index(backup, password, scratch) {
+        Ok(x) => (x.db, x.keybag),
         Err(StoreError::WrongPassword) => return Err(StoreError::WrongPassword),
         Err(e) => {
             r.problems.push(format!("Manifest.db cannot be read: {e}"));
@@ -194,9 +155,12 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{self, Keybag};
+    use crate::manifest_db::ManifestDb;
     use crate::manifest_db::ManifestWriter;
     use crate::mbfile::{MbFile, S_IFREG};
     use crate::paths::file_id;
+    use std::path::PathBuf;
 
     fn plain_backup(root: &Path) -> PathBuf {
         let b = root.join("U");

@@ -217,9 +217,23 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         }
     }
 
-    // Everything arrived: swap it in.
+    // Everything arrived: swap it in. Without RemoveItemsNotRestored the
+    // device keeps what the backup does not mention (a selective restore).
     let fs_root = device.fs_root();
-    if system {
+    let remove = req
+        .options
+        .bool_of("RemoveItemsNotRestored")
+        .unwrap_or(false);
+    if !remove {
+        merge_into(&fs_root, &staging)?;
+        for (d, mtime) in dirs.iter().rev() {
+            let rel = d.strip_prefix(&staging).expect("below staging");
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs((*mtime).max(0) as u64);
+            if let Ok(f) = std::fs::File::open(fs_root.join(rel)) {
+                let _ = f.set_modified(t);
+            }
+        }
+    } else if system {
         replace_dir(&fs_root, &staging, work.path())?;
     } else {
         for domain in restored_domains {
@@ -283,6 +297,38 @@ fn sha1_of(p: &Path) -> Result<Vec<u8>> {
     let mut f = std::fs::File::open(p)?;
     std::io::copy(&mut f, &mut h)?;
     Ok(h.finalize().to_vec())
+}
+
+/// Move every entry of `staged` to the same place below `root`, replacing
+/// what is there under the same name and keeping everything else.
+fn merge_into(root: &Path, staged: &Path) -> Result<()> {
+    std::fs::create_dir_all(root)?;
+    for e in walkdir::WalkDir::new(staged).min_depth(1) {
+        let e = e.map_err(std::io::Error::other)?;
+        let rel = e.path().strip_prefix(staged).expect("below staging");
+        let dest = root.join(rel);
+        let existing = std::fs::symlink_metadata(&dest).ok();
+        if e.file_type().is_dir() {
+            match existing {
+                Some(md) if md.is_dir() => {}
+                Some(_) => {
+                    std::fs::remove_file(&dest)?;
+                    std::fs::create_dir(&dest)?;
+                }
+                None => std::fs::create_dir_all(&dest)?,
+            }
+        } else {
+            if let Some(md) = existing {
+                if md.is_dir() {
+                    std::fs::remove_dir_all(&dest)?;
+                } else {
+                    std::fs::remove_file(&dest)?;
+                }
+            }
+            std::fs::rename(e.path(), &dest)?;
+        }
+    }
+    Ok(())
 }
 
 /// Put `new` where `old` is, keeping the old tree until the rename succeeded.

@@ -1,0 +1,301 @@
+//! Getting data out and back in: `ls`, `extract`, `restore`, and the
+//! device's backup password (`encryption`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ibackup_engine::restore::{self, PasswordChange, RestoreOptions};
+use ibackup_engine::{device, EngineError};
+use ibackup_proto::host::MuxClient;
+use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
+use ibackup_store::reader::{self, Backup};
+use serde_json::json;
+
+use crate::{human_bytes, passwords, Cli, EncryptionAction, Only, PasswordArgs, Report};
+
+/// Open a backup folder, asking for the password only when it is encrypted.
+fn open(backup: &Path, pw: &PasswordArgs) -> Result<Backup, EngineError> {
+    let manifest =
+        reader::manifest_plist(backup).map_err(|e| EngineError::Damaged(e.to_string()))?;
+    let encrypted = manifest
+        .get("IsEncrypted")
+        .and_then(plist::Value::as_boolean)
+        .unwrap_or(false);
+    let password = if encrypted {
+        Some(passwords::current(
+            pw.password_file.as_deref(),
+            "Backup password",
+        )?)
+    } else {
+        None
+    };
+    Ok(Backup::open(backup, password.as_deref())?)
+}
+
+fn warn_encrypted_only(cli: &Cli, sel: &ibackup_store::categories::Selection, encrypted: bool) {
+    let only = sel.encrypted_only();
+    if !encrypted && !only.is_empty() && !cli.quiet {
+        eprintln!(
+            "Note: {} are only in encrypted backups; this one is not encrypted. Turn encryption on with `ibackup encryption on` before the next backup.",
+            only.join(" and ")
+        );
+    }
+}
+
+fn date(secs: i64) -> String {
+    // UTC, to the second: YYYY-MM-DD HH:MM:SS.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<(), EngineError> {
+    let sel = only.selection()?;
+    let b = open(backup, pw)?;
+    warn_encrypted_only(cli, &sel, b.encrypted());
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    use std::io::Write;
+    b.for_each(|row| {
+        if !sel.matches(&row.domain, &row.relative_path) {
+            return Ok(());
+        }
+        let kind = match row.flags {
+            FLAG_FILE => "file",
+            FLAG_DIRECTORY => "dir",
+            FLAG_SYMLINK => "link",
+            _ => "other",
+        };
+        if row.flags == FLAG_FILE {
+            files += 1;
+            bytes += row.file.size;
+        }
+        let r = if cli.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"domain": row.domain, "path": row.relative_path, "kind": kind, "size": row.file.size,
+                       "modified": row.file.last_modified, "file_id": row.file_id, "target": row.file.target})
+            )
+        } else if row.flags == FLAG_FILE && !cli.quiet {
+            writeln!(
+                out,
+                "{:>12}  {}  {}/{}",
+                row.file.size,
+                date(row.file.last_modified),
+                row.domain,
+                row.relative_path
+            )
+        } else {
+            Ok(())
+        };
+        // A closed pipe (`ibackup ls | head`) ends the listing quietly.
+        r.map_err(ibackup_store::StoreError::Io)
+    })
+    .or_else(|e| match e {
+        ibackup_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        e => Err(e),
+    })?;
+    let _ = out.flush();
+    if !cli.json && !cli.quiet {
+        eprintln!(
+            "{files} files, {}{}",
+            human_bytes(bytes),
+            if b.encrypted() {
+                ", encrypted backup"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn extract(
+    cli: &Cli,
+    backup: &Path,
+    to: &Path,
+    only: &Only,
+    pw: &PasswordArgs,
+) -> Result<(), EngineError> {
+    let sel = only.selection()?;
+    // Opening checks the password: a wrong one stops here, before OUT exists.
+    let b = open(backup, pw)?;
+    warn_encrypted_only(cli, &sel, b.encrypted());
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let show = !cli.quiet && !cli.json;
+    let done = ibackup_store::extract::extract(&b, &sel, to, &mut |files, bytes| {
+        if show && last.elapsed() >= Duration::from_secs(10) {
+            last = Instant::now();
+            eprintln!("{files} files, {} so far", human_bytes(bytes));
+        }
+    })
+    .map_err(|e| match e {
+        ibackup_store::StoreError::UnsafePath { path, why } => EngineError::Damaged(format!(
+            "the backup names an unsafe path {path:?} ({why}); nothing was extracted"
+        )),
+        other => other.into(),
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to})
+        );
+    } else if !cli.quiet {
+        println!(
+            "Extracted {} files ({}) to {} in {:.1} s.",
+            done.files,
+            human_bytes(done.bytes),
+            to.display(),
+            secs
+        );
+    }
+    Ok(())
+}
+
+pub fn encryption(
+    cli: &Cli,
+    mux: &MuxClient,
+    action: EncryptionAction,
+    pw: &PasswordArgs,
+    new_file: Option<&Path>,
+) -> Result<(), EngineError> {
+    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let current = || passwords::current(pw.password_file.as_deref(), "Current backup password");
+    let change = match action {
+        // The password to set: the new-password sources first, then the
+        // current-password ones (there is no current password yet).
+        EncryptionAction::On => PasswordChange::On {
+            new: match passwords::new(new_file) {
+                Ok(p) => p,
+                Err(e) => passwords::given(pw.password_file.as_deref())?.ok_or(e)?,
+            },
+        },
+        EncryptionAction::Off => PasswordChange::Off { old: current()? },
+        EncryptionAction::Change => PasswordChange::Change {
+            old: current()?,
+            new: passwords::new(new_file)?,
+        },
+    };
+    let mut report = Report::new(cli.json, cli.quiet);
+    restore::change_password(
+        mux,
+        &dev,
+        &change,
+        Duration::from_secs(cli.trust_timeout),
+        &mut report,
+    )?;
+    let what = match action {
+        EncryptionAction::On => "Backup encryption is on: later backups of this device are encrypted and include Health and Keychain data. Keep the password safe; it cannot be recovered.",
+        EncryptionAction::Off => "Backup encryption is off: later backups of this device are not encrypted.",
+        EncryptionAction::Change => "The backup password is changed: later backups use the new one; earlier backups keep the password they were made with.",
+    };
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "udid": dev.udid, "encryption": format!("{action:?}").to_lowercase()})
+        );
+    } else if !cli.quiet {
+        println!("{what}");
+    }
+    Ok(())
+}
+
+pub struct RestoreArgs<'a> {
+    pub source: Option<String>,
+    pub only: &'a Only,
+    pub system: bool,
+    pub reboot: bool,
+    pub settings: bool,
+    pub pw: &'a PasswordArgs,
+}
+
+pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result<(), EngineError> {
+    let selection = a.only.selection()?;
+    let target = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let source = a.source.clone().unwrap_or_else(|| target.udid.clone());
+    let folder: PathBuf = dir.join(&source);
+    let encrypted = reader::manifest_plist(&folder)
+        .ok()
+        .and_then(|m| m.get("IsEncrypted").and_then(plist::Value::as_boolean))
+        .unwrap_or(false);
+    let password = if encrypted {
+        Some(passwords::current(
+            a.pw.password_file.as_deref(),
+            "Backup password",
+        )?)
+    } else {
+        None
+    };
+    let opts = RestoreOptions {
+        source: Some(source.clone()),
+        selection,
+        system: a.system,
+        reboot: a.reboot,
+        settings: a.settings,
+        password,
+        trust_wait: Duration::from_secs(cli.trust_timeout),
+    };
+    let mut report = Report::new(cli.json, cli.quiet);
+    let started = Instant::now();
+    let r = restore::run(mux, &target, dir, &opts, &mut report);
+    if let Some(b) = &report.bar {
+        b.finish_and_clear();
+    }
+    let o = r?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "source": o.source, "target": o.target, "files": o.files, "bytes": o.bytes, "seconds": secs})
+        );
+    } else if !cli.quiet {
+        println!(
+            "Restored {} files ({}) from the backup of {} to {} in {:.1} s.{}",
+            o.files,
+            human_bytes(o.bytes),
+            o.source,
+            o.target,
+            secs,
+            if a.reboot {
+                " The device restarts now."
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(super::date(0), "1970-01-01 00:00:00");
+        assert_eq!(super::date(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::date(1_795_000_000), "2026-11-18 11:06:40");
+    }
+}

@@ -1,0 +1,77 @@
+//! Backup passwords: from a file, an environment variable, or a prompt
+//! without echo. Never from a plain command-line argument (other users see
+//! those in `ps`), never logged.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use ibackup_engine::EngineError;
+
+fn from_file(f: &Path) -> Result<String, EngineError> {
+    let s = std::fs::read_to_string(f).map_err(|e| {
+        EngineError::Usage(format!(
+            "cannot read the password file {}: {e}",
+            f.display()
+        ))
+    })?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() {
+        return Err(EngineError::Usage(format!(
+            "the password file {} is empty",
+            f.display()
+        )));
+    }
+    Ok(s)
+}
+
+fn from_env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|s| !s.is_empty())
+}
+
+fn prompt(what: &str) -> Result<Option<String>, EngineError> {
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(None);
+    }
+    let p = rpassword::prompt_password(format!("{what}: "))?;
+    Ok(Some(p).filter(|s| !s.is_empty()))
+}
+
+/// The current backup password, if one was given (file, then IBACKUP_PASSWORD).
+pub fn given(file: Option<&Path>) -> Result<Option<String>, EngineError> {
+    match file {
+        Some(f) => from_file(f).map(Some),
+        None => Ok(from_env("IBACKUP_PASSWORD")),
+    }
+}
+
+/// The current backup password: given, or asked for on a terminal.
+pub fn current(file: Option<&Path>, what: &str) -> Result<String, EngineError> {
+    if let Some(p) = given(file)? {
+        return Ok(p);
+    }
+    prompt(what)?.ok_or(EngineError::PasswordRequired)
+}
+
+/// A new backup password: file, IBACKUP_NEW_PASSWORD, or asked twice.
+pub fn new(file: Option<&Path>) -> Result<String, EngineError> {
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if let Some(p) = from_env("IBACKUP_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let missing = || {
+        EngineError::Usage(
+            "give the new backup password in IBACKUP_NEW_PASSWORD or with --new-password-file FILE"
+                .into(),
+        )
+    };
+    let first = prompt("New backup password")?.ok_or_else(missing)?;
+    let again = prompt("The same password again")?.ok_or_else(missing)?;
+    if first != again {
+        return Err(EngineError::Usage(
+            "the two passwords differ; nothing was changed".into(),
+        ));
+    }
+    Ok(first)
+}

@@ -1,0 +1,601 @@
+//! Encryption, reading (`ls`, `extract`), `backup --only` and `restore`,
+//! end to end against the simulator; iphone_backup_decrypt and
+//! idevicebackup2 judge what we write.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use ibackup_sim::populate::Profile;
+use ibackup_suite::*;
+
+fn ibackup(host: &SimHost) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    c.env_remove("IBACKUP_PASSWORD");
+    c.env_remove("IBACKUP_NEW_PASSWORD");
+    c
+}
+
+fn ib(host: &SimHost, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = ibackup(host);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(c)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Every file under a folder with its bytes' hash.
+fn hashes(dir: &Path) -> Vec<(String, String)> {
+    device_tree(dir, &[])
+        .into_iter()
+        .filter_map(|(k, n)| match n {
+            Node::File { sha1, .. } => Some((k, sha1)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn only(tree: &BTreeMap<String, Node>, keep: impl Fn(&str) -> bool) -> BTreeMap<String, Node> {
+    tree.iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn code(o: &std::process::Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn encryption_on_backup_extract_change_and_off() {
+    let host = SimHost::start(&[(Profile::Small, 201)], |_, c| {
+        c.backup_kdf_iterations = 10_000
+    });
+    let a = host.udids[0].as_str();
+    let dir = host.path("backups");
+    let device_fs = host.devices[0].join("fs");
+
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "off"],
+        &[("IBACKUP_PASSWORD", "x")],
+    );
+    assert_eq!(code(&o), Some(2), "off while off: {}", text(&o));
+    assert!(text(&o).contains("encryption is off"), "{}", text(&o));
+    let o = ib(&host, &["-u", a, "encryption", "on"], &[]);
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "no password and no terminal: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("IBACKUP_NEW_PASSWORD"), "{}", text(&o));
+
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "on"],
+        &[("IBACKUP_NEW_PASSWORD", "s3cret pw")],
+    );
+    assert_ok(&o, "encryption on");
+    let o = ib(&host, &["-u", a, "--json", "info"], &[]);
+    assert_ok(&o, "info");
+    assert!(
+        text(&o).contains("\"backup_encrypted\":true"),
+        "{}",
+        text(&o)
+    );
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "on"],
+        &[("IBACKUP_NEW_PASSWORD", "y")],
+    );
+    assert_eq!(code(&o), Some(2), "on while on: {}", text(&o));
+
+    let o = ib(&host, &["-u", a, "full", p(&dir)], &[]);
+    assert_ok(&o, "encrypted full backup");
+    let backup = dir.join(a);
+    assert!(
+        !std::fs::read(backup.join("Manifest.db"))
+            .unwrap()
+            .starts_with(b"SQLite format 3"),
+        "the device encrypted the index"
+    );
+
+    // iphone_backup_decrypt reads every file back, Health and Keychain included.
+    let device_files = hashes(&device_fs);
+    assert!(device_files
+        .iter()
+        .any(|(k, _)| k.starts_with("HealthDomain/")));
+    if let Some(py) = referee("python3") {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/ibd_extract.py");
+        let out = host.path("ibd");
+        let mut c = Command::new(&py.0);
+        c.arg(script).arg(&backup).arg("s3cret pw").arg(&out);
+        assert_ok(&run(c), "iphone_backup_decrypt");
+        assert_eq!(
+            hashes(&out),
+            device_files,
+            "iphone_backup_decrypt vs device"
+        );
+    }
+
+    // ibackup extract gives the device's tree: files, folders, links, times.
+    let out = host.root.path().join("extracted");
+    let o = ib(
+        &host,
+        &["extract", p(&dir), "--to", p(&out)],
+        &[("IBACKUP_PASSWORD", "s3cret pw")],
+    );
+    assert_ok(&o, "ibackup extract");
+    assert_same_tree(
+        &device_tree(&out, &[]),
+        &device_tree(&device_fs, &[]),
+        "extract vs device",
+    );
+
+    // A wrong password: its own exit code, a clear sentence, nothing written.
+    let wrong = host.root.path().join("wrong");
+    let o = ib(
+        &host,
+        &["extract", p(&dir), "--to", p(&wrong)],
+        &[("IBACKUP_PASSWORD", "nope")],
+    );
+    assert_eq!(code(&o), Some(13), "{}", text(&o));
+    assert!(text(&o).contains("Wrong backup password"), "{}", text(&o));
+    assert!(!wrong.exists(), "nothing written on a wrong password");
+    let o = ib(&host, &["ls", p(&dir)], &[]);
+    assert_eq!(code(&o), Some(13), "no password given: {}", text(&o));
+    assert!(text(&o).contains("IBACKUP_PASSWORD"), "{}", text(&o));
+
+    let pwfile = host.root.path().join("pw.txt");
+    std::fs::write(&pwfile, "s3cret pw\n").unwrap();
+    let o = ib(
+        &host,
+        &[
+            "ls",
+            p(&dir),
+            "--only",
+            "health",
+            "--password-file",
+            p(&pwfile),
+        ],
+        &[],
+    );
+    assert_ok(&o, "ls --only health");
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        listed.contains("HealthDomain/Health/healthdb.sqlite"),
+        "{listed}"
+    );
+    assert!(!listed.contains("CameraRollDomain"), "{listed}");
+
+    // Change: a wrong old password is refused; later backups use the new one.
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "change"],
+        &[
+            ("IBACKUP_PASSWORD", "nope"),
+            ("IBACKUP_NEW_PASSWORD", "n3w"),
+        ],
+    );
+    assert_eq!(code(&o), Some(13), "{}", text(&o));
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "change"],
+        &[
+            ("IBACKUP_PASSWORD", "s3cret pw"),
+            ("IBACKUP_NEW_PASSWORD", "n3w"),
+        ],
+    );
+    assert_ok(&o, "encryption change");
+    std::fs::write(
+        device_fs.join("HomeDomain/Library/Preferences/changed.plist"),
+        b"after change",
+    )
+    .unwrap();
+    let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
+    assert_ok(&o, "backup after change");
+    let o = ib(&host, &["verify", p(&dir)], &[("IBACKUP_PASSWORD", "n3w")]);
+    assert_ok(&o, "verify with the new password");
+    let o = ib(
+        &host,
+        &["verify", p(&dir)],
+        &[("IBACKUP_PASSWORD", "s3cret pw")],
+    );
+    assert_eq!(
+        code(&o),
+        Some(13),
+        "the old password no longer opens it: {}",
+        text(&o)
+    );
+    let out2 = host.root.path().join("extracted2");
+    let o = ib(
+        &host,
+        &[
+            "extract",
+            p(&dir),
+            "--to",
+            p(&out2),
+            "--domain",
+            "HomeDomain",
+        ],
+        &[("IBACKUP_PASSWORD", "n3w")],
+    );
+    assert_ok(&o, "extract after change");
+    assert_eq!(
+        std::fs::read(out2.join("HomeDomain/Library/Preferences/changed.plist")).unwrap(),
+        b"after change"
+    );
+
+    // Off: the next backup is plain.
+    let o = ib(
+        &host,
+        &["-u", a, "encryption", "off"],
+        &[("IBACKUP_PASSWORD", "n3w")],
+    );
+    assert_ok(&o, "encryption off");
+    let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
+    assert_ok(&o, "backup after off");
+    assert!(std::fs::read(backup.join("Manifest.db"))
+        .unwrap()
+        .starts_with(b"SQLite format 3"));
+    assert_same_tree(
+        &backup_tree(&backup),
+        &device_tree(&device_fs, &PLAIN_SKIP),
+        "plain backup after off",
+    );
+}
+
+#[test]
+fn selective_and_whole_restores_to_other_devices() {
+    let host = SimHost::start(
+        &[
+            (Profile::Small, 211),
+            (Profile::Empty, 212),
+            (Profile::Empty, 213),
+            (Profile::Empty, 214),
+        ],
+        |_, _| {},
+    );
+    let (a, b, c, d) = (
+        &host.udids[0],
+        &host.udids[1],
+        &host.udids[2],
+        &host.udids[3],
+    );
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup of A");
+    let before = hashes(&dir.join(a));
+    let a_tree = device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP);
+    let b_fs = host.devices[1].join("fs");
+
+    let o = ib(
+        &host,
+        &[
+            "-u",
+            b,
+            "restore",
+            "--source",
+            a,
+            "--only",
+            "photos",
+            "--no-reboot",
+            p(&dir),
+        ],
+        &[],
+    );
+    assert_ok(&o, "restore --only photos");
+    let photos = only(&a_tree, |k| k.starts_with("CameraRollDomain"));
+    assert!(photos.len() > 10);
+    assert_same_tree(
+        &device_tree(&b_fs, &[]),
+        &photos,
+        "B holds exactly A's camera roll",
+    );
+
+    // A second selective restore adds contacts and leaves the photos alone.
+    let o = ib(
+        &host,
+        &[
+            "-u",
+            b,
+            "restore",
+            "--source",
+            a,
+            "--only",
+            "contacts",
+            "--no-reboot",
+            p(&dir),
+        ],
+        &[],
+    );
+    assert_ok(&o, "restore --only contacts");
+    let want = only(&a_tree, |k| {
+        k.starts_with("CameraRollDomain")
+            || k.starts_with("HomeDomain/Library/AddressBook")
+            || k == "HomeDomain"
+            || k == "HomeDomain/Library"
+    });
+    assert_same_tree(
+        &device_tree(&b_fs, &[]),
+        &want,
+        "B: photos kept, contacts added",
+    );
+
+    let o = ib(
+        &host,
+        &["-u", c, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    assert_ok(&o, "whole restore");
+    assert_same_tree(
+        &device_tree(&host.devices[2].join("fs"), &[]),
+        &a_tree,
+        "C reproduces A",
+    );
+
+    // Refusals, each with its own sentence and code, changing nothing.
+    let d_fs = host.devices[3].join("fs");
+    edit_device(&host.devices[3], |c| c.find_my = true);
+    let o = ib(&host, &["-u", d, "restore", "--source", a, p(&dir)], &[]);
+    assert_eq!(code(&o), Some(14), "{}", text(&o));
+    assert!(text(&o).contains("Find My is on"), "{}", text(&o));
+    edit_device(&host.devices[3], |c| {
+        c.find_my = false;
+        c.free_capacity = 1_000_000;
+    });
+    let o = ib(&host, &["-u", d, "restore", "--source", a, p(&dir)], &[]);
+    assert_eq!(code(&o), Some(15), "{}", text(&o));
+    assert!(
+        text(&o).contains("Not enough space on the device"),
+        "{}",
+        text(&o)
+    );
+    edit_device(&host.devices[3], |c| {
+        c.free_capacity = 50_000_000_000;
+        c.passcode_locked = true;
+    });
+    let o = ib(&host, &["-u", d, "restore", "--source", a, p(&dir)], &[]);
+    assert_eq!(code(&o), Some(6), "{}", text(&o));
+    assert!(
+        device_tree(&d_fs, &[]).is_empty(),
+        "refused restores change nothing"
+    );
+    let o = ib(
+        &host,
+        &[
+            "-u",
+            d,
+            "restore",
+            "--source",
+            a,
+            "--only",
+            "fotos",
+            p(&dir),
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("nknown category \"fotos\""),
+        "{}",
+        text(&o)
+    );
+
+    // A damaged backup is refused before the device is touched.
+    edit_device(&host.devices[3], |c| c.passcode_locked = false);
+    let damaged = host.path("damaged");
+    let o = Command::new("cp")
+        .arg("-al")
+        .arg(dir.join(a))
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let victim = walkdir::WalkDir::new(damaged.join(a))
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file() && e.path().parent().unwrap() != damaged.join(a))
+        .unwrap();
+    std::fs::remove_file(victim.path()).unwrap();
+    let o = ib(
+        &host,
+        &["-u", d, "restore", "--source", a, p(&damaged)],
+        &[],
+    );
+    assert_eq!(code(&o), Some(9), "{}", text(&o));
+    assert!(text(&o).contains("missing"), "{}", text(&o));
+    assert!(device_tree(&d_fs, &[]).is_empty());
+
+    assert_eq!(
+        hashes(&dir.join(a)),
+        before,
+        "restores never modify the backup they read"
+    );
+}
+
+#[test]
+fn an_encrypted_backup_restores_selectively_with_its_password() {
+    let host = SimHost::start(&[(Profile::Small, 221), (Profile::Empty, 222)], |i, c| {
+        c.backup_kdf_iterations = 10_000;
+        if i == 0 {
+            c.backup_password = Some("pw".into());
+        }
+    });
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let dir = host.path("backups");
+    assert_ok(
+        &ib(&host, &["-u", a, "full", p(&dir)], &[]),
+        "encrypted backup",
+    );
+    let o = ib(
+        &host,
+        &[
+            "-u",
+            b,
+            "restore",
+            "--source",
+            a,
+            "--only",
+            "messages",
+            p(&dir),
+        ],
+        &[("IBACKUP_PASSWORD", "wrong")],
+    );
+    assert_eq!(code(&o), Some(13), "{}", text(&o));
+    let o = ib(
+        &host,
+        &[
+            "-u",
+            b,
+            "restore",
+            "--source",
+            a,
+            "--only",
+            "messages,health",
+            p(&dir),
+        ],
+        &[("IBACKUP_PASSWORD", "pw")],
+    );
+    assert_ok(&o, "encrypted selective restore");
+    let a_tree = device_tree(&host.devices[0].join("fs"), &[]);
+    let want = only(&a_tree, |k| {
+        k.starts_with("HomeDomain/Library/SMS")
+            || k.starts_with("MediaDomain/Library/SMS")
+            || k.starts_with("HealthDomain")
+            || [
+                "HomeDomain",
+                "HomeDomain/Library",
+                "MediaDomain",
+                "MediaDomain/Library",
+            ]
+            .contains(&k)
+    });
+    assert!(want.keys().any(|k| k.ends_with("sms.db")));
+    assert_same_tree(
+        &device_tree(&host.devices[1].join("fs"), &[]),
+        &want,
+        "B holds A's messages and health",
+    );
+}
+
+#[test]
+fn backup_only_keeps_the_chosen_categories_and_the_next_backup_is_full() {
+    let host = SimHost::start(&[(Profile::Small, 231), (Profile::Empty, 232)], |_, _| {});
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let dir = host.path("backups");
+    let o = ib(
+        &host,
+        &["-u", a, "backup", "--only", "photos,voice-memos", p(&dir)],
+        &[],
+    );
+    assert_ok(&o, "backup --only");
+    let a_tree = device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP);
+    let want = only(&a_tree, |k| {
+        k.starts_with("CameraRollDomain")
+            || k.starts_with("MediaDomain/Media/Recordings")
+            || k == "MediaDomain"
+            || k == "MediaDomain/Media"
+    });
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &want,
+        "the stored backup holds only the chosen categories",
+    );
+    assert_ok(
+        &ib(&host, &["verify", p(&dir)], &[]),
+        "a filtered backup verifies",
+    );
+
+    // Still a Finder-format backup: libimobiledevice restores just those.
+    if let Some(b2) = referee("idevicebackup2") {
+        let o = run({
+            let mut c = host.cmd(&b2);
+            c.args(["-u", b, "-s", a, "restore", "--system", "--no-reboot"])
+                .arg(&dir);
+            c
+        });
+        assert_ok(&o, "idevicebackup2 restore of a filtered backup");
+        assert_same_tree(
+            &device_tree(&host.devices[1].join("fs"), &[]),
+            &want,
+            "B after restoring the filtered backup",
+        );
+    }
+
+    let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
+    assert_ok(&o, "the next backup");
+    assert!(
+        text(&o).contains("Full backup"),
+        "after a filtered one, a full backup: {}",
+        text(&o)
+    );
+    assert_same_tree(&backup_tree(&dir.join(a)), &a_tree, "everything again");
+    let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
+    assert!(text(&o).contains("Incremental backup"), "{}", text(&o));
+}
+
+#[test]
+fn extract_and_ls_select_by_category_and_refuse_bad_names() {
+    let host = SimHost::start(&[(Profile::Small, 241)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
+    let out = host.root.path().join("msgs");
+    let o = ib(
+        &host,
+        &["extract", p(&dir), "--to", p(&out), "--only", "messages"],
+        &[],
+    );
+    assert_ok(&o, "extract --only messages");
+    let device = device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP);
+    let want = only(&device, |k| {
+        k.starts_with("HomeDomain/Library/SMS") || k.starts_with("MediaDomain/Library/SMS")
+    });
+    let got = only(&device_tree(&out, &[]), |k| {
+        ![
+            "HomeDomain",
+            "HomeDomain/Library",
+            "MediaDomain",
+            "MediaDomain/Library",
+        ]
+        .contains(&k)
+    });
+    assert_same_tree(&got, &want, "extract --only messages");
+
+    let o = ib(
+        &host,
+        &[
+            "--json",
+            "ls",
+            p(&dir),
+            "--only",
+            "app:com.example.field-notes",
+        ],
+        &[],
+    );
+    assert_ok(&o, "ls --json --only app:");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["domain"]
+        .as_str()
+        .unwrap()
+        .contains("com.example.field-notes")));
+    let o = ib(&host, &["ls", p(&dir), "--only", "health"], &[]);
+    assert_ok(&o, "health of a plain backup");
+    assert!(
+        text(&o).contains("only in encrypted backups"),
+        "{}",
+        text(&o)
+    );
+}

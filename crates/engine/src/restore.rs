@@ -301,7 +301,9 @@ pub fn change_password(
         root: PathBuf::from(scratch.path()),
         overrides: HashMap::new(),
     };
-    events.step("asking the device to change its backup password");
+    events.step(
+        "asking the device to change its backup password (enter the passcode on the device if it asks)",
+    );
     let mut host = Host::open(&mut session, mux, area, events)?;
     let last = host.converse(&Mb2Request {
         name: "ChangePassword".into(),

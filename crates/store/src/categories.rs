@@ -293,6 +293,33 @@ mod tests {
     }
 
     #[test]
+    fn docs_list_the_same_rules() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/categories.md"
+        ))
+        .unwrap();
+        for c in CATEGORIES {
+            assert!(
+                doc.contains(&format!("| `{}` | {} |", c.name, c.what)),
+                "{} in docs/categories.md",
+                c.name
+            );
+            for rule in c.rules {
+                let path = if rule.prefix.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    format!("`{}`", rule.prefix)
+                };
+                assert!(
+                    doc.contains(&format!("| `{}` | {path} |", rule.domain)),
+                    "{rule:?} in docs/categories.md"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn unknown_names_are_refused_with_the_known_ones() {
         let e = Selection::parse(&["fotos".into()], &[])
             .unwrap_err()

@@ -420,6 +420,13 @@ impl CbcDecryptor {
         self.pending.drain(..ready);
     }
 
+    /// Decrypt whole blocks in place (nothing may be pending from `update`).
+    pub fn decrypt_in_place(&mut self, data: &mut [u8]) {
+        assert!(self.pending.is_empty() && data.len().is_multiple_of(16));
+        let (blocks, _) = aes::cipher::inout::InOutBuf::from(data).into_chunks();
+        self.dec.decrypt_blocks_inout_mut(blocks);
+    }
+
     /// Strip PKCS#7; an error when the length or padding is wrong (a wrong
     /// key, or a damaged or truncated file).
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<()> {

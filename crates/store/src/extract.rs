@@ -10,9 +10,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::categories::Selection;
 use crate::error::{Result, StoreError};
+use crate::manifest_db::ManifestRow;
 use crate::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use crate::paths::{check_domain, check_relative};
-use crate::reader::Backup;
+use crate::reader::{Backup, Contents};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Extracted {
@@ -36,6 +39,31 @@ fn time(secs: i64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
+/// One file: plaintext into a new file beside `to`, its time set, renamed
+/// into place.
+fn write_file(contents: Contents<'_>, row: &ManifestRow, to: &Path) -> Result<u64> {
+    let mut part = to.as_os_str().to_os_string();
+    part.push(".ibackup-part");
+    let part = PathBuf::from(part);
+    let _ = fs::remove_file(&part);
+    let f = File::options().write(true).create_new(true).open(&part)?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let r = contents.read(row, &mut w);
+    let f = w.into_inner().map_err(|e| StoreError::Io(e.into_error()));
+    match (r, f) {
+        (Ok(n), Ok(f)) => {
+            f.set_modified(time(row.file.last_modified))?;
+            drop(f);
+            fs::rename(&part, to)?;
+            Ok(n)
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
 /// Extract the selected rows of `backup` below `out`. `progress` hears
 /// (files, bytes) done so far.
 pub fn extract(
@@ -54,48 +82,77 @@ pub fn extract(
     let mut done = Extracted::default();
     let mut dirs = Vec::new();
     let mut links = Vec::new();
-    backup.for_each(|row| {
-        if !sel.matches(&row.domain, &row.relative_path) {
-            return Ok(());
-        }
-        let to = dest(out, &row.domain, &row.relative_path)?;
-        match row.flags {
-            FLAG_DIRECTORY => {
-                fs::create_dir_all(&to)?;
-                dirs.push((to, row.file.last_modified));
-            }
-            FLAG_SYMLINK => links.push((to, row.file.target.clone().unwrap_or_default())),
-            FLAG_FILE => {
-                if let Some(parent) = to.parent() {
-                    fs::create_dir_all(parent)?;
+    // Files go to worker threads: decryption and the copies in and out
+    // overlap across cores. The channel is bounded, so memory does not
+    // grow with the backup.
+    let contents = backup.contents();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4);
+    let files = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let failed: Mutex<Option<StoreError>> = Mutex::new(None);
+    let (tx, rx) = mpsc::sync_channel::<(ManifestRow, PathBuf)>(workers * 64);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| -> Result<()> {
+        let (rx, files, bytes, failed) = (&rx, &files, &bytes, &failed);
+        for _ in 0..workers {
+            scope.spawn(move || loop {
+                let job = rx.lock().expect("queue").recv();
+                let Ok((row, to)) = job else { return };
+                // After a failure, drain the queue without working so the
+                // walk never blocks on a full channel.
+                if failed.lock().expect("error slot").is_some() {
+                    continue;
                 }
-                let mut part = to.clone().into_os_string();
-                part.push(".ibackup-part");
-                let part = PathBuf::from(part);
-                let _ = fs::remove_file(&part);
-                let f = File::options().write(true).create_new(true).open(&part)?;
-                let mut w = BufWriter::with_capacity(1 << 20, f);
-                let r = backup.read_content(&row, &mut w);
-                let f = w.into_inner().map_err(|e| StoreError::Io(e.into_error()));
-                match (r, f) {
-                    (Ok(n), Ok(f)) => {
-                        f.set_modified(time(row.file.last_modified))?;
-                        drop(f);
-                        fs::rename(&part, &to)?;
-                        done.files += 1;
-                        done.bytes += n;
-                        progress(done.files, done.bytes);
+                match write_file(contents, &row, &to) {
+                    Ok(n) => {
+                        files.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(n, Ordering::Relaxed);
                     }
-                    (Err(e), _) | (_, Err(e)) => {
-                        let _ = fs::remove_file(&part);
-                        return Err(e);
+                    Err(e) => {
+                        failed.lock().expect("error slot").get_or_insert(e);
                     }
                 }
-            }
-            _ => {}
+            });
         }
-        Ok(())
-    })?;
+        let walk = backup.for_each(|row| {
+            if failed.lock().expect("error slot").is_some() {
+                return Err(StoreError::Record("stopped".into()));
+            }
+            if !sel.matches(&row.domain, &row.relative_path) {
+                return Ok(());
+            }
+            let to = dest(out, &row.domain, &row.relative_path)?;
+            match row.flags {
+                FLAG_DIRECTORY => {
+                    fs::create_dir_all(&to)?;
+                    dirs.push((to, row.file.last_modified));
+                }
+                FLAG_SYMLINK => links.push((to, row.file.target.clone().unwrap_or_default())),
+                FLAG_FILE => {
+                    if let Some(parent) = to.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    let _ = tx.send((row, to));
+                    progress(files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+                }
+                _ => {}
+            }
+            Ok(())
+        });
+        drop(tx);
+        walk
+    })
+    // A worker's failure is the cause; the walk only stopped because of it.
+    .map_err(|e| failed.lock().expect("error slot").take().unwrap_or(e))?;
+    if let Some(e) = failed.into_inner().expect("error slot") {
+        return Err(e);
+    }
+    done.files = files.into_inner();
+    done.bytes = bytes.into_inner();
+    progress(done.files, done.bytes);
     // Links last, so nothing is ever written through one.
     for (link, target) in links {
         if fs::symlink_metadata(&link).is_ok() {
@@ -124,4 +181,95 @@ pub fn extract(
         done.dirs += 1;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest_db::ManifestWriter;
+    use crate::mbfile::{MbFile, S_IFREG};
+    use crate::paths::file_id;
+    use plist::Value;
+
+    fn backup_with(root: &Path, rows: &[(&str, &str)]) -> PathBuf {
+        let b = root.join("B");
+        fs::create_dir_all(&b).unwrap();
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        w.insert(
+            "HomeDomain",
+            &MbFile {
+                relative_path: "ok.txt".into(),
+                mode: S_IFREG | 0o644,
+                size: 2,
+                last_modified: 1_000_000_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let id = file_id("HomeDomain", "ok.txt");
+        fs::create_dir_all(b.join(&id[..2])).unwrap();
+        fs::write(b.join(&id[..2]).join(&id), b"ok").unwrap();
+        // Rows a hostile device or a tampered disk could hold, written
+        // around the validating writer.
+        let c = rusqlite::Connection::open(b.join("Manifest.db")).unwrap();
+        for (domain, path) in rows {
+            let rec = MbFile {
+                relative_path: path.to_string(),
+                mode: S_IFREG | 0o644,
+                size: 4,
+                ..Default::default()
+            }
+            .to_archive();
+            let id = file_id(domain, path);
+            c.execute(
+                "INSERT INTO Files VALUES (?1, ?2, ?3, 1, ?4)",
+                rusqlite::params![id, domain, path, rec],
+            )
+            .unwrap();
+            fs::create_dir_all(b.join(&id[..2])).unwrap();
+            fs::write(b.join(&id[..2]).join(&id), b"evil").unwrap();
+        }
+        drop(c);
+        Value::Dictionary(plist::Dictionary::new())
+            .to_file_xml(b.join("Manifest.plist"))
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn files_land_below_out_with_their_times() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Backup::open(&backup_with(t.path(), &[]), None).unwrap();
+        let out = t.path().join("out");
+        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+        assert_eq!((done.files, done.bytes), (1, 2));
+        let p = out.join("HomeDomain/ok.txt");
+        assert_eq!(fs::read(&p).unwrap(), b"ok");
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        assert_eq!(mtime, time(1_000_000_000));
+    }
+
+    #[test]
+    fn a_path_that_would_leave_out_writes_nothing_at_all() {
+        for (domain, path) in [
+            ("HomeDomain", "../../escape.txt"),
+            ("HomeDomain", "/etc/escape.txt"),
+            ("..", "escape.txt"),
+            ("Home/Domain", "x"),
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let b = Backup::open(&backup_with(t.path(), &[(domain, path)]), None).unwrap();
+            let out = t.path().join("deep/out");
+            let r = extract(&b, &Selection::default(), &out, &mut |_, _| {});
+            assert!(
+                matches!(r, Err(StoreError::UnsafePath { .. })),
+                "{domain} {path}: {r:?}"
+            );
+            assert!(!out.exists(), "{domain} {path}: nothing written");
+            assert!(
+                !t.path().join("escape.txt").exists() && !t.path().join("deep/escape.txt").exists()
+            );
+        }
+    }
 }

@@ -106,27 +106,104 @@ fn decrypt_file(key: &[u8; 32], from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Decrypt everything `input` holds into `output`; the plaintext length.
+/// Works in place in one buffer, holding the last block back for the
+/// padding.
 pub fn decrypt_stream(key: &[u8; 32], input: &mut dyn Read, output: &mut dyn Write) -> Result<u64> {
+    const BUF: usize = 1 << 20;
     let mut d = CbcDecryptor::new(key);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut out = Vec::with_capacity(buf.len() + 32);
+    let mut buf = vec![0u8; BUF];
+    let mut filled = 0usize;
     let mut total = 0u64;
     loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
+        let n = match input.read(&mut buf[filled..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
-        out.clear();
-        d.update(&buf[..n], &mut out);
-        output.write_all(&out)?;
-        total += out.len() as u64;
+        filled += n;
+        if n == 0 || filled == BUF {
+            // Everything but the last whole block (and any partial one).
+            let keep = match filled % 16 {
+                0 => 16,
+                r => r,
+            }
+            .min(filled);
+            let ready = filled - keep;
+            d.decrypt_in_place(&mut buf[..ready]);
+            output.write_all(&buf[..ready])?;
+            total += ready as u64;
+            buf.copy_within(ready..filled, 0);
+            filled = keep;
+            if n == 0 {
+                break;
+            }
+        }
     }
-    out.clear();
-    d.finish(&mut out)?;
-    output.write_all(&out)?;
-    Ok(total + out.len() as u64)
+    let mut last = Vec::with_capacity(16);
+    d.update(&buf[..filled], &mut last);
+    d.finish(&mut last)?;
+    output.write_all(&last)?;
+    Ok(total + last.len() as u64)
+}
+
+/// A backup's content files, read as plaintext.
+#[derive(Clone, Copy)]
+pub struct Contents<'a> {
+    path: &'a Path,
+    keybag: Option<&'a Keybag>,
+}
+
+impl Contents<'_> {
+    /// Where a file's content is: `xx/<fileID>` (iOS 10 on) or flat (before).
+    pub fn content_path(&self, file_id: &str) -> PathBuf {
+        let nested = self.path.join(&file_id[..2]).join(file_id);
+        if nested.exists() {
+            return nested;
+        }
+        let flat = self.path.join(file_id);
+        if flat.exists() {
+            flat
+        } else {
+            nested
+        }
+    }
+
+    /// Write the plaintext of the file `row` to `out`; its length. A
+    /// missing content file of an empty file reads as empty.
+    pub fn read(&self, row: &ManifestRow, out: &mut dyn Write) -> Result<u64> {
+        let path = self.content_path(&row.file_id);
+        let mut input = match File::open(&path) {
+            // Devices may store an empty file's content as nothing at all.
+            Ok(f) if row.file.size == 0 && f.metadata()?.len() == 0 => return Ok(0),
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && row.file.size == 0 => {
+                return Ok(0)
+            }
+            Err(e) => {
+                return Err(StoreError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}-{} ({}): {e}",
+                        row.domain,
+                        row.relative_path,
+                        path.display()
+                    ),
+                )))
+            }
+        };
+        match (self.keybag, &row.file.encryption_key) {
+            (Some(kb), Some(wrapped)) => {
+                let key = kb.unwrap_key(wrapped)?;
+                decrypt_stream(&key, &mut input, out).map_err(|e| {
+                    StoreError::Record(format!(
+                        "{}-{} does not decrypt: {e}",
+                        row.domain, row.relative_path
+                    ))
+                })
+            }
+            _ => Ok(std::io::copy(&mut input, out)?),
+        }
+    }
 }
 
 /// An open backup folder.
@@ -162,50 +239,19 @@ impl Backup {
 
     /// Where a file's content is: `xx/<fileID>` (iOS 10 on) or flat (before).
     pub fn content_path(&self, file_id: &str) -> PathBuf {
-        let nested = self.path.join(&file_id[..2]).join(file_id);
-        if nested.exists() {
-            return nested;
-        }
-        let flat = self.path.join(file_id);
-        if flat.exists() {
-            flat
-        } else {
-            nested
-        }
+        self.contents().content_path(file_id)
     }
 
-    /// Write the plaintext of the file `row` to `out`; its length. A
-    /// missing content file of an empty file reads as empty.
+    /// Write the plaintext of the file `row` to `out`; its length.
     pub fn read_content(&self, row: &ManifestRow, out: &mut dyn Write) -> Result<u64> {
-        let path = self.content_path(&row.file_id);
-        let mut input = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && row.file.size == 0 => {
-                return Ok(0)
-            }
-            Err(e) => {
-                return Err(StoreError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{}-{} ({}): {e}",
-                        row.domain,
-                        row.relative_path,
-                        path.display()
-                    ),
-                )))
-            }
-        };
-        match (&self.index.keybag, &row.file.encryption_key) {
-            (Some(kb), Some(wrapped)) => {
-                let key = kb.unwrap_key(wrapped)?;
-                decrypt_stream(&key, &mut input, out).map_err(|e| {
-                    StoreError::Record(format!(
-                        "{}-{} does not decrypt: {e}",
-                        row.domain, row.relative_path
-                    ))
-                })
-            }
-            _ => Ok(std::io::copy(&mut input, out)?),
+        self.contents().read(row, out)
+    }
+
+    /// The content files alone, shareable between threads.
+    pub fn contents(&self) -> Contents<'_> {
+        Contents {
+            path: &self.path,
+            keybag: self.index.keybag.as_ref(),
         }
     }
 
@@ -342,6 +388,35 @@ mod tests {
             .to_file_xml(b.join("Manifest.plist"))
             .unwrap();
         (b, files)
+    }
+
+    #[test]
+    fn streaming_decryption_crosses_buffer_boundaries_and_checks_padding() {
+        let key = [3u8; 32];
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            (1 << 20) - 16,
+            1 << 20,
+            3 * (1 << 20) + 5,
+        ] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let cipher = crypto::encrypt(&key, &plain);
+            let mut out = Vec::new();
+            let n = decrypt_stream(&key, &mut &cipher[..], &mut out).unwrap();
+            assert_eq!((n as usize, out == plain), (len, true), "length {len}");
+            // Truncated or wrongly keyed content is an error, never silent garbage.
+            let mut sink = Vec::new();
+            assert!(decrypt_stream(&key, &mut &cipher[..cipher.len() - 1], &mut sink).is_err());
+            let mut sink = Vec::new();
+            assert!(
+                decrypt_stream(&[4u8; 32], &mut &cipher[..], &mut sink).is_err()
+                    || len > 0 && sink != plain
+            );
+        }
     }
 
     #[test]

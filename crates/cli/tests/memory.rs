@@ -1,7 +1,9 @@
 //! Memory stays bounded whatever the backup's size: files stream through a
 //! fixed buffer. Alone in its test binary, so the peak RSS of this
 //! process's children is ibackup's. (The `large` profile, 20 GB, is
-//! measured by examples/bench.sh: docs/benchmarks.md.)
+//! measured by examples/bench.sh: docs/benchmarks.md.) Unix only: it reads
+//! the children's peak RSS with getrusage.
+#![cfg(unix)]
 
 use std::process::Command;
 

@@ -271,7 +271,9 @@ mod tests {
             rec.host_private_key.as_ref().unwrap(),
         )
         .unwrap();
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (a, _) = listener.accept().unwrap();
         let device_side = std::thread::spawn(move || {
             let mut t = crate::tls::TlsStream::accept(a, server).unwrap();
             let mut buf = [0u8; 5];

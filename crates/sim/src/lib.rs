@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod device;
 pub mod error;
+pub mod fsx;
 pub mod keys;
 pub mod lockdownd;
 pub mod populate;

@@ -434,7 +434,7 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     )?;
     let link = g.path("DatabaseDomain", "timezone/localtime");
     fs::create_dir_all(link.parent().expect("parent"))?;
-    std::os::unix::fs::symlink("/var/db/timezone/zoneinfo/Europe/London", &link)?;
+    crate::fsx::symlink("/var/db/timezone/zoneinfo/Europe/London", &link)?;
     g.files += 1;
 
     // Health and Keychain (only encrypted backups carry them).

@@ -242,7 +242,6 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
                 .to_string_lossy()
                 .into_owned();
             let md = std::fs::symlink_metadata(e.path())?;
-            use std::os::unix::fs::MetadataExt;
             let ft = md.file_type();
             let (mode, size, target) = if ft.is_symlink() {
                 (
@@ -262,7 +261,7 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
                     relative_path: rel,
                     target,
                     mode,
-                    inode: md.ino(),
+                    inode: crate::fsx::inode(&md, e.path()),
                     user_id: if root { 0 } else { 501 },
                     group_id: if root { 0 } else { 501 },
                     last_modified: mtime,

@@ -208,7 +208,7 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         if let Some(parent) = link.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::os::unix::fs::symlink(target, link)?;
+        crate::fsx::symlink(target, link)?;
     }
     for (d, mtime) in dirs.iter().rev() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs((*mtime).max(0) as u64);

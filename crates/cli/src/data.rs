@@ -42,32 +42,7 @@ fn warn_encrypted_only(cli: &Cli, sel: &ibackup_store::categories::Selection, en
     }
 }
 
-fn date(secs: i64) -> String {
-    // UTC, to the second: YYYY-MM-DD HH:MM:SS.
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+use ibackup_engine::snapshots::format_date as date;
 
 pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<(), EngineError> {
     let sel = only.selection()?;
@@ -226,6 +201,7 @@ pub fn encryption(
 
 pub struct RestoreArgs<'a> {
     pub source: Option<String>,
+    pub snapshot: Option<String>,
     pub only: &'a Only,
     pub system: bool,
     pub reboot: bool,
@@ -237,7 +213,10 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
     let selection = a.only.selection()?;
     let target = device::choose(mux, cli.udid.as_deref(), cli.network)?;
     let source = a.source.clone().unwrap_or_else(|| target.udid.clone());
-    let folder: PathBuf = dir.join(&source);
+    let folder: PathBuf = match &a.snapshot {
+        Some(id) => ibackup_engine::snapshots::find(dir, &source, id)?.path,
+        None => dir.join(&source),
+    };
     let encrypted = reader::manifest_plist(&folder)
         .ok()
         .and_then(|m| m.get("IsEncrypted").and_then(plist::Value::as_boolean))
@@ -252,6 +231,7 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
     };
     let opts = RestoreOptions {
         source: Some(source.clone()),
+        folder: a.snapshot.is_some().then(|| folder.clone()),
         selection,
         system: a.system,
         reboot: a.reboot,
@@ -288,14 +268,4 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_utc_calendar_dates() {
-        assert_eq!(super::date(0), "1970-01-01 00:00:00");
-        assert_eq!(super::date(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(super::date(1_795_000_000), "2026-11-18 11:06:40");
-    }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 mod data;
 mod exit;
+mod history;
 mod passwords;
 
 /// Back up and restore iPhones and iPads over USB.
@@ -94,6 +95,8 @@ enum Cmd {
     Ls {
         dir: PathBuf,
         #[command(flatten)]
+        snap: SnapshotArg,
+        #[command(flatten)]
         only: Only,
         #[command(flatten)]
         pw: PasswordArgs,
@@ -105,6 +108,8 @@ enum Cmd {
         #[arg(long)]
         to: PathBuf,
         #[command(flatten)]
+        snap: SnapshotArg,
+        #[command(flatten)]
         only: Only,
         #[command(flatten)]
         pw: PasswordArgs,
@@ -115,6 +120,8 @@ enum Cmd {
         /// Restore the backup of this device (default: the target's own).
         #[arg(long)]
         source: Option<String>,
+        #[command(flatten)]
+        snap: SnapshotArg,
         #[command(flatten)]
         only: Only,
         /// Leave system files alone; restore app data only.
@@ -134,8 +141,63 @@ enum Cmd {
     Verify {
         dir: PathBuf,
         #[command(flatten)]
+        snap: SnapshotArg,
+        #[command(flatten)]
         pw: PasswordArgs,
     },
+    /// List the snapshots (every successful backup is kept as one).
+    Snapshots { dir: PathBuf },
+    /// Copy a snapshot out as OUT/<UDID>/, a Finder-format folder other tools restore.
+    Checkout {
+        dir: PathBuf,
+        out: PathBuf,
+        #[command(flatten)]
+        snap: SnapshotArg,
+    },
+    /// Remove old snapshots by the rules given; never the newest. Frees only
+    /// what no remaining snapshot needs.
+    Prune {
+        dir: PathBuf,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct SnapshotArg {
+    /// A snapshot ID from `ibackup snapshots` (default: the newest).
+    #[arg(long, value_name = "ID")]
+    snapshot: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<usize>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<usize>,
+    /// The same per week (weeks start on Monday, UTC).
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<usize>,
+    /// The same per month.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<usize>,
+}
+
+impl KeepArgs {
+    fn keep(&self) -> ibackup_engine::snapshots::Keep {
+        ibackup_engine::snapshots::Keep {
+            last: self.keep_last.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -175,7 +237,41 @@ impl Only {
 
 /// DIR/<UDID>/ when DIR holds backups (choosing with -u when several do),
 /// or DIR itself when it is one.
-fn backup_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
+fn backup_folder(cli: &Cli, dir: &Path, snap: &SnapshotArg) -> Result<PathBuf, EngineError> {
+    let newest = newest_folder(cli, dir)?;
+    let Some(id) = &snap.snapshot else {
+        return Ok(newest);
+    };
+    if newest == dir {
+        return Err(EngineError::Usage(format!(
+            "give the backup folder that holds {} (its parent) with --snapshot",
+            dir.display()
+        )));
+    }
+    let (Some(root), Some(udid)) = (newest.parent(), newest.file_name()) else {
+        return Err(EngineError::Usage(format!(
+            "{} has no snapshots",
+            dir.display()
+        )));
+    };
+    Ok(ibackup_engine::snapshots::find(root, &udid.to_string_lossy(), id)?.path)
+}
+
+/// The devices with backups in DIR (`-u` narrows to one).
+fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
+    if let Some(u) = &cli.udid {
+        return Ok(vec![u.clone()]);
+    }
+    let mut v: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.path().join("Manifest.db").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
     if !dir.is_dir() {
         return Err(EngineError::Usage(format!(
             "{} is not a folder",
@@ -216,8 +312,13 @@ fn backup_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
     })
 }
 
-fn verify(cli: &Cli, dir: &Path, password_file: Option<&Path>) -> Result<(), EngineError> {
-    let backup = backup_folder(cli, dir)?;
+fn verify(
+    cli: &Cli,
+    dir: &Path,
+    snap: &SnapshotArg,
+    password_file: Option<&Path>,
+) -> Result<(), EngineError> {
+    let backup = backup_folder(cli, dir, snap)?;
     let pw = passwords::given(password_file)?;
     let scratch = std::env::temp_dir().join(format!("ibackup-verify-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -403,17 +504,18 @@ fn run_backup(
     if cli.json {
         println!(
             "{}",
-            json!({"event": "result", "ok": true, "udid": o.udid, "full": o.full, "files": o.files_received, "bytes": o.bytes_received, "seconds": secs, "path": o.path, "refused_paths": o.refused_paths})
+            json!({"event": "result", "ok": true, "udid": o.udid, "full": o.full, "files": o.files_received, "bytes": o.bytes_received, "seconds": secs, "path": o.path, "snapshot": o.snapshot, "commit_seconds": o.commit_seconds, "refused_paths": o.refused_paths})
         );
     } else if !cli.quiet {
         println!(
-            "{} backup of {} complete: {} files, {} received in {:.1} s. Backup: {}",
+            "{} backup of {} complete: {} files, {} received in {:.1} s. Backup: {} (snapshot {})",
             if o.full { "Full" } else { "Incremental" },
             o.udid,
             o.files_received,
             human_bytes(o.bytes_received),
             secs,
-            o.path.display()
+            o.path.display(),
+            o.snapshot
         );
         if o.refused_paths > 0 {
             eprintln!(
@@ -505,10 +607,28 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
 
 fn run(cli: &Cli) -> Result<(), EngineError> {
     match &cli.cmd {
-        Cmd::Verify { dir, pw } => return verify(cli, dir, pw.password_file.as_deref()),
-        Cmd::Ls { dir, only, pw } => return data::ls(cli, &backup_folder(cli, dir)?, only, pw),
-        Cmd::Extract { dir, to, only, pw } => {
-            return data::extract(cli, &backup_folder(cli, dir)?, to, only, pw)
+        Cmd::Verify { dir, snap, pw } => {
+            return verify(cli, dir, snap, pw.password_file.as_deref())
+        }
+        Cmd::Ls {
+            dir,
+            snap,
+            only,
+            pw,
+        } => return data::ls(cli, &backup_folder(cli, dir, snap)?, only, pw),
+        Cmd::Extract {
+            dir,
+            to,
+            snap,
+            only,
+            pw,
+        } => return data::extract(cli, &backup_folder(cli, dir, snap)?, to, only, pw),
+        Cmd::Snapshots { dir } => return history::list(cli, dir, &devices_in(cli, dir)?),
+        Cmd::Checkout { dir, out, snap } => {
+            return history::checkout(cli, &backup_folder(cli, dir, snap)?, out)
+        }
+        Cmd::Prune { dir, keep, dry_run } => {
+            return history::prune(cli, dir, &devices_in(cli, dir)?, &keep.keep(), *dry_run)
         }
         _ => {}
     }
@@ -582,6 +702,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         Cmd::Restore {
             dir,
             source,
+            snap,
             only,
             no_system,
             no_reboot,
@@ -593,6 +714,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             dir,
             data::RestoreArgs {
                 source: source.clone(),
+                snapshot: snap.snapshot.clone(),
                 only,
                 system: !no_system,
                 reboot: !no_reboot,
@@ -600,7 +722,12 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
                 pw,
             },
         ),
-        Cmd::Verify { .. } | Cmd::Ls { .. } | Cmd::Extract { .. } => {
+        Cmd::Verify { .. }
+        | Cmd::Ls { .. }
+        | Cmd::Extract { .. }
+        | Cmd::Snapshots { .. }
+        | Cmd::Checkout { .. }
+        | Cmd::Prune { .. } => {
             unreachable!("handled before connecting")
         }
     }

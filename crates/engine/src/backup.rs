@@ -60,7 +60,7 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
     pub udid: String,
     pub full: bool,
@@ -69,6 +69,10 @@ pub struct Outcome {
     /// Paths the device named that were refused (outside the backup folder).
     pub refused_paths: u64,
     pub path: PathBuf,
+    /// The snapshot this backup became.
+    pub snapshot: String,
+    /// Time spent committing it (staged folder checked, renamed into place).
+    pub commit_seconds: f64,
 }
 
 /// Device error numbers for host-side failures (libimobiledevice `errno_to_device_error`).
@@ -597,6 +601,8 @@ pub fn run(
             bytes_received: host.bytes,
             refused_paths: host.refused,
             path: dir.committed(),
+            snapshot: String::new(),
+            commit_seconds: 0.0,
         })
     })();
     // Best effort: after a lost connection there is no device to tell.
@@ -604,7 +610,7 @@ pub fn run(
         log::info!("sync lock not released: {e}");
     }
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
             let t0 = std::time::Instant::now();
             verify_staged(&dir.staging())?;
             let marker = filtered_marker(root, &device.udid);
@@ -617,10 +623,12 @@ pub fn run(
                 }
                 std::fs::write(&marker, opts.selection.categories.join(",") + "\n")?;
             }
-            dir.commit()?;
+            let snap = dir.commit(full, !opts.selection.is_all())?;
             if opts.selection.is_all() {
                 let _ = std::fs::remove_file(&marker);
             }
+            outcome.snapshot = snap.id;
+            outcome.commit_seconds = t0.elapsed().as_secs_f64();
             log::info!("committed in {:?}", t0.elapsed());
             Ok(outcome)
         }

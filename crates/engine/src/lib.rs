@@ -6,6 +6,7 @@ pub mod backup;
 pub mod device;
 pub mod error;
 pub mod restore;
+pub mod snapshots;
 pub mod staging;
 pub mod sync;
 

@@ -29,6 +29,8 @@ use crate::staging::{Area, BackupDir};
 pub struct RestoreOptions {
     /// The device whose backup is restored; the target itself when `None`.
     pub source: Option<String>,
+    /// Read this folder (a snapshot) instead of `DIR/<source>/`.
+    pub folder: Option<PathBuf>,
     /// Only these files (and nothing else on the device changes).
     pub selection: Selection,
     /// Restore system domains too (Finder does); app data only when false.
@@ -60,7 +62,7 @@ struct Plan {
 
 /// Check the backup and prepare what the device will ask for.
 fn plan(root: &Path, source: &str, opts: &RestoreOptions) -> Result<Plan> {
-    let folder = root.join(source);
+    let folder = opts.folder.clone().unwrap_or_else(|| root.join(source));
     let status = Value::from_file(folder.join("Status.plist"))
         .ok()
         .and_then(Value::into_dictionary);
@@ -332,6 +334,7 @@ mod tests {
     fn opts(only: &[&str]) -> RestoreOptions {
         RestoreOptions {
             source: None,
+            folder: None,
             selection: Selection::parse(
                 &only.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 &[],

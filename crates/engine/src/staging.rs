@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use ibackup_store::paths::check_relative;
 
 use crate::error::{EngineError, Result};
+use crate::snapshots;
 
 pub struct BackupDir {
     pub root: PathBuf,
@@ -38,7 +39,7 @@ impl BackupDir {
             )));
         }
         let meta = root.join(".ibackup");
-        for sub in ["staging", "old", "locks"] {
+        for sub in ["staging", "locks", "snapshots"] {
             fs::create_dir_all(meta.join(sub))?;
         }
         let lock_path = meta.join("locks").join(format!("{udid}.lock"));
@@ -77,10 +78,11 @@ impl BackupDir {
 
     fn recover(&self) -> Result<()> {
         if !self.committed().exists() && self.old().exists() {
-            // Interrupted between the two renames of a commit.
+            // A commit of an earlier version, interrupted between its renames.
             fs::rename(self.old(), self.committed())?;
         }
         remove_tree(&self.old())?;
+        snapshots::recover(&self.root, &self.udid)?;
         remove_tree(&self.staging())?;
         Ok(())
     }
@@ -117,8 +119,9 @@ impl BackupDir {
         resolve_below(&self.udid, &self.staging(), device_path)
     }
 
-    /// Make the staging folder the newest complete backup.
-    pub fn commit(&self) -> Result<()> {
+    /// Make the staging folder the newest complete backup; the backup it
+    /// replaces stays as a snapshot (see [`crate::snapshots`]).
+    pub fn commit(&self, full: bool, filtered: bool) -> Result<snapshots::Info> {
         let staging = self.staging();
         // Durable before visible: flush the index and plists the readers need first.
         for name in [
@@ -131,16 +134,18 @@ impl BackupDir {
                 f.sync_all()?;
             }
         }
-        let committed = self.committed();
-        if committed.exists() {
-            fs::rename(&committed, self.old())?;
-        }
-        fs::rename(&staging, &committed)?;
-        if let Ok(d) = File::open(&self.root) {
-            let _ = d.sync_all();
-        }
-        remove_tree(&self.old())?;
-        Ok(())
+        let mut info = snapshots::describe(
+            &staging,
+            "",
+            full,
+            if filtered { "filtered" } else { "complete" },
+        );
+        // The snapshot's date is when it was made, whatever the device's clock said.
+        info.date = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(info.date);
+        snapshots::commit(&self.root, &self.udid, &staging, info)
     }
 
     /// Drop the staging folder (after a failed session).
@@ -300,7 +305,7 @@ mod tests {
             b"old",
             "committed file untouched"
         );
-        d.commit().unwrap();
+        d.commit(false, false).unwrap();
         assert_eq!(fs::read(committed.join("ab/file")).unwrap(), b"new");
         assert!(!d.staging().exists());
     }

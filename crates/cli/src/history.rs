@@ -1,0 +1,150 @@
+//! Backup history: `snapshots`, `checkout`, `prune`.
+
+use std::path::Path;
+
+use ibackup_engine::snapshots::{self, Keep};
+use ibackup_engine::staging::BackupDir;
+use ibackup_engine::EngineError;
+use serde_json::json;
+
+use crate::{human_bytes, Cli};
+
+pub fn list(cli: &Cli, dir: &Path, udids: &[String]) -> Result<(), EngineError> {
+    if udids.is_empty() && !cli.quiet && !cli.json {
+        println!("No backups in {}.", dir.display());
+    }
+    for udid in udids {
+        let all = snapshots::list(dir, udid)?;
+        if cli.json {
+            for s in &all {
+                println!(
+                    "{}",
+                    json!({"udid": udid, "id": s.info.id, "date": snapshots::format_date(s.info.date), "unix_time": s.info.date,
+                           "size": s.info.bytes, "files": s.info.files, "encrypted": s.info.encrypted, "ios": s.info.ios,
+                           "result": s.info.result, "full": s.info.full, "newest": s.newest, "path": s.path})
+                );
+            }
+            continue;
+        }
+        if cli.quiet {
+            continue;
+        }
+        println!("{udid}:");
+        println!(
+            "  {:20} {:19} {:>10} {:>8} {:9} {:8} result",
+            "id", "date (UTC)", "size", "files", "encrypted", "iOS"
+        );
+        for s in &all {
+            println!(
+                "  {:20} {:19} {:>10} {:>8} {:9} {:8} {}{}",
+                s.info.id,
+                snapshots::format_date(s.info.date),
+                human_bytes(s.info.bytes),
+                s.info.files,
+                if s.info.encrypted { "yes" } else { "no" },
+                s.info.ios,
+                s.info.result,
+                if s.newest { " (newest)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copy a snapshot to OUT/<UDID>/ as hard links (copies across disks).
+pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError> {
+    // The newest is DIR/<UDID>; older ones DIR/.ibackup/snapshots/<UDID>/<ID>.
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let in_history = folder
+        .parent()
+        .and_then(Path::parent)
+        .is_some_and(|p| p.ends_with(".ibackup/snapshots"));
+    let udid = if in_history {
+        name(folder.parent())
+    } else {
+        name(Some(folder))
+    };
+    let to = out.join(&udid);
+    if to.exists() {
+        return Err(EngineError::Usage(format!(
+            "{} already exists; check out into an empty folder",
+            to.display()
+        )));
+    }
+    let (mut files, mut linked) = (0u64, true);
+    for e in walkdir::WalkDir::new(folder) {
+        let e = e.map_err(|e| EngineError::Io(e.into()))?;
+        let rel = e.path().strip_prefix(folder).expect("below folder");
+        let dest = to.join(rel);
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else if e.file_type().is_file() {
+            if std::fs::hard_link(e.path(), &dest).is_err() {
+                linked = false;
+                std::fs::copy(e.path(), &dest)?;
+            }
+            files += 1;
+        }
+    }
+    if !cli.quiet && !cli.json {
+        println!(
+            "Checked out {files} files to {} ({}).",
+            to.display(),
+            if linked {
+                "hard links: no extra space; never edit them, they are the snapshot's files"
+            } else {
+                "copies"
+            }
+        );
+    } else if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "path": to, "files": files, "linked": linked})
+        );
+    }
+    Ok(())
+}
+
+pub fn prune(
+    cli: &Cli,
+    dir: &Path,
+    udids: &[String],
+    keep: &Keep,
+    dry_run: bool,
+) -> Result<(), EngineError> {
+    for udid in udids {
+        // The device's lock: no backup commits while its history is pruned.
+        let _lock = BackupDir::open(dir, udid)?;
+        let r = snapshots::prune(dir, udid, keep, dry_run)?;
+        if cli.json {
+            println!(
+                "{}",
+                json!({"event": "prune", "udid": udid, "dry_run": dry_run, "removed": r.removed, "kept": r.kept, "freed_bytes": r.freed})
+            );
+        } else if !cli.quiet {
+            for id in &r.removed {
+                println!(
+                    "{udid}: {} {id}",
+                    if dry_run { "would remove" } else { "removed" }
+                );
+            }
+            println!(
+                "{udid}: {} snapshots kept, {} {}, {} {}.",
+                r.kept.len(),
+                r.removed.len(),
+                if dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                },
+                human_bytes(r.freed),
+                if dry_run { "would be freed" } else { "freed" }
+            );
+        }
+    }
+    Ok(())
+}

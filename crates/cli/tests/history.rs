@@ -1,0 +1,255 @@
+//! Backup history: every night a snapshot, sharing unchanged files; each
+//! snapshot restores to its night's device; interrupted backups add none;
+//! prune frees space.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+
+use ibackup_sim::populate::Profile;
+use ibackup_suite::*;
+
+fn ib(host: &SimHost, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    c.args(args);
+    run(c)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Bytes on disk below `dir`, each inode counted once (what `du` reports).
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        let md = e.metadata().unwrap();
+        if md.is_file() && seen.insert((md.dev(), md.ino())) {
+            n += md.len();
+        }
+    }
+    n
+}
+
+fn snapshots(host: &SimHost, dir: &Path) -> Vec<serde_json::Value> {
+    let o = ib(host, &["--json", "snapshots", p(dir)]);
+    assert_ok(&o, "snapshots");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn hashes(dir: &Path) -> BTreeMap<String, String> {
+    device_tree(dir, &[])
+        .into_iter()
+        .filter_map(|(k, n)| match n {
+            Node::File { sha1, .. } => Some((k, sha1)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn three_nights_three_snapshots_each_restores_its_night() {
+    let host = SimHost::start(
+        &[
+            (Profile::Small, 301),
+            (Profile::Empty, 302),
+            (Profile::Empty, 303),
+            (Profile::Empty, 304),
+        ],
+        |_, _| {},
+    );
+    let a = host.udids[0].as_str();
+    let dir = host.path("backups");
+    let fs = host.devices[0].join("fs");
+    let mut nights = Vec::new();
+    let mut changed_bytes = 0u64;
+    for night in 0..3 {
+        if night > 0 {
+            // A day's changes: a new photo, an edited note, a deleted file.
+            let photo = fs.join(format!(
+                "CameraRollDomain/Media/DCIM/100APPLE/IMG_90{night}0.JPG"
+            ));
+            let body = vec![night as u8; 3_000_000];
+            std::fs::write(&photo, &body).unwrap();
+            let prefs = fs.join("HomeDomain/Library/Preferences/com.apple.night.plist");
+            // Sizes differ too: nights here are a second apart, and a device
+            // sees a file of the same size and second as unchanged.
+            std::fs::write(&prefs, format!("night {night}{}", "!".repeat(night))).unwrap();
+            changed_bytes += body.len() as u64 + 10;
+            let victim = walkdir::WalkDir::new(fs.join("AppDomain-com.example.field-notes"))
+                .into_iter()
+                .flatten()
+                .find(|e| e.file_type().is_file())
+                .unwrap();
+            std::fs::remove_file(victim.path()).unwrap();
+        }
+        let o = ib(&host, &["-u", a, "backup", p(&dir)]);
+        assert_ok(&o, &format!("night {night}"));
+        nights.push(device_tree(&fs, &PLAIN_SKIP));
+    }
+    let snaps = snapshots(&host, &dir);
+    assert_eq!(snaps.len(), 3, "{snaps:?}");
+    assert!(snaps[2]["newest"].as_bool().unwrap());
+    assert!(snaps
+        .iter()
+        .all(|s| s["result"] == "complete" && s["files"].as_u64().unwrap() > 100));
+    let ids: Vec<String> = snaps
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+
+    // Little more than one snapshot: unchanged files are shared.
+    let one = disk_use(&dir.join(a));
+    let all = disk_use(&dir);
+    assert!(
+        (all as f64) < 1.2 * one as f64 + changed_bytes as f64,
+        "three snapshots take {all} bytes; one takes {one}, the changes {changed_bytes}"
+    );
+
+    // Each snapshot restores onto an empty device as its night's state.
+    for (i, target) in [(0usize, 1usize), (1, 2)] {
+        let o = ib(
+            &host,
+            &[
+                "-u",
+                &host.udids[target],
+                "restore",
+                "--source",
+                a,
+                "--snapshot",
+                &ids[i],
+                "--no-reboot",
+                p(&dir),
+            ],
+        );
+        assert_ok(&o, &format!("restore of snapshot {}", ids[i]));
+        assert_same_tree(
+            &device_tree(&host.devices[target].join("fs"), &[]),
+            &nights[i],
+            &format!("night {i} restored"),
+        );
+    }
+    // The newest, checked out as a Finder folder, restores with libimobiledevice.
+    let out = host.root.path().join("checkout");
+    let o = ib(
+        &host,
+        &["checkout", "--snapshot", &ids[2], p(&dir), p(&out)],
+    );
+    assert_ok(&o, "checkout");
+    if let Some(b2) = referee("idevicebackup2") {
+        let o = run({
+            let mut c = host.cmd(&b2);
+            c.args([
+                "-u",
+                &host.udids[3],
+                "-s",
+                a,
+                "restore",
+                "--system",
+                "--no-reboot",
+            ])
+            .arg(&out);
+            c
+        });
+        assert_ok(&o, "idevicebackup2 restore of a checked-out snapshot");
+        assert_same_tree(
+            &device_tree(&host.devices[3].join("fs"), &[]),
+            &nights[2],
+            "night 2 via idevicebackup2",
+        );
+    }
+
+    // ls, extract and verify take --snapshot too.
+    assert_ok(
+        &ib(&host, &["verify", "--snapshot", &ids[0], p(&dir)]),
+        "verify an old snapshot",
+    );
+    let o = ib(&host, &["ls", "--snapshot", &ids[0], p(&dir)]);
+    assert_ok(&o, "ls an old snapshot");
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("IMG_9010.JPG"),
+        "night 0 had no new photo"
+    );
+    let o = ib(&host, &["ls", "--snapshot", &ids[1], p(&dir)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("IMG_9010.JPG"));
+    let x = host.root.path().join("x");
+    assert_ok(
+        &ib(
+            &host,
+            &[
+                "extract",
+                "--snapshot",
+                &ids[1],
+                "--domain",
+                "CameraRollDomain",
+                p(&dir),
+                "--to",
+                p(&x),
+            ],
+        ),
+        "extract",
+    );
+    assert_eq!(
+        std::fs::read(x.join("CameraRollDomain/Media/DCIM/100APPLE/IMG_9010.JPG")).unwrap(),
+        vec![1u8; 3_000_000]
+    );
+    let o = ib(&host, &["ls", "--snapshot", "nope", p(&dir)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // An interrupted backup adds no snapshot and changes none.
+    let before: Vec<_> = snaps
+        .iter()
+        .map(|s| hashes(Path::new(s["path"].as_str().unwrap())))
+        .collect();
+    edit_device(&host.devices[0], |c| {
+        c.fault_disconnect_after_files = Some(2)
+    });
+    std::fs::write(
+        fs.join("HomeDomain/Library/Preferences/com.apple.night.plist"),
+        "night 3",
+    )
+    .unwrap();
+    let o = ib(&host, &["-u", a, "backup", "--full", p(&dir)]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    let after = snapshots(&host, &dir);
+    assert_eq!(after.len(), 3);
+    for (s, h) in after.iter().zip(&before) {
+        assert_eq!(
+            &hashes(Path::new(s["path"].as_str().unwrap())),
+            h,
+            "snapshot {} intact",
+            s["id"]
+        );
+    }
+    edit_device(&host.devices[0], |c| c.fault_disconnect_after_files = None);
+
+    // Prune: a dry run removes nothing; keeping the last one frees the rest.
+    let o = ib(&host, &["prune", p(&dir), "--keep-last", "1", "--dry-run"]);
+    assert_ok(&o, "prune --dry-run");
+    assert!(text(&o).contains("would remove"), "{}", text(&o));
+    assert_eq!(snapshots(&host, &dir).len(), 3);
+    let o = ib(&host, &["prune", p(&dir)]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "no rules, nothing removed: {}",
+        text(&o)
+    );
+    let o = ib(&host, &["prune", p(&dir), "--keep-last", "1"]);
+    assert_ok(&o, "prune");
+    let left = snapshots(&host, &dir);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], ids[2].as_str(), "the newest stays");
+    assert!(disk_use(&dir) < all, "prune freed space");
+    assert!(
+        disk_use(&dir) <= one + 1_000_000,
+        "what is left is one snapshot"
+    );
+    assert_ok(&ib(&host, &["verify", p(&dir)]), "the newest is whole");
+}

@@ -1,0 +1,638 @@
+//! Backup history: every successful backup is kept as a snapshot.
+//!
+//! `DIR/<UDID>/` is the newest snapshot, a Finder-format folder. When the
+//! next backup commits, it moves (one rename) to
+//! `DIR/.ibackup/snapshots/<UDID>/<ID>/`, still a Finder-format folder. A
+//! backup is staged as hard links to the newest snapshot and the device
+//! sends only what changed, so unchanged files are one inode shared by
+//! every snapshot that holds them: a snapshot costs its changed files, its
+//! Manifest.db and plists. Deleting a snapshot frees exactly the files no
+//! other snapshot links. Each snapshot has a JSON sidecar
+//! `snapshots/<UDID>/<ID>.json`; `snapshots/<UDID>/newest` names the
+//! snapshot in `DIR/<UDID>/`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub id: String,
+    /// Seconds since 1970, UTC: when the backup finished.
+    pub date: i64,
+    pub files: u64,
+    pub bytes: u64,
+    pub encrypted: bool,
+    pub ios: String,
+    /// "complete" (only finished backups become snapshots), or "filtered".
+    pub result: String,
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub info: Info,
+    pub path: PathBuf,
+    pub newest: bool,
+}
+
+pub fn dir(root: &Path, udid: &str) -> PathBuf {
+    root.join(".ibackup/snapshots").join(udid)
+}
+
+fn sidecar(root: &Path, udid: &str, id: &str) -> PathBuf {
+    dir(root, udid).join(format!("{id}.json"))
+}
+
+fn newest_file(root: &Path, udid: &str) -> PathBuf {
+    dir(root, udid).join("newest")
+}
+
+fn pending_file(root: &Path, udid: &str) -> PathBuf {
+    dir(root, udid).join("pending.json")
+}
+
+fn trash(root: &Path, udid: &str) -> PathBuf {
+    root.join(".ibackup/trash").join(udid)
+}
+
+/// Write a small file so that readers see the old or the new content.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    fs::write(&tmp, bytes)?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn newest_id(root: &Path, udid: &str) -> Option<String> {
+    fs::read_to_string(newest_file(root, udid))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn read_info(path: &Path) -> Option<Info> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+pub fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_date(secs: i64) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        r / 3600,
+        r / 60 % 60,
+        r % 60
+    )
+}
+
+/// An ID from a time, `YYYYMMDDTHHMMSSZ`, made unique among `taken`.
+fn id_for(secs: i64, taken: &dyn Fn(&str) -> bool) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    let base = format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        r / 3600,
+        r / 60 % 60,
+        r % 60
+    );
+    let mut id = base.clone();
+    let mut n = 2;
+    while taken(&id) {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    id
+}
+
+/// Describe a Finder-format folder: counts, encryption, iOS version, date.
+pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for e in fs::read_dir(folder).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.len() == 2 && e.path().is_dir() {
+            for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                if let Ok(md) = f.metadata() {
+                    files += 1;
+                    bytes += md.len();
+                }
+            }
+        }
+    }
+    let plist = |name: &str| {
+        plist::Value::from_file(folder.join(name))
+            .ok()
+            .and_then(plist::Value::into_dictionary)
+            .unwrap_or_default()
+    };
+    let date = match plist("Status.plist").get("Date") {
+        Some(plist::Value::Date(d)) => std::time::SystemTime::from(*d)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(|_| now()),
+        _ => fs::metadata(folder.join("Status.plist"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(now),
+    };
+    Info {
+        id: id.to_string(),
+        date,
+        files,
+        bytes,
+        encrypted: plist("Manifest.plist")
+            .get("IsEncrypted")
+            .and_then(plist::Value::as_boolean)
+            .unwrap_or(false),
+        ios: plist("Info.plist")
+            .get("Product Version")
+            .and_then(plist::Value::as_string)
+            .unwrap_or("")
+            .to_string(),
+        result: result.to_string(),
+        full,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    new: String,
+    /// The ID the folder being replaced gets; `None` when there was none.
+    prev: Option<String>,
+}
+
+/// Make `staging` the newest snapshot, keeping the current newest as a
+/// snapshot. Safe to interrupt at any point: [`recover`] finishes or undoes it.
+pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Info> {
+    let d = dir(root, udid);
+    fs::create_dir_all(&d)?;
+    let committed = root.join(udid);
+    let taken = |id: &str| sidecar(root, udid, id).exists() || d.join(id).exists();
+    let prev = if committed.exists() {
+        Some(match newest_id(root, udid) {
+            Some(id) => id,
+            None => {
+                // A folder from before snapshots, or another tool's: it gets an ID now.
+                let legacy = describe(&committed, "", false, "complete");
+                let id = id_for(legacy.date, &taken);
+                write_atomic(
+                    &sidecar(root, udid, &id),
+                    &serde_json::to_vec_pretty(&Info {
+                        id: id.clone(),
+                        ..legacy
+                    })
+                    .expect("json"),
+                )?;
+                id
+            }
+        })
+    } else {
+        None
+    };
+    let id = id_for(info.date, &|id| taken(id) || prev.as_deref() == Some(id));
+    let info = Info {
+        id: id.clone(),
+        ..info
+    };
+    write_atomic(
+        &pending_file(root, udid),
+        &serde_json::to_vec(&Pending {
+            new: id.clone(),
+            prev: prev.clone(),
+        })
+        .expect("json"),
+    )?;
+    write_atomic(
+        &sidecar(root, udid, &id),
+        &serde_json::to_vec_pretty(&info).expect("json"),
+    )?;
+    if let Some(p) = &prev {
+        fs::rename(&committed, d.join(p))?;
+    }
+    fs::rename(staging, &committed)?;
+    if let Ok(f) = fs::File::open(root) {
+        let _ = f.sync_all();
+    }
+    write_atomic(&newest_file(root, udid), id.as_bytes())?;
+    fs::remove_file(pending_file(root, udid))?;
+    Ok(info)
+}
+
+/// Finish or undo an interrupted commit or prune (under the device's lock).
+pub fn recover(root: &Path, udid: &str) -> Result<()> {
+    let d = dir(root, udid);
+    let committed = root.join(udid);
+    if let Some(p) = fs::read(pending_file(root, udid))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
+    {
+        let prev_moved = p.prev.as_ref().is_some_and(|id| d.join(id).exists());
+        match (committed.exists(), p.prev.is_some(), prev_moved) {
+            // Between the two renames: put the old newest back.
+            (false, true, true) => {
+                fs::rename(d.join(p.prev.as_ref().expect("prev")), &committed)?;
+                let _ = fs::remove_file(sidecar(root, udid, &p.new));
+            }
+            // Both renames done (or nothing to move): only `newest` is stale.
+            (true, true, true) | (true, false, _) => {
+                write_atomic(&newest_file(root, udid), p.new.as_bytes())?
+            }
+            // Nothing moved yet.
+            _ => {
+                let _ = fs::remove_file(sidecar(root, udid, &p.new));
+            }
+        }
+        fs::remove_file(pending_file(root, udid))?;
+    }
+    match fs::remove_dir_all(trash(root, udid)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    // Sidecars whose folder is gone (a prune interrupted after the move).
+    let newest = newest_id(root, udid);
+    for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".json") {
+            if id != "pending" && Some(id) != newest.as_deref() && !d.join(id).is_dir() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every snapshot of `udid` in `root`, oldest first. A newest folder with
+/// no history yet (an earlier version's, or another tool's) is listed too.
+pub fn list(root: &Path, udid: &str) -> Result<Vec<Snapshot>> {
+    let d = dir(root, udid);
+    let committed = root.join(udid);
+    let newest = newest_id(root, udid);
+    let mut out = Vec::new();
+    for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if id == "pending" {
+            continue;
+        }
+        let is_newest = Some(id) == newest.as_deref();
+        let path = if is_newest {
+            committed.clone()
+        } else {
+            d.join(id)
+        };
+        if !path.join("Manifest.db").is_file() {
+            continue;
+        }
+        if let Some(info) = read_info(&e.path()) {
+            out.push(Snapshot {
+                info,
+                path,
+                newest: is_newest,
+            });
+        }
+    }
+    if newest.is_none() && committed.join("Manifest.db").is_file() {
+        let info = describe(&committed, "", false, "complete");
+        let id = id_for(info.date, &|id| out.iter().any(|s| s.info.id == id));
+        out.push(Snapshot {
+            info: Info { id, ..info },
+            path: committed,
+            newest: true,
+        });
+    }
+    out.sort_by(|a, b| {
+        (a.newest, a.info.date, &a.info.id).cmp(&(b.newest, b.info.date, &b.info.id))
+    });
+    Ok(out)
+}
+
+/// The folder of snapshot `id` (`newest` or `latest` name the newest).
+pub fn find(root: &Path, udid: &str, id: &str) -> Result<Snapshot> {
+    let all = list(root, udid)?;
+    let hit = if id == "newest" || id == "latest" {
+        all.into_iter().find(|s| s.newest)
+    } else {
+        all.into_iter().find(|s| s.info.id == id)
+    };
+    hit.ok_or_else(|| {
+        EngineError::Usage(format!(
+            "no snapshot {id} of {udid} in {}; `ibackup snapshots` lists them",
+            root.display()
+        ))
+    })
+}
+
+/// Retention rules, as `--keep-last N --keep-daily N --keep-weekly N --keep-monthly N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub last: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+}
+
+impl Keep {
+    pub fn is_empty(&self) -> bool {
+        self.last + self.daily + self.weekly + self.monthly == 0
+    }
+}
+
+/// Which snapshots the rules keep: the newest always; the last `last`;
+/// for each of the `daily` most recent days (UTC) that have snapshots, the
+/// newest of that day; likewise per week (from Monday) and per month.
+pub fn kept(snaps: &[(String, i64)], keep: &Keep) -> BTreeSet<String> {
+    let mut by_date: Vec<&(String, i64)> = snaps.iter().collect();
+    by_date.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let mut out = BTreeSet::new();
+    if let Some(first) = by_date.first() {
+        out.insert(first.0.clone());
+    }
+    for s in by_date.iter().take(keep.last) {
+        out.insert(s.0.clone());
+    }
+    let day = |t: i64| t.div_euclid(86_400);
+    let buckets: [(usize, &dyn Fn(i64) -> i64); 3] = [
+        (keep.daily, &day),
+        // Days since the epoch's Monday (1970-01-05 is day 4).
+        (keep.weekly, &|t| (day(t) - 4).div_euclid(7)),
+        (keep.monthly, &|t| {
+            let (y, m, _) = civil(day(t));
+            y * 12 + i64::from(m)
+        }),
+    ];
+    for (n, bucket) in buckets {
+        let mut seen = Vec::new();
+        for s in &by_date {
+            if seen.len() >= n {
+                break;
+            }
+            let b = bucket(s.1);
+            if !seen.contains(&b) {
+                seen.push(b);
+                out.insert(s.0.clone());
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    /// Bytes freed: content no remaining snapshot links.
+    pub freed: u64,
+}
+
+/// Remove the snapshots `keep` does not keep (never the newest). Each one
+/// is first moved to the trash in one rename, so an interruption leaves
+/// every snapshot whole or gone; the trash is emptied at the next start.
+pub fn prune(root: &Path, udid: &str, keep: &Keep, dry_run: bool) -> Result<Pruned> {
+    if keep.is_empty() {
+        return Err(EngineError::Usage(
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly".into(),
+        ));
+    }
+    let all = list(root, udid)?;
+    let dates: Vec<(String, i64)> = all
+        .iter()
+        .map(|s| (s.info.id.clone(), s.info.date))
+        .collect();
+    let keep_ids = kept(&dates, keep);
+    let mut r = Pruned::default();
+    for s in &all {
+        if s.newest || keep_ids.contains(&s.info.id) {
+            r.kept.push(s.info.id.clone());
+            continue;
+        }
+        r.removed.push(s.info.id.clone());
+        r.freed += unshared_bytes(&s.path);
+        if dry_run {
+            continue;
+        }
+        let t = trash(root, udid);
+        fs::create_dir_all(&t)?;
+        fs::rename(&s.path, t.join(&s.info.id))?;
+        let _ = fs::remove_file(sidecar(root, udid, &s.info.id));
+        fs::remove_dir_all(t.join(&s.info.id))?;
+    }
+    Ok(r)
+}
+
+/// Bytes of the files in `folder` that nothing else links.
+fn unshared_bytes(folder: &Path) -> u64 {
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(folder).into_iter().flatten() {
+        if let Ok(md) = e.metadata() {
+            if md.is_file() && links(&md) <= 1 {
+                n += md.len();
+            }
+        }
+    }
+    n
+}
+
+#[cfg(unix)]
+fn links(md: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(md)
+}
+
+#[cfg(not(unix))]
+fn links(_md: &fs::Metadata) -> u64 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn ids(v: &BTreeSet<String>) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn retention_rules_with_fake_dates() {
+        // Nightly at 02:00 for 60 days from 2026-01-01 (a Thursday), plus a
+        // second run on the last day.
+        let start = 20_454 * DAY; // 2026-01-01
+        let mut snaps: Vec<(String, i64)> = (0..60)
+            .map(|d| (format!("d{d:02}"), start + d * DAY + 7200))
+            .collect();
+        snaps.push(("d59b".into(), start + 59 * DAY + 9000));
+        let k = |last, daily, weekly, monthly| {
+            kept(
+                &snaps,
+                &Keep {
+                    last,
+                    daily,
+                    weekly,
+                    monthly,
+                },
+            )
+        };
+        assert_eq!(ids(&k(0, 0, 0, 0)), ["d59b"], "the newest, always");
+        assert_eq!(ids(&k(3, 0, 0, 0)), ["d58", "d59", "d59b"]);
+        assert_eq!(
+            ids(&k(0, 3, 0, 0)),
+            ["d57", "d58", "d59b"],
+            "one a day, the day's newest"
+        );
+        // Weeks start on Monday: 2026-01-05 is day 4 of the list.
+        let w = k(0, 0, 3, 0);
+        assert_eq!(ids(&w), ["d45", "d52", "d59b"]);
+        // Months: January's newest is d30 (Jan 31), February's d58 (Feb 28), March's d59b.
+        assert_eq!(ids(&k(0, 0, 0, 12)), ["d30", "d58", "d59b"]);
+        assert_eq!(k(0, 0, 0, 12).len(), 3);
+        assert_eq!(k(100, 0, 0, 0).len(), 61);
+    }
+
+    #[test]
+    fn dates_and_ids() {
+        assert_eq!(format_date(0), "1970-01-01 00:00:00");
+        assert_eq!(format_date(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(id_for(1_795_000_000, &|_| false), "20261118T110640Z");
+        assert_eq!(
+            id_for(1_795_000_000, &|id| id == "20261118T110640Z"),
+            "20261118T110640Z-2"
+        );
+    }
+
+    fn fake_backup(p: &Path, body: &[u8]) {
+        fs::create_dir_all(p.join("ab")).unwrap();
+        fs::write(p.join("Manifest.db"), b"db").unwrap();
+        fs::write(p.join("ab/abcd"), body).unwrap();
+    }
+
+    #[test]
+    fn commits_keep_history_and_interrupted_commits_are_repaired() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let staging = root.join("staging");
+        let info = |date| Info {
+            id: String::new(),
+            date,
+            files: 1,
+            bytes: 1,
+            encrypted: false,
+            ios: "18.0".into(),
+            result: "complete".into(),
+            full: true,
+        };
+        fake_backup(&staging, b"one");
+        let a = commit(root, "U", &staging, info(1000)).unwrap();
+        fake_backup(&staging, b"two");
+        let b = commit(root, "U", &staging, info(2000)).unwrap();
+        let l = list(root, "U").unwrap();
+        assert_eq!(
+            l.iter()
+                .map(|s| (s.info.id.clone(), s.newest))
+                .collect::<Vec<_>>(),
+            [(a.id.clone(), false), (b.id.clone(), true)]
+        );
+        assert_eq!(fs::read(l[0].path.join("ab/abcd")).unwrap(), b"one");
+        assert_eq!(fs::read(root.join("U/ab/abcd")).unwrap(), b"two");
+
+        // Interrupted between the renames: the newest goes back in place.
+        fake_backup(&staging, b"three");
+        let p = Pending {
+            new: "X".into(),
+            prev: Some(b.id.clone()),
+        };
+        fs::write(pending_file(root, "U"), serde_json::to_vec(&p).unwrap()).unwrap();
+        fs::write(
+            sidecar(root, "U", "X"),
+            serde_json::to_vec(&info(3000)).unwrap(),
+        )
+        .unwrap();
+        fs::rename(root.join("U"), dir(root, "U").join(&b.id)).unwrap();
+        recover(root, "U").unwrap();
+        assert_eq!(fs::read(root.join("U/ab/abcd")).unwrap(), b"two");
+        assert_eq!(list(root, "U").unwrap().len(), 2, "no half snapshot");
+
+        // Interrupted after both renames: only `newest` was stale.
+        let c = commit(root, "U", &staging, info(3000)).unwrap();
+        fs::write(newest_file(root, "U"), &b.id).unwrap();
+        fs::write(
+            pending_file(root, "U"),
+            serde_json::to_vec(&Pending {
+                new: c.id.clone(),
+                prev: Some(b.id.clone()),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        recover(root, "U").unwrap();
+        assert_eq!(newest_id(root, "U").as_deref(), Some(c.id.as_str()));
+        assert_eq!(list(root, "U").unwrap().len(), 3);
+
+        // Prune keeps what the rules say and never the newest.
+        let r = prune(
+            root,
+            "U",
+            &Keep {
+                last: 2,
+                ..Keep::default()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.removed, std::slice::from_ref(&a.id));
+        assert_eq!(list(root, "U").unwrap().len(), 3, "dry run removes nothing");
+        let r = prune(
+            root,
+            "U",
+            &Keep {
+                last: 1,
+                ..Keep::default()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.removed.len(), 2);
+        assert_eq!(
+            list(root, "U")
+                .unwrap()
+                .iter()
+                .map(|s| s.info.id.clone())
+                .collect::<Vec<_>>(),
+            [c.id]
+        );
+        assert!(
+            prune(root, "U", &Keep::default(), false).is_err(),
+            "no rules: refuse"
+        );
+    }
+}

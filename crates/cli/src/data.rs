@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ibackup_engine::restore::{self, PasswordChange, RestoreOptions};
-use ibackup_engine::{device, EngineError};
+use ibackup_engine::EngineError;
 use ibackup_proto::host::MuxClient;
 use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use ibackup_store::reader::{self, Backup};
@@ -158,7 +158,7 @@ pub fn encryption(
     pw: &PasswordArgs,
     new_file: Option<&Path>,
 ) -> Result<(), EngineError> {
-    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let dev = crate::choose(cli, mux)?;
     let current = || passwords::current(pw.password_file.as_deref(), "Current backup password");
     let change = match action {
         // The password to set: the new-password sources first, then the
@@ -176,13 +176,7 @@ pub fn encryption(
         },
     };
     let mut report = Report::new(cli.json, cli.quiet);
-    restore::change_password(
-        mux,
-        &dev,
-        &change,
-        Duration::from_secs(cli.trust_timeout),
-        &mut report,
-    )?;
+    restore::change_password(mux, &dev, &change, cli.trust(), &mut report)?;
     let what = match action {
         EncryptionAction::On => "Backup encryption is on: later backups of this device are encrypted and include Health and Keychain data. Keep the password safe; it cannot be recovered.",
         EncryptionAction::Off => "Backup encryption is off: later backups of this device are not encrypted.",
@@ -211,7 +205,7 @@ pub struct RestoreArgs<'a> {
 
 pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result<(), EngineError> {
     let selection = a.only.selection()?;
-    let target = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let target = crate::choose(cli, mux)?;
     let source = a.source.clone().unwrap_or_else(|| target.udid.clone());
     let folder: PathBuf = match &a.snapshot {
         Some(id) => ibackup_engine::snapshots::find(dir, &source, id)?.path,
@@ -237,7 +231,7 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
         reboot: a.reboot,
         settings: a.settings,
         password,
-        trust_wait: Duration::from_secs(cli.trust_timeout),
+        trust_wait: cli.trust(),
     };
     let mut report = Report::new(cli.json, cli.quiet);
     let started = Instant::now();

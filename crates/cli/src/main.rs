@@ -13,10 +13,12 @@ use ibackup_proto::usbmux::SocketAddress;
 use ibackup_store::categories::Selection;
 use serde_json::json;
 
+mod config;
 mod data;
 mod exit;
 mod history;
 mod passwords;
+mod watch;
 
 /// Back up and restore iPhones and iPads over USB.
 #[derive(Parser)]
@@ -37,14 +39,71 @@ struct Cli {
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Seconds to wait for the user to tap Trust on the device.
-    #[arg(long, global = true, default_value_t = 120)]
-    trust_timeout: u64,
+    /// Seconds to wait for the user to tap Trust on the device (default 120).
+    #[arg(long, global = true)]
+    trust_timeout: Option<u64>,
+    /// Wait this long for the device to appear (e.g. 10m) instead of failing at once.
+    #[arg(long, global = true, value_name = "DURATION")]
+    wait_for_device: Option<String>,
+    /// The configuration file (default: the platform's, see docs/nightly.md).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Append a line per run (and per watched backup) to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    log: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-#[derive(Subcommand)]
+impl Cli {
+    fn trust(&self) -> Duration {
+        Duration::from_secs(self.trust_timeout.unwrap_or(120))
+    }
+}
+
+static CONFIG: std::sync::OnceLock<config::Config> = std::sync::OnceLock::new();
+
+fn cfg() -> &'static config::Config {
+    CONFIG.get_or_init(config::Config::default)
+}
+
+/// DIR as given, else the configuration's `dir`.
+fn dir_or_config(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
+    d.clone().or_else(|| cfg().dir.clone()).ok_or_else(|| {
+        EngineError::Usage(
+            "give the backup folder DIR (or set `dir` in the configuration file)".into(),
+        )
+    })
+}
+
+/// The device to use, waiting for it up to `--wait-for-device`.
+fn choose(cli: &Cli, mux: &MuxClient) -> Result<ibackup_proto::usbmux::DeviceRecord, EngineError> {
+    let wait = match &cli.wait_for_device {
+        Some(w) => config::parse_duration(w)?,
+        None => Duration::ZERO,
+    };
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match device::choose(mux, cli.udid.as_deref(), cli.network) {
+            Err(EngineError::NoDevice | EngineError::DeviceNotFound(_))
+                if Instant::now() < deadline =>
+            {
+                if !told && !cli.quiet {
+                    eprintln!(
+                        "Waiting up to {} for the device to be connected...",
+                        cli.wait_for_device.as_deref().unwrap_or("")
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => return r,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// List connected devices.
     Devices,
@@ -62,8 +121,8 @@ enum Cmd {
     },
     /// Back up everything, even if an earlier backup could be continued.
     Full {
-        /// The backup folder; the backup goes to DIR/<UDID>/.
-        dir: PathBuf,
+        /// The backup folder; the backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
+        dir: Option<PathBuf>,
         #[command(flatten)]
         only: Only,
         #[command(flatten)]
@@ -71,7 +130,7 @@ enum Cmd {
     },
     /// Back up; incremental when DIR holds an earlier backup of the device.
     Backup {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// Force a full backup.
         #[arg(long)]
         full: bool,
@@ -93,7 +152,7 @@ enum Cmd {
     },
     /// List the files in a backup.
     Ls {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[command(flatten)]
         snap: SnapshotArg,
         #[command(flatten)]
@@ -103,7 +162,7 @@ enum Cmd {
     },
     /// Copy files out of a backup as OUT/<Domain>/<path>, decrypted, with their times.
     Extract {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// Where the files go.
         #[arg(long)]
         to: PathBuf,
@@ -116,7 +175,7 @@ enum Cmd {
     },
     /// Restore a backup to a device (-u TARGET): everything, or only --only/--domain.
     Restore {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// Restore the backup of this device (default: the target's own).
         #[arg(long)]
         source: Option<String>,
@@ -139,14 +198,26 @@ enum Cmd {
     /// Check a backup: index readable, every file present with the right size and digest.
     /// Exits 0 only when the backup is sound.
     Verify {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[command(flatten)]
         snap: SnapshotArg,
         #[command(flatten)]
         pw: PasswordArgs,
     },
+    /// Stay running: back up each paired device when it is connected and its
+    /// last backup is older than --every; apply the --keep rules after each.
+    Watch {
+        dir: Option<PathBuf>,
+        /// How old the last backup may be before a connected device is backed up again.
+        #[arg(long, value_name = "DURATION")]
+        every: Option<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
     /// List the snapshots (every successful backup is kept as one).
-    Snapshots { dir: PathBuf },
+    Snapshots { dir: Option<PathBuf> },
     /// Copy a snapshot out as OUT/<UDID>/, a Finder-format folder other tools restore.
     Checkout {
         dir: PathBuf,
@@ -157,7 +228,7 @@ enum Cmd {
     /// Remove old snapshots by the rules given; never the newest. Frees only
     /// what no remaining snapshot needs.
     Prune {
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         #[command(flatten)]
         keep: KeepArgs,
         /// Say what would be removed, remove nothing.
@@ -481,16 +552,24 @@ fn run_backup(
     only: &Only,
     pw: &PasswordArgs,
 ) -> Result<(), EngineError> {
-    let selection = only.selection()?;
-    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let mut selection = only.selection()?;
+    let dev = choose(cli, mux)?;
+    // The configuration's settings for this device, where no flag overrides them.
+    let per_device = cfg().device(&dev.udid);
+    if selection.is_all() && !per_device.only.is_empty() {
+        selection = Selection::parse(&per_device.only, &[]).map_err(|e| {
+            EngineError::Usage(format!("device {} in the configuration: {e}", dev.udid))
+        })?;
+    }
+    let pw_file = pw.password_file.clone().or(per_device.password_file);
     let mut report = Report::new(cli.json, cli.quiet);
     let opts = Options {
         full,
-        trust_wait: Duration::from_secs(cli.trust_timeout),
+        trust_wait: cli.trust(),
         password: if selection.is_all() {
             None
         } else {
-            passwords::given(pw.password_file.as_deref())?
+            passwords::given(pw_file.as_deref())?
         },
         selection,
     };
@@ -529,14 +608,9 @@ fn run_backup(
 
 fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineError> {
     use ibackup_proto::plistx::DictExt;
-    let dev = device::choose(mux, cli.udid.as_deref(), cli.network)?;
+    let dev = choose(cli, mux)?;
     let mut report = Report::new(cli.json, cli.quiet);
-    let mut s = device::open(
-        mux,
-        &dev,
-        Duration::from_secs(cli.trust_timeout),
-        &mut || report.waiting_for_trust(),
-    )?;
+    let mut s = device::open(mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
     let v = s.values()?;
     let backup = s.domain("com.apple.mobile.backup")?;
     let disk = s.domain("com.apple.disk_usage")?;
@@ -608,27 +682,41 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
 fn run(cli: &Cli) -> Result<(), EngineError> {
     match &cli.cmd {
         Cmd::Verify { dir, snap, pw } => {
-            return verify(cli, dir, snap, pw.password_file.as_deref())
+            return verify(cli, &dir_or_config(dir)?, snap, pw.password_file.as_deref())
         }
         Cmd::Ls {
             dir,
             snap,
             only,
             pw,
-        } => return data::ls(cli, &backup_folder(cli, dir, snap)?, only, pw),
+        } => {
+            return data::ls(
+                cli,
+                &backup_folder(cli, &dir_or_config(dir)?, snap)?,
+                only,
+                pw,
+            )
+        }
         Cmd::Extract {
             dir,
             to,
             snap,
             only,
             pw,
-        } => return data::extract(cli, &backup_folder(cli, dir, snap)?, to, only, pw),
-        Cmd::Snapshots { dir } => return history::list(cli, dir, &devices_in(cli, dir)?),
+        } => {
+            let dir = dir_or_config(dir)?;
+            return data::extract(cli, &backup_folder(cli, &dir, snap)?, to, only, pw);
+        }
+        Cmd::Snapshots { dir } => {
+            let dir = dir_or_config(dir)?;
+            return history::list(cli, &dir, &devices_in(cli, &dir)?);
+        }
         Cmd::Checkout { dir, out, snap } => {
             return history::checkout(cli, &backup_folder(cli, dir, snap)?, out)
         }
         Cmd::Prune { dir, keep, dry_run } => {
-            return history::prune(cli, dir, &devices_in(cli, dir)?, &keep.keep(), *dry_run)
+            let dir = dir_or_config(dir)?;
+            return history::prune(cli, &dir, &devices_in(cli, &dir)?, &keep.keep(), *dry_run);
         }
         _ => {}
     }
@@ -657,21 +745,16 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Pair => {
-            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            let dev = choose(cli, &mux)?;
             let mut report = Report::new(cli.json, cli.quiet);
-            device::open(
-                &mux,
-                &dev,
-                Duration::from_secs(cli.trust_timeout),
-                &mut || report.waiting_for_trust(),
-            )?;
+            device::open(&mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
             if !cli.quiet {
                 println!("Paired with {}.", dev.udid);
             }
             Ok(())
         }
         Cmd::Validate => {
-            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            let dev = choose(cli, &mux)?;
             device::validate(&mux, &dev)?;
             if !cli.quiet {
                 println!("{} trusts this computer.", dev.udid);
@@ -679,7 +762,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Unpair => {
-            let dev = device::choose(&mux, cli.udid.as_deref(), cli.network)?;
+            let dev = choose(cli, &mux)?;
             device::unpair(&mux, &dev)?;
             if !cli.quiet {
                 println!("{} no longer trusts this computer.", dev.udid);
@@ -687,13 +770,19 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
-        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, dir, true, only, pw),
+        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, &dir_or_config(dir)?, true, only, pw),
         Cmd::Backup {
             dir,
             full,
             only,
             pw,
-        } => run_backup(cli, &mux, dir, *full, only, pw),
+        } => run_backup(cli, &mux, &dir_or_config(dir)?, *full, only, pw),
+        Cmd::Watch {
+            dir,
+            every,
+            keep,
+            pw,
+        } => watch::run(cli, &mux, &dir_or_config(dir)?, every.as_deref(), keep, pw),
         Cmd::Encryption {
             action,
             pw,
@@ -711,7 +800,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         } => data::restore(
             cli,
             &mux,
-            dir,
+            &dir_or_config(dir)?,
             data::RestoreArgs {
                 source: source.clone(),
                 snapshot: snap.snapshot.clone(),
@@ -733,10 +822,67 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
     }
 }
 
+/// The command's name, for the log.
+fn command_name(cli: &Cli) -> String {
+    let name = format!("{:?}", cli.cmd);
+    name.split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_lowercase()
+}
+
+/// Append a line to the log file, if one is configured. A log that cannot
+/// be written is reported, never fatal.
+pub(crate) fn log_line(cli: &Cli, line: &str) {
+    let Some(path) = &cli.log else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let text = format!(
+        "{} UTC {line}\n",
+        ibackup_engine::snapshots::format_date(now)
+    );
+    use std::io::Write;
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = r {
+        eprintln!("ibackup: cannot write the log {}: {e}", path.display());
+    }
+}
+
+fn log_result(cli: &Cli, r: &Result<(), EngineError>) {
+    let what = command_name(cli);
+    let udid = cli.udid.as_deref().unwrap_or("-");
+    match r {
+        Ok(()) => log_line(cli, &format!("{what} {udid} ok")),
+        Err(e) => {
+            let (code, sentence) = exit::describe(e);
+            log_line(
+                cli,
+                &format!("{what} {udid} failed (exit {code}): {sentence}"),
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
-    match run(&cli) {
+    let mut cli = Cli::parse();
+    let loaded = config::Config::load(cli.config.as_deref());
+    let r = loaded.and_then(|c| {
+        cli.trust_timeout = cli.trust_timeout.or(c.trust_timeout);
+        cli.wait_for_device = cli.wait_for_device.take().or(c.wait_for_device.clone());
+        cli.log = cli.log.take().or(c.log_file.clone());
+        passwords::set_fallback_file(c.password_file.clone());
+        let _ = CONFIG.set(c);
+        run(&cli)
+    });
+    log_result(&cli, &r);
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let (code, sentence) = exit::describe(&e);

@@ -36,11 +36,25 @@ fn prompt(what: &str) -> Result<Option<String>, EngineError> {
     Ok(Some(p).filter(|s| !s.is_empty()))
 }
 
-/// The current backup password, if one was given (file, then IBACKUP_PASSWORD).
+static FALLBACK_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// The configuration file's `password_file`, used when nothing else gives one.
+pub fn set_fallback_file(f: Option<std::path::PathBuf>) {
+    let _ = FALLBACK_FILE.set(f);
+}
+
+/// The current backup password, if one was given: the file named, else
+/// IBACKUP_PASSWORD, else the configuration's password file.
 pub fn given(file: Option<&Path>) -> Result<Option<String>, EngineError> {
-    match file {
+    if let Some(f) = file {
+        return from_file(f).map(Some);
+    }
+    if let Some(p) = from_env("IBACKUP_PASSWORD") {
+        return Ok(Some(p));
+    }
+    match FALLBACK_FILE.get().and_then(Option::as_deref) {
         Some(f) => from_file(f).map(Some),
-        None => Ok(from_env("IBACKUP_PASSWORD")),
+        None => Ok(None),
     }
 }
 

@@ -9,5 +9,6 @@ pub mod restore;
 pub mod snapshots;
 pub mod staging;
 pub mod sync;
+pub mod watch;
 
 pub use error::EngineError;

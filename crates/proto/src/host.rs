@@ -104,6 +104,18 @@ pub struct MuxClient {
     pub prog_name: String,
 }
 
+/// An open `Listen` connection.
+pub struct MuxEvents {
+    s: Box<dyn Stream>,
+}
+
+impl MuxEvents {
+    /// The next event; an error when usbmuxd goes away.
+    pub fn next_event(&mut self) -> Result<usbmux::MuxEvent> {
+        usbmux::parse_event(&Packet::read(&mut self.s)?.payload)
+    }
+}
+
 impl MuxClient {
     pub fn new(addr: SocketAddress) -> Self {
         MuxClient {
@@ -147,6 +159,15 @@ impl MuxClient {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// Subscribe to plug and unplug events (`Listen`). The connection stays
+    /// open; read events with [`MuxEvents::next_event`].
+    pub fn listen(&self) -> Result<MuxEvents> {
+        let mut s = self.open()?;
+        let d = self.exchange(&mut s, &Request::Listen)?;
+        Self::check(&Request::Listen, &d)?;
+        Ok(MuxEvents { s })
     }
 
     pub fn devices(&self) -> Result<Vec<DeviceRecord>> {

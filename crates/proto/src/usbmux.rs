@@ -312,6 +312,31 @@ pub fn detached_payload(device_id: u32) -> Dictionary {
     ])
 }
 
+/// What a `Listen` connection reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MuxEvent {
+    Attached(DeviceRecord),
+    Detached(u32),
+    /// Another message (`Paired`, a future type): nothing to act on.
+    Other(String),
+}
+
+/// Parse one message of a `Listen` connection.
+pub fn parse_event(d: &Dictionary) -> Result<MuxEvent> {
+    Ok(match d.str_of("MessageType") {
+        Some("Attached") => MuxEvent::Attached(DeviceRecord::from_properties(
+            d.dict_of("Properties")
+                .ok_or_else(|| ProtoError::protocol("Attached without Properties"))?,
+        )?),
+        Some("Detached") => MuxEvent::Detached(
+            d.u64_of("DeviceID")
+                .ok_or_else(|| ProtoError::protocol("Detached without DeviceID"))?
+                as u32,
+        ),
+        other => MuxEvent::Other(other.unwrap_or("").to_string()),
+    })
+}
+
 /// Parse the answer to `ListDevices`.
 pub fn parse_device_list(d: &Dictionary) -> Result<Vec<DeviceRecord>> {
     let list = d
@@ -511,5 +536,26 @@ mod tests {
         for bad in ["UNIX:", "host", "host:0", "host:x", ":5"] {
             assert!(SocketAddress::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn listen_events_round_trip() {
+        let d = DeviceRecord {
+            device_id: 7,
+            udid: "U".into(),
+            product_id: 1,
+            location_id: 2,
+            connection_type: "USB".into(),
+        };
+        assert_eq!(parse_event(&d.attached()).unwrap(), MuxEvent::Attached(d));
+        assert_eq!(
+            parse_event(&detached_payload(7)).unwrap(),
+            MuxEvent::Detached(7)
+        );
+        assert!(matches!(
+            parse_event(&dict([("MessageType", Value::from("Paired"))])).unwrap(),
+            MuxEvent::Other(_)
+        ));
+        assert!(parse_event(&dict([("MessageType", Value::from("Detached"))])).is_err());
     }
 }

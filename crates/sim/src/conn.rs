@@ -10,11 +10,18 @@ use std::os::unix::net::UnixStream;
 pub trait Conn: Read + Write + Send {
     /// Cut the connection at once, as an unplugged cable does.
     fn cut(&self);
+    /// Make reads give up after `d` (to poll while waiting for a client).
+    fn set_read_timeout(&self, _d: Option<std::time::Duration>) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Conn for TcpStream {
     fn cut(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+    fn set_read_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
     }
 }
 
@@ -23,11 +30,17 @@ impl Conn for UnixStream {
     fn cut(&self) {
         let _ = self.shutdown(std::net::Shutdown::Both);
     }
+    fn set_read_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, d)
+    }
 }
 
 impl Conn for Box<dyn Conn> {
     fn cut(&self) {
         (**self).cut()
+    }
+    fn set_read_timeout(&self, d: Option<std::time::Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(d)
     }
 }
 

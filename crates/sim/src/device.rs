@@ -101,6 +101,14 @@ pub struct DeviceConfig {
     /// (hostile-device tests: `../x`, absolute paths).
     #[serde(default)]
     pub fault_hostile_paths: Vec<String>,
+    /// Plugged in. `false` is a pulled cable: usbmuxd stops listing the
+    /// device, refuses connections to it and tells listeners it detached.
+    #[serde(default = "default_true")]
+    pub attached: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_class() -> String {
@@ -154,6 +162,7 @@ impl DeviceConfig {
             fault_ignore_free_space: false,
             fault_refuse_backup: None,
             fault_hostile_paths: Vec::new(),
+            attached: true,
         }
     }
 
@@ -264,6 +273,14 @@ impl Device {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
+    }
+
+    /// Is the cable in? Read from `device.toml` each time, so a test can
+    /// pull and plug it while the simulator runs.
+    pub fn is_attached(&self) -> bool {
+        DeviceConfig::load(&self.dir)
+            .map(|c| c.attached)
+            .unwrap_or_else(|_| self.cfg().attached)
     }
 
     /// Re-read `device.toml`, as a phone's state (locked, Find My, faults)

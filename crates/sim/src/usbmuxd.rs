@@ -55,6 +55,7 @@ impl Mux {
     fn device_records(&self) -> Vec<DeviceRecord> {
         self.devices
             .iter()
+            .filter(|d| d.is_attached())
             .map(|d| {
                 let c = d.cfg();
                 DeviceRecord {
@@ -164,13 +165,32 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
             )?,
             Request::Listen => {
                 reply(&mut conn, pkt.tag, usbmux::result_payload(MuxResult::Ok))?;
-                for d in mux.device_records() {
-                    reply(&mut conn, 0, d.attached())?;
-                }
-                // Devices never come and go here; hold the connection until the client leaves.
+                // Tell the listener about every plug and unplug (device.toml
+                // `attached`) until it hangs up.
+                let mut shown: Vec<DeviceRecord> = Vec::new();
+                conn.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
                 let mut sink = [0u8; 256];
-                while conn.read(&mut sink)? > 0 {}
-                return Ok(());
+                loop {
+                    let now = mux.device_records();
+                    for d in shown.iter().filter(|d| !now.contains(d)) {
+                        reply(&mut conn, 0, usbmux::detached_payload(d.device_id))?;
+                    }
+                    for d in now.iter().filter(|d| !shown.contains(d)) {
+                        reply(&mut conn, 0, d.attached())?;
+                    }
+                    conn.flush()?;
+                    shown = now;
+                    match conn.read(&mut sink) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
             Request::ReadBuid => {
                 let mut d = Dictionary::new();
@@ -216,7 +236,7 @@ fn handle(mut conn: Box<dyn Conn>, mux: &Mux) -> Result<()> {
                 let Some(dev) = mux
                     .devices
                     .iter()
-                    .find(|d| d.device_id == device_id)
+                    .find(|d| d.device_id == device_id && d.is_attached())
                     .cloned()
                 else {
                     reply(

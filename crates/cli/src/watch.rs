@@ -1,0 +1,154 @@
+//! `ibackup watch`: the engine's watcher, with the configuration's
+//! per-device settings, reporting each step on the terminal, as JSON lines,
+//! and in the log file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ibackup_engine::backup::Options;
+use ibackup_engine::watch::{self, Note, WatchOptions};
+use ibackup_engine::EngineError;
+use ibackup_proto::host::MuxClient;
+use ibackup_store::categories::Selection;
+use serde_json::json;
+
+use crate::{
+    cfg, config, exit, human_bytes, log_line, passwords, Cli, KeepArgs, PasswordArgs, Report,
+};
+
+pub fn run(
+    cli: &Cli,
+    mux: &MuxClient,
+    dir: &Path,
+    every: Option<&str>,
+    keep: &KeepArgs,
+    pw: &PasswordArgs,
+) -> Result<(), EngineError> {
+    if !dir.is_dir() {
+        return Err(EngineError::Usage(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    let every = match every.or(cfg().every.as_deref()) {
+        Some(e) => config::parse_duration(e)?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let mut rules = keep.keep();
+    let k = cfg().keep;
+    if rules.is_empty() {
+        rules.last = k.last.unwrap_or(0);
+        rules.daily = k.daily.unwrap_or(0);
+        rules.weekly = k.weekly.unwrap_or(0);
+        rules.monthly = k.monthly.unwrap_or(0);
+    }
+    // Check every device's settings now, not at 3 a.m.
+    for (udid, d) in &cfg().devices {
+        Selection::parse(&d.only, &[])
+            .map_err(|e| EngineError::Usage(format!("device {udid} in the configuration: {e}")))?;
+    }
+    let opts = WatchOptions {
+        every,
+        keep: rules,
+        network: cli.network,
+        recheck: Duration::from_secs(60).min(every),
+        retry_after: Duration::from_secs(600).min(every),
+    };
+    let default_pw = pw.password_file.clone();
+    let trust = cli.trust();
+    let options_for = move |udid: &str| -> Option<Options> {
+        let d = cfg().device(udid);
+        if d.skip || cli.udid.as_deref().is_some_and(|u| u != udid) {
+            return None;
+        }
+        let selection = Selection::parse(&d.only, &[]).ok()?;
+        let file = d.password_file.clone().or(default_pw.clone());
+        let password = if selection.is_all() {
+            None
+        } else {
+            passwords::given(file.as_deref()).ok().flatten()
+        };
+        Some(Options {
+            full: false,
+            trust_wait: trust,
+            selection,
+            password,
+        })
+    };
+    let say = |text: String, value: serde_json::Value| {
+        if cli.json {
+            println!("{value}");
+        } else if !cli.quiet {
+            eprintln!("{text}");
+        }
+        log_line(cli, &text);
+    };
+    let mut note = |n: Note| match n {
+        Note::Listening => say(
+            format!(
+                "watching {} for devices (backing up when the last backup is older than {})",
+                dir.display(),
+                human_duration(every)
+            ),
+            json!({"event": "listening"}),
+        ),
+        Note::UsbmuxdLost(why) => say(
+            format!("usbmuxd went away ({why}); reconnecting"),
+            json!({"event": "usbmuxd_lost", "error": why}),
+        ),
+        Note::Attached(u) => say(
+            format!("{u} connected"),
+            json!({"event": "attached", "udid": u}),
+        ),
+        Note::Detached(u) => say(
+            format!("{u} disconnected"),
+            json!({"event": "detached", "udid": u}),
+        ),
+        Note::NotPaired(u) => say(
+            format!("{u} is not paired with this computer; run `ibackup -u {u} pair` once"),
+            json!({"event": "not_paired", "udid": u}),
+        ),
+        Note::Fresh(u, age) => say(
+            format!("{u}: last backup {} ago, not due yet", human_duration(age)),
+            json!({"event": "fresh", "udid": u, "age_seconds": age.as_secs()}),
+        ),
+        Note::Starting(u) => say(
+            format!("{u}: backing up"),
+            json!({"event": "backup_started", "udid": u}),
+        ),
+        Note::Done(o) => say(
+            format!(
+                "{}: backup complete, snapshot {}, {} files, {} received",
+                o.udid,
+                o.snapshot,
+                o.files_received,
+                human_bytes(o.bytes_received)
+            ),
+            json!({"event": "backup_done", "udid": o.udid, "snapshot": o.snapshot, "files": o.files_received, "bytes": o.bytes_received, "full": o.full}),
+        ),
+        Note::Failed(u, e) => {
+            let (code, sentence) = exit::describe(&e);
+            say(
+                format!("{u}: backup failed (exit {code}): {sentence}"),
+                json!({"event": "backup_failed", "udid": u, "exit_code": code, "error": sentence}),
+            )
+        }
+        Note::Pruned(u, ids) => say(
+            format!("{u}: pruned {} old snapshots", ids.len()),
+            json!({"event": "pruned", "udid": u, "removed": ids}),
+        ),
+    };
+    // Progress of a running backup goes to the log lines only when asked.
+    let mut report = Report::new(cli.json, true);
+    watch::run(mux, dir, &opts, &options_for, &mut note, &mut report)
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}

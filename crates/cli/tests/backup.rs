@@ -49,6 +49,25 @@ fn full_backup_matches_the_device_and_idevicebackup2_restores_it() {
         !dir.join(".ibackup/staging").join(a).exists(),
         "staging is gone after commit"
     );
+    // Info.plist as Finder writes it: apps with their icons, iTunes files.
+    let info = plist::Value::from_file(dir.join(a).join("Info.plist"))
+        .unwrap()
+        .into_dictionary()
+        .unwrap();
+    let apps = info["Applications"].as_dictionary().unwrap();
+    assert!(!apps.is_empty());
+    for (id, app) in apps {
+        let png = app.as_dictionary().unwrap()["PlaceholderIcon"].as_data();
+        assert!(
+            png.is_some_and(|p| p.starts_with(b"\x89PNG")),
+            "{id} has its icon"
+        );
+    }
+    let files = info["iTunes Files"].as_dictionary().unwrap();
+    assert_eq!(
+        files["iTunesPrefs"].as_data().unwrap(),
+        std::fs::read(host.devices[0].join("media/iTunes_Control/iTunes/iTunesPrefs")).unwrap()
+    );
 
     // The pairing ibackup made is shared through usbmuxd: libimobiledevice uses it.
     let Some(b2) = referee("idevicebackup2") else {

@@ -477,6 +477,7 @@ pub fn info_plist(
     values: &Dictionary,
     udid: &str,
     itunes: Dictionary,
+    itunes_files: Dictionary,
     apps: (Vec<Value>, Dictionary),
 ) -> Dictionary {
     let mut d = Dictionary::new();
@@ -514,7 +515,7 @@ pub fn info_plist(
     d.insert("Target Identifier".into(), Value::from(udid));
     d.insert("Target Type".into(), Value::from("Device"));
     d.insert("Unique Identifier".into(), Value::from(udid.to_uppercase()));
-    d.insert("iTunes Files".into(), Value::Dictionary(Dictionary::new()));
+    d.insert("iTunes Files".into(), Value::Dictionary(itunes_files));
     d.insert("iTunes Settings".into(), Value::Dictionary(itunes));
     d.insert("iTunes Version".into(), Value::from("12.5.0"));
     d
@@ -554,16 +555,17 @@ pub fn run(
         (Vec::new(), Dictionary::new())
     });
     events.step("taking the sync lock");
-    let lock = match crate::sync::SyncLock::acquire(&mut session, mux) {
+    let mut lock = match crate::sync::SyncLock::acquire(&mut session, mux) {
         Ok(l) => l,
         Err(e) => {
             dir.abandon();
             return Err(e);
         }
     };
+    let itunes_files = lock.itunes_files();
     log::info!("staging prepared in {:?}", t0.elapsed());
     let result = (|| -> Result<Outcome> {
-        let info = info_plist(&values, &device.udid, itunes, apps);
+        let info = info_plist(&values, &device.udid, itunes, itunes_files, apps);
         // Staged files may be hard links to the committed backup: write a
         // new file and rename it over, never into the existing one.
         let mut bytes = Vec::new();

@@ -34,6 +34,22 @@ pub fn post(session: &mut Session, mux: &dyn Transport, name: &str) -> Result<()
     Ok(())
 }
 
+/// The files Info.plist's `iTunes Files` holds (libimobiledevice
+/// `mobilebackup_factory_info_plist_new`).
+pub const ITUNES_FILES: [&str; 11] = [
+    "ApertureAlbumPrefs",
+    "IC-Info.sidb",
+    "IC-Info.sidv",
+    "PhotosFolderAlbums",
+    "PhotosFolderName",
+    "PhotosFolderPrefs",
+    "VoiceMemos.plist",
+    "iPhotoAlbumPrefs",
+    "iTunesApplicationIDs",
+    "iTunesPrefs",
+    "iTunesPrefs.plist",
+];
+
 /// The sync lock, held for the length of a backup.
 pub struct SyncLock {
     afc: Box<dyn Stream>,
@@ -99,6 +115,50 @@ impl SyncLock {
         )))
     }
 
+    /// A file's contents over the same AFC connection; `None` when the
+    /// device has no such file.
+    pub fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        let mut args = mode::RDONLY.to_le_bytes().to_vec();
+        args.extend_from_slice(path.as_bytes());
+        args.push(0);
+        let r = self.call(op::FILE_OPEN, args)?;
+        let handle = match (r.operation, r.arg_u64(0)) {
+            (op::FILE_OPEN_RES, Some(h)) => h,
+            _ => return Ok(None),
+        };
+        let mut out = Vec::new();
+        loop {
+            let mut a = handle.to_le_bytes().to_vec();
+            a.extend_from_slice(&(1u64 << 20).to_le_bytes());
+            let r = self.call(op::FILE_READ, a)?;
+            if r.operation != op::DATA || r.data.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&r.data);
+            if out.len() > 64 << 20 {
+                break;
+            }
+        }
+        self.call(op::FILE_CLOSE, handle.to_le_bytes().to_vec())?;
+        Ok(Some(out))
+    }
+
+    /// The files Finder copies into Info.plist's `iTunes Files`, as
+    /// libimobiledevice reads them (`/iTunes_Control/iTunes/`).
+    pub fn itunes_files(&mut self) -> Dictionary {
+        let mut d = Dictionary::new();
+        for name in ITUNES_FILES {
+            match self.read_file(&format!("/iTunes_Control/iTunes/{name}")) {
+                Ok(Some(bytes)) => {
+                    d.insert(name.to_string(), Value::Data(bytes));
+                }
+                Ok(None) => {}
+                Err(e) => log::info!("could not read iTunes file {name}: {e}"),
+            }
+        }
+        d
+    }
+
     /// Release the lock and tell the device the sync is over.
     pub fn release(mut self, session: &mut Session, mux: &dyn Transport) -> Result<()> {
         let mut a = self.handle.to_le_bytes().to_vec();
@@ -139,6 +199,24 @@ pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Valu
         }
         if last {
             break;
+        }
+    }
+    // Each app's icon, for Finder's restore screen (springboardservices).
+    if !apps.is_empty() {
+        match session.service(mux, services::SPRINGBOARD) {
+            Ok(mut sb) => {
+                for (id, entry) in apps.iter_mut() {
+                    frame::write_binary(&mut sb, &Value::Dictionary(services::icon_request(id)))?;
+                    let png = match frame::read_plist(&mut sb)? {
+                        Value::Dictionary(d) => d.data_of("pngData").map(<[u8]>::to_vec),
+                        _ => None,
+                    };
+                    if let (Some(png), Some(e)) = (png, entry.as_dictionary_mut()) {
+                        e.insert("PlaceholderIcon".into(), Value::Data(png));
+                    }
+                }
+            }
+            Err(e) => log::info!("no app icons: {e}"),
         }
     }
     Ok((ids, apps))

@@ -227,6 +227,13 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
     fs::create_dir_all(dir.join("media"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let udid = format!("00008110-{:016X}", rng.next_u64());
+    // What iTunes left on the device and Finder copies into Info.plist.
+    let itunes = dir.join("media/iTunes_Control/iTunes");
+    fs::create_dir_all(&itunes)?;
+    let mut prefs = vec![0u8; 1024];
+    ChaCha8Rng::seed_from_u64(seed ^ 0x1705).fill_bytes(&mut prefs);
+    fs::write(itunes.join("iTunesPrefs"), &prefs)?;
+    fs::write(itunes.join("IC-Info.sidv"), b"SIDV\x00\x00\x00\x01")?;
     let mut cfg = DeviceConfig::new(&udid, &format!("Simulated iPhone {}", seed));
     cfg.serial_number = format!("F2L{:09X}", rng.next_u64() & 0xf_ffff_ffff);
     cfg.imei = Some(format!("35{:013}", rng.next_u64() % 10_000_000_000_000));

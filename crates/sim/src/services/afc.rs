@@ -148,8 +148,10 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                             mode::APPEND => o.append(true).create(true),
                             _ => o.read(true).append(true).create(true),
                         };
-                        if let Some(parent) = path.parent() {
-                            let _ = fs::create_dir_all(parent);
+                        if m != mode::RDONLY {
+                            if let Some(parent) = path.parent() {
+                                let _ = fs::create_dir_all(parent);
+                            }
                         }
                         match o.open(&path) {
                             Ok(f) if f.metadata().map(|m| m.is_dir()).unwrap_or(false) => {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Benchmark: what a snapshot costs. Backs up a simulated device fully, then
+# per round changes N files on it and runs an incremental `ibackup backup`,
+# reporting the whole run, the staging of links, the commit (from the
+# result's commit_seconds) and the disk the new snapshot added.
+#   bash examples/bench_snapshots.sh [large|medium|small] [changed files] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-large}"; changed="${2:-100}"; rounds="${3:-3}"
+work="${BENCH_DIR:-target/bench}"
+out="${BENCH_OUT:-$work}"
+mkdir -p "$work" "$out"
+cargo build --quiet --release -p ibackup -p ibackup-sim
+sim=target/release/ibackup-sim; ib=target/release/ibackup
+dev="$work/$profile-history"
+[ -d "$dev" ] || "$sim" populate "$dev" --profile "$profile" --seed 7 >/dev/null
+port=$((20000 + RANDOM % 20000))
+"$sim" serve --listen "127.0.0.1:$port" "$dev" 2>"$work/sim-history.log" &
+simpid=$!
+trap 'kill $simpid 2>/dev/null' EXIT
+export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
+export IBACKUP_CONFIG=/dev/null
+for _ in $(seq 100); do "$ib" -q devices >/dev/null 2>&1 && break; sleep 0.2; done
+udid=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$dev/device.toml")
+backups="$out/history-$profile"
+rm -rf "$backups"; mkdir -p "$backups"
+"$ib" -q -u "$udid" full "$backups"
+files=$(find "$dev/fs" -type f | wc -l)
+du_all() { du -sb "$backups" | cut -f1; }
+echo "profile $profile: $files files; $changed changed files per round"
+printf '%-6s %10s %12s %10s %14s\n' round "run s" "staging s" "commit s" "added MB"
+for r in $(seq 1 "$rounds"); do
+  # Change N existing files (new content, same paths) and note their bytes.
+  find "$dev/fs" -type f -name '*.JPG' | shuf -n "$changed" --random-source=<(yes "$r") | while read -r f; do
+    head -c 200000 /dev/urandom > "$f"
+  done
+  before=$(du_all)
+  sync
+  start=$(date +%s.%N)
+  RUST_LOG=ibackup_engine=info "$ib" --json -u "$udid" backup "$backups" > "$work/history-result.json" 2> "$work/history.err"
+  end=$(date +%s.%N)
+  after=$(du_all)
+  commit=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["commit_seconds"])' "$work/history-result.json")
+  staging=$(sed -n 's/.*staging prepared in \([0-9.]*\)\(m\?s\).*/\1 \2/p' "$work/history.err" | awk '{ print ($2 == "ms") ? $1/1000 : $1 }')
+  printf '%-6s %10.2f %12.2f %10.3f %14.1f\n' "$r" "$(echo "$end - $start" | bc)" "${staging:-0}" "$commit" "$(echo "($after - $before) / 1000000" | bc -l)"
+done
+"$ib" snapshots "$backups"

@@ -236,9 +236,7 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
     let mut report = Report::new(cli.json, cli.quiet);
     let started = Instant::now();
     let r = restore::run(mux, &target, dir, &opts, &mut report);
-    if let Some(b) = &report.bar {
-        b.finish_and_clear();
-    }
+    report.finish();
     let o = r?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {

@@ -461,6 +461,13 @@ impl Report {
         }
     }
 
+    /// Take the progress bar off the terminal.
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
     fn line(&self, text: &str) {
         if self.quiet {
             return;
@@ -575,9 +582,7 @@ fn run_backup(
     };
     let started = Instant::now();
     let r = backup::run(mux, &dev, dir, &opts, &mut report);
-    if let Some(b) = &report.bar {
-        b.finish_and_clear();
-    }
+    report.finish();
     let o = r?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {

@@ -635,4 +635,23 @@ mod tests {
             "no rules: refuse"
         );
     }
+
+    #[test]
+    fn a_backup_from_before_history_becomes_the_first_snapshot() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        // An idevicebackup2 or older ibackup folder: no sidecar, no `newest`.
+        fake_backup(&root.join("U"), b"legacy");
+        let l = list(root, "U").unwrap();
+        assert_eq!(l.len(), 1);
+        assert!(l[0].newest && l[0].path == root.join("U"));
+        fake_backup(&root.join("staging"), b"new");
+        let info = describe(&root.join("staging"), "", true, "complete");
+        commit(root, "U", &root.join("staging"), info).unwrap();
+        let l = list(root, "U").unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(!l[0].newest && l[1].newest);
+        assert_eq!(fs::read(l[0].path.join("ab/abcd")).unwrap(), b"legacy");
+        assert_eq!(fs::read(root.join("U/ab/abcd")).unwrap(), b"new");
+    }
 }

@@ -109,24 +109,21 @@ pub fn run(
             }
         });
         let mut attached: HashMap<u32, DeviceRecord> = HashMap::new();
-        let mut failed_at: HashMap<String, Instant> = HashMap::new();
+        let mut w = Watcher {
+            mux,
+            root,
+            opts,
+            options_for,
+            failed_at: HashMap::new(),
+        };
         loop {
             match rx.recv_timeout(opts.recheck) {
                 Ok(Heard::Event(MuxEvent::Attached(d))) => {
                     note(Note::Attached(d.udid.clone()));
                     // A re-plug is a reason to try a failed device again.
-                    failed_at.remove(&d.udid);
+                    w.failed_at.remove(&d.udid);
                     attached.insert(d.device_id, d.clone());
-                    consider(
-                        mux,
-                        root,
-                        opts,
-                        options_for,
-                        &d,
-                        &mut failed_at,
-                        note,
-                        events,
-                    );
+                    w.consider(&d, note, events);
                 }
                 Ok(Heard::Event(MuxEvent::Detached(id))) => {
                     if let Some(d) = attached.remove(&id) {
@@ -145,16 +142,7 @@ pub fn run(
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let now: Vec<DeviceRecord> = attached.values().cloned().collect();
                     for d in now {
-                        consider(
-                            mux,
-                            root,
-                            opts,
-                            options_for,
-                            &d,
-                            &mut failed_at,
-                            note,
-                            events,
-                        );
+                        w.consider(&d, note, events);
                     }
                 }
             }
@@ -163,62 +151,68 @@ pub fn run(
     }
 }
 
-/// Back up `d` if it is paired, allowed, and due.
-#[allow(clippy::too_many_arguments)]
-fn consider(
-    mux: &MuxClient,
-    root: &Path,
-    opts: &WatchOptions,
-    options_for: &dyn Fn(&str) -> Option<Options>,
-    d: &DeviceRecord,
-    failed_at: &mut HashMap<String, Instant>,
-    note: &mut dyn FnMut(Note),
-    events: &mut dyn Events,
-) {
-    if d.is_network() && !opts.network {
-        return;
-    }
-    let Some(backup_opts) = options_for(&d.udid) else {
-        return;
-    };
-    if failed_at
-        .get(&d.udid)
-        .is_some_and(|t| t.elapsed() < opts.retry_after)
-    {
-        return;
-    }
-    // Only devices that already trust this computer: nobody is there to tap Trust.
-    match mux.read_pair_record(&d.udid) {
-        Ok(Some(_)) => {}
-        _ => {
-            note(Note::NotPaired(d.udid.clone()));
-            failed_at.insert(d.udid.clone(), Instant::now());
+/// What the watcher knows between events.
+struct Watcher<'a> {
+    mux: &'a MuxClient,
+    root: &'a Path,
+    opts: &'a WatchOptions,
+    options_for: &'a dyn Fn(&str) -> Option<Options>,
+    /// When each device's last backup failed.
+    failed_at: HashMap<String, Instant>,
+}
+
+impl Watcher<'_> {
+    /// Back up `d` if it is paired, allowed, and due.
+    fn consider(&mut self, d: &DeviceRecord, note: &mut dyn FnMut(Note), events: &mut dyn Events) {
+        let (mux, root, opts, options_for) = (self.mux, self.root, self.opts, self.options_for);
+        let failed_at = &mut self.failed_at;
+        if d.is_network() && !opts.network {
             return;
         }
-    }
-    let age = age_of_last_backup(root, &d.udid);
-    if !due(age, opts.every) {
-        note(Note::Fresh(d.udid.clone(), age.unwrap_or_default()));
-        return;
-    }
-    note(Note::Starting(d.udid.clone()));
-    match backup::run(mux, d, root, &backup_opts, events) {
-        Ok(o) => {
-            failed_at.remove(&d.udid);
-            note(Note::Done(Box::new(o)));
-            if !opts.keep.is_empty() {
-                match crate::staging::BackupDir::open(root, &d.udid)
-                    .and_then(|_lock| snapshots::prune(root, &d.udid, &opts.keep, false))
-                {
-                    Ok(p) if !p.removed.is_empty() => note(Note::Pruned(d.udid.clone(), p.removed)),
-                    Ok(_) => {}
-                    Err(e) => note(Note::Failed(d.udid.clone(), e)),
-                }
+        let Some(backup_opts) = options_for(&d.udid) else {
+            return;
+        };
+        if failed_at
+            .get(&d.udid)
+            .is_some_and(|t| t.elapsed() < opts.retry_after)
+        {
+            return;
+        }
+        // Only devices that already trust this computer: nobody is there to tap Trust.
+        match mux.read_pair_record(&d.udid) {
+            Ok(Some(_)) => {}
+            _ => {
+                note(Note::NotPaired(d.udid.clone()));
+                failed_at.insert(d.udid.clone(), Instant::now());
+                return;
             }
         }
-        Err(e) => {
-            failed_at.insert(d.udid.clone(), Instant::now());
-            note(Note::Failed(d.udid.clone(), e));
+        let age = age_of_last_backup(root, &d.udid);
+        if !due(age, opts.every) {
+            note(Note::Fresh(d.udid.clone(), age.unwrap_or_default()));
+            return;
+        }
+        note(Note::Starting(d.udid.clone()));
+        match backup::run(mux, d, root, &backup_opts, events) {
+            Ok(o) => {
+                failed_at.remove(&d.udid);
+                note(Note::Done(Box::new(o)));
+                if !opts.keep.is_empty() {
+                    match crate::staging::BackupDir::open(root, &d.udid)
+                        .and_then(|_lock| snapshots::prune(root, &d.udid, &opts.keep, false))
+                    {
+                        Ok(p) if !p.removed.is_empty() => {
+                            note(Note::Pruned(d.udid.clone(), p.removed))
+                        }
+                        Ok(_) => {}
+                        Err(e) => note(Note::Failed(d.udid.clone(), e)),
+                    }
+                }
+            }
+            Err(e) => {
+                failed_at.insert(d.udid.clone(), Instant::now());
+                note(Note::Failed(d.udid.clone(), e));
+            }
         }
     }
 }

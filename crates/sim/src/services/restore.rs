@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ibackup_proto::mb2::{error_code, Mb2Request};
 use ibackup_proto::plistx::DictExt;
-use ibackup_store::crypto::{self, CbcDecryptor, Keybag};
+use ibackup_store::crypto::{self, Keybag};
 use ibackup_store::manifest_db::ManifestDb;
 use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use plist::Value;
@@ -267,26 +267,11 @@ fn receive_batch(
 
 /// Replace an encrypted content file by its plaintext, streaming.
 fn decrypt_in_place(kb: &Keybag, wrapped: &[u8], path: &Path) -> Result<()> {
-    use std::io::{Read, Write};
     let key = kb.unwrap_key(wrapped)?;
     let tmp = path.with_extension("plain");
     let mut input = std::fs::File::open(path)?;
     let mut output = std::fs::File::create(&tmp)?;
-    let mut d = CbcDecryptor::new(&key);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut out = Vec::with_capacity(buf.len() + 32);
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.clear();
-        d.update(&buf[..n], &mut out);
-        output.write_all(&out)?;
-    }
-    out.clear();
-    d.finish(&mut out)?;
-    output.write_all(&out)?;
+    ibackup_store::reader::decrypt_stream(&key, &mut input, &mut output)?;
     drop(output);
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -31,6 +31,16 @@ fn snapshot_count(dir: &Path, udid: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -175,4 +185,95 @@ fn config_file_log_and_wait_for_device() {
     });
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("dirr"), "{}", text(&o));
+}
+
+/// `ibackup-sim`, built beside `ibackup` (its own package's test makes cargo build it).
+fn sim_binary() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_ibackup"))
+        .with_file_name(format!("ibackup-sim{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.is_file(),
+        "{} is missing: run the whole workspace's tests (cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn watch_survives_usbmuxd_restarting() {
+    let t = tempfile::tempdir().unwrap();
+    let dev = t.path().join("phone");
+    ibackup_sim::populate::populate(&dev, Profile::Small, 421).unwrap();
+    let udid = ibackup_sim::device::DeviceConfig::load(&dev).unwrap().udid;
+    std::fs::write(t.path().join("none.toml"), "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let serve = || {
+        Killed(
+            Command::new(sim_binary())
+                .args(["serve", "--listen", &addr, dev.to_str().unwrap()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let ib = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+        c.env("USBMUXD_SOCKET_ADDRESS", &addr);
+        c.env("IBACKUP_CONFIG", t.path().join("none.toml"));
+        c
+    };
+    let usbmuxd = serve();
+    wait_until("the simulator", 20, || {
+        ib().arg("devices").output().unwrap().status.success()
+    });
+    assert_ok(
+        &run({
+            let mut c = ib();
+            c.arg("pair");
+            c
+        }),
+        "pair",
+    );
+    drop(usbmuxd);
+
+    // usbmuxd is down when watch starts: it keeps trying.
+    let dir = t.path().join("backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = t.path().join("watch.jsonl");
+    let mut watch = Killed(
+        ib().args(["--json", "watch", dir.to_str().unwrap(), "--every", "1h"])
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let events = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("a report that usbmuxd is down", 20, || {
+        events().contains("usbmuxd_lost")
+    });
+    let usbmuxd = serve();
+    wait_until("the backup", 120, || events().contains("backup_done"));
+    assert!(dir.join(&udid).join("Manifest.db").is_file());
+
+    // usbmuxd restarts: watch reconnects and finds the backup fresh.
+    drop(usbmuxd);
+    wait_until("the lost connection", 20, || {
+        events().matches("usbmuxd_lost").count() >= 2
+    });
+    let _usbmuxd = serve();
+    wait_until("listening again", 40, || {
+        events().matches("\"listening\"").count() >= 2
+    });
+    wait_until("fresh", 20, || events().contains("\"fresh\""));
+    assert!(
+        watch.0.try_wait().unwrap().is_none(),
+        "watch is still running: {}",
+        events()
+    );
+    assert_eq!(events().matches("backup_done").count(), 1);
 }

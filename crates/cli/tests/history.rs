@@ -1,6 +1,7 @@
 //! Backup history: every night a snapshot, sharing unchanged files; each
 //! snapshot restores to its night's device; interrupted backups add none;
-//! prune frees space.
+//! prune frees space. Unix only: it counts disk use by inode.
+#![cfg(unix)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

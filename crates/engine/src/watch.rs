@@ -123,7 +123,7 @@ pub fn run(
                     // A re-plug is a reason to try a failed device again.
                     w.failed_at.remove(&d.udid);
                     attached.insert(d.device_id, d.clone());
-                    w.consider(&d, note, events);
+                    w.consider(&d, true, note, events);
                 }
                 Ok(Heard::Event(MuxEvent::Detached(id))) => {
                     if let Some(d) = attached.remove(&id) {
@@ -142,7 +142,8 @@ pub fn run(
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let now: Vec<DeviceRecord> = attached.values().cloned().collect();
                     for d in now {
-                        w.consider(&d, note, events);
+                        // Quietly: a fresh device is not news every minute.
+                        w.consider(&d, false, note, events);
                     }
                 }
             }
@@ -163,7 +164,13 @@ struct Watcher<'a> {
 
 impl Watcher<'_> {
     /// Back up `d` if it is paired, allowed, and due.
-    fn consider(&mut self, d: &DeviceRecord, note: &mut dyn FnMut(Note), events: &mut dyn Events) {
+    fn consider(
+        &mut self,
+        d: &DeviceRecord,
+        say_fresh: bool,
+        note: &mut dyn FnMut(Note),
+        events: &mut dyn Events,
+    ) {
         let (mux, root, opts, options_for) = (self.mux, self.root, self.opts, self.options_for);
         let failed_at = &mut self.failed_at;
         if d.is_network() && !opts.network {
@@ -189,7 +196,9 @@ impl Watcher<'_> {
         }
         let age = age_of_last_backup(root, &d.udid);
         if !due(age, opts.every) {
-            note(Note::Fresh(d.udid.clone(), age.unwrap_or_default()));
+            if say_fresh {
+                note(Note::Fresh(d.udid.clone(), age.unwrap_or_default()));
+            }
             return;
         }
         note(Note::Starting(d.udid.clone()));

@@ -26,7 +26,8 @@ use ibackup_store::reader::Backup;
 
 /// What a caller hears while a backup runs.
 pub trait Events {
-    /// Overall percent as the device reports it, bytes and files received so far.
+    /// Overall percent as the device reports it, bytes and files moved so
+    /// far (received in a backup, sent in a restore).
     fn progress(&mut self, _percent: f64, _bytes: u64, _files: u64) {}
     /// A step worth a line in a log.
     fn step(&mut self, _what: &str) {}
@@ -277,6 +278,9 @@ impl<'a> Host<'a> {
 
     /// Host → device files (the previous backup's plists and index).
     fn download_files(&mut self, paths: &[String]) -> Result<()> {
+        // A restore's progress counts what the device was sent; a backup's
+        // counts only what it received.
+        let restoring = matches!(self.dir, Area::ReadOnly { .. });
         let mut errors = Dictionary::new();
         for p in paths {
             FileStreamWriter::new(&mut self.s).name(p)?;
@@ -293,8 +297,15 @@ impl<'a> Host<'a> {
                             break;
                         }
                         FileStreamWriter::new(&mut self.s).data(&chunk[..n])?;
+                        if restoring {
+                            self.bytes += n as u64;
+                        }
                     }
                     FileStreamWriter::new(&mut self.s).end_of_file()?;
+                    if restoring {
+                        self.files += 1;
+                        self.progress();
+                    }
                 }
                 Err(e) => {
                     let (code, text) = match &e {

@@ -654,4 +654,35 @@ mod tests {
         assert_eq!(fs::read(l[0].path.join("ab/abcd")).unwrap(), b"legacy");
         assert_eq!(fs::read(root.join("U/ab/abcd")).unwrap(), b"new");
     }
+
+    #[test]
+    fn a_prune_interrupted_after_its_move_leaves_whole_snapshots_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let mut ids = Vec::new();
+        for (n, body) in [b"a", b"b", b"c"].iter().enumerate() {
+            fake_backup(&root.join("staging"), *body);
+            let mut info = describe(&root.join("staging"), "", true, "complete");
+            info.date = 1000 * (n as i64 + 1);
+            ids.push(commit(root, "U", &root.join("staging"), info).unwrap().id);
+        }
+        // Killed between moving the oldest to the trash and deleting its record.
+        let tr = trash(root, "U");
+        fs::create_dir_all(&tr).unwrap();
+        fs::rename(dir(root, "U").join(&ids[0]), tr.join(&ids[0])).unwrap();
+        assert_eq!(
+            list(root, "U").unwrap().len(),
+            2,
+            "a moved snapshot is not listed"
+        );
+        recover(root, "U").unwrap();
+        assert!(!tr.exists(), "the trash is emptied");
+        assert!(!sidecar(root, "U", &ids[0]).exists(), "its record is gone");
+        let l = list(root, "U").unwrap();
+        assert_eq!(
+            l.iter().map(|s| s.info.id.clone()).collect::<Vec<_>>(),
+            ids[1..]
+        );
+        assert_eq!(fs::read(l[0].path.join("ab/abcd")).unwrap(), b"b");
+    }
 }

@@ -254,3 +254,43 @@ fn three_nights_three_snapshots_each_restores_its_night() {
     );
     assert_ok(&ib(&host, &["verify", p(&dir)]), "the newest is whole");
 }
+
+#[test]
+fn nightly_full_backups_share_unchanged_files_too() {
+    let host = SimHost::start(&[(Profile::Small, 311)], |_, _| {});
+    let a = host.udids[0].as_str();
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)]), "first full backup");
+    let one = disk_use(&dir);
+    let photo = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_9999.JPG");
+    std::fs::write(&photo, vec![9u8; 2_000_000]).unwrap();
+    assert_ok(
+        &ib(&host, &["-u", a, "full", p(&dir)]),
+        "second full backup",
+    );
+    let two = disk_use(&dir);
+    assert!(
+        two < one + 2_000_000 + one / 10,
+        "two full backups take {two} bytes; one took {one}, the change 2 MB"
+    );
+    let snaps = snapshots(&host, &dir);
+    assert_eq!(snaps.len(), 2);
+    // Each is still its own whole backup.
+    assert_ok(
+        &ib(
+            &host,
+            &[
+                "verify",
+                "--snapshot",
+                snaps[0]["id"].as_str().unwrap(),
+                p(&dir),
+            ],
+        ),
+        "older",
+    );
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
+        "newest",
+    );
+}

@@ -123,6 +123,12 @@ impl BackupDir {
     /// replaces stays as a snapshot (see [`crate::snapshots`]).
     pub fn commit(&self, full: bool, filtered: bool) -> Result<snapshots::Info> {
         let staging = self.staging();
+        if full {
+            // A full backup re-sent every file: share the unchanged ones
+            // with the previous snapshot, as an incremental one would.
+            let shared = self.share_unchanged()?;
+            log::info!("full backup: {shared} files shared with the previous snapshot");
+        }
         // Durable before visible: flush the index and plists the readers need first.
         for name in [
             "Manifest.db",
@@ -146,6 +152,44 @@ impl BackupDir {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(info.date);
         snapshots::commit(&self.root, &self.udid, &staging, info)
+    }
+
+    /// Replace each staged content file whose bytes equal the newest
+    /// snapshot's file of the same ID by a hard link to that file (the
+    /// committed file is only linked, never opened for writing). Costs a
+    /// read of both copies of each same-sized pair: a full backup's cost,
+    /// proportional to what it received. Returns how many were shared.
+    fn share_unchanged(&self) -> Result<u64> {
+        let (staging, committed) = (self.staging(), self.committed());
+        if !committed.is_dir() {
+            return Ok(0);
+        }
+        let mut shared = 0;
+        for sub in fs::read_dir(&staging)?.flatten() {
+            let name = sub.file_name();
+            if name.len() != 2 || !sub.path().is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(sub.path())?.flatten() {
+                let new = f.path();
+                let old = committed.join(&name).join(f.file_name());
+                let (Ok(a), Ok(b)) = (fs::metadata(&new), fs::metadata(&old)) else {
+                    continue;
+                };
+                if !a.is_file() || !b.is_file() || a.len() != b.len() || !same_bytes(&new, &old)? {
+                    continue;
+                }
+                let mut tmp = new.clone().into_os_string();
+                tmp.push(".ibackup-link");
+                let tmp = PathBuf::from(tmp);
+                let _ = fs::remove_file(&tmp);
+                if fs::hard_link(&old, &tmp).is_ok() {
+                    fs::rename(&tmp, &new)?;
+                    shared += 1;
+                }
+            }
+        }
+        Ok(shared)
     }
 
     /// Drop the staging folder (after a failed session).
@@ -218,6 +262,23 @@ impl Area<'_> {
         match self {
             Area::Staging(d) => d.staging(),
             Area::ReadOnly { root, .. } => root.clone(),
+        }
+    }
+}
+
+/// Do two files hold the same bytes? Reads both, stopping at the first difference.
+fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 256 * 1024], vec![0u8; 256 * 1024]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            let mut one = [0u8; 1];
+            return Ok(fb.read(&mut one)? == 0);
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return Ok(false);
         }
     }
 }

@@ -689,17 +689,15 @@ fn part_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Write `bytes` as a new file at `path`, renamed over whatever is there.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".ibackup-part");
-    let part = path.with_file_name(name);
+/// Write `bytes` as a new file at `path`, renamed over whatever is there
+/// (readers see the old or the new content, and a hard-linked old file is
+/// never written into). Flushed before the rename.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let part = part_path(path);
     let _ = std::fs::remove_file(&part);
     let mut f = File::options().write(true).create_new(true).open(&part)?;
     f.write_all(bytes)?;
+    f.sync_all()?;
     drop(f);
     std::fs::rename(&part, path)
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::replace_file;
 use crate::error::{EngineError, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,16 +59,6 @@ fn pending_file(root: &Path, udid: &str) -> PathBuf {
 
 fn trash(root: &Path, udid: &str) -> PathBuf {
     root.join(".ibackup/trash").join(udid)
-}
-
-/// Write a small file so that readers see the old or the new content.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    fs::write(&tmp, bytes)?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 pub fn newest_id(root: &Path, udid: &str) -> Option<String> {
@@ -204,7 +195,7 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
                 // A folder from before snapshots, or another tool's: it gets an ID now.
                 let legacy = describe(&committed, "", false, "complete");
                 let id = id_for(legacy.date, &taken);
-                write_atomic(
+                replace_file(
                     &sidecar(root, udid, &id),
                     &serde_json::to_vec_pretty(&Info {
                         id: id.clone(),
@@ -223,7 +214,7 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
         id: id.clone(),
         ..info
     };
-    write_atomic(
+    replace_file(
         &pending_file(root, udid),
         &serde_json::to_vec(&Pending {
             new: id.clone(),
@@ -231,7 +222,7 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
         })
         .expect("json"),
     )?;
-    write_atomic(
+    replace_file(
         &sidecar(root, udid, &id),
         &serde_json::to_vec_pretty(&info).expect("json"),
     )?;
@@ -242,7 +233,7 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
     if let Ok(f) = fs::File::open(root) {
         let _ = f.sync_all();
     }
-    write_atomic(&newest_file(root, udid), id.as_bytes())?;
+    replace_file(&newest_file(root, udid), id.as_bytes())?;
     fs::remove_file(pending_file(root, udid))?;
     Ok(info)
 }
@@ -264,7 +255,7 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
             }
             // Both renames done (or nothing to move): only `newest` is stale.
             (true, true, true) | (true, false, _) => {
-                write_atomic(&newest_file(root, udid), p.new.as_bytes())?
+                replace_file(&newest_file(root, udid), p.new.as_bytes())?
             }
             // Nothing moved yet.
             _ => {

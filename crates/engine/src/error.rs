@@ -79,6 +79,7 @@ impl From<ibackup_store::StoreError> for EngineError {
         match e {
             ibackup_store::StoreError::Io(io) => EngineError::Io(io),
             ibackup_store::StoreError::WrongPassword => EngineError::WrongPassword,
+            ibackup_store::StoreError::PasswordRequired => EngineError::PasswordRequired,
             other => EngineError::Damaged(other.to_string()),
         }
     }

@@ -81,12 +81,7 @@ fn plan(root: &Path, source: &str, opts: &RestoreOptions) -> Result<Plan> {
             )))
         }
     }
-    let backup = match Backup::open(&folder, opts.password.as_deref()) {
-        Err(ibackup_store::StoreError::Record(m)) if m.contains("give its password") => {
-            return Err(EngineError::PasswordRequired)
-        }
-        r => r?,
-    };
+    let backup = Backup::open(&folder, opts.password.as_deref())?;
     // Every file the device will ask for must be there, or the device
     // stops half way with MBErrorDomain 205.
     let (mut files, mut bytes, mut missing) = (0u64, 0u64, Vec::new());

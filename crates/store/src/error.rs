@@ -12,6 +12,8 @@ pub enum StoreError {
     Record(String),
     #[error("wrong backup password")]
     WrongPassword,
+    #[error("the backup is encrypted; give its password (IBACKUP_PASSWORD or --password-file)")]
+    PasswordRequired,
     #[error("unsafe path {path:?}: {why}")]
     UnsafePath { path: String, why: &'static str },
 }

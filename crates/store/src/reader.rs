@@ -61,12 +61,7 @@ pub fn open_index(backup: &Path, password: Option<&str>, scratch: &Path) -> Resu
             manifest_key: None,
         });
     }
-    let password = password.ok_or_else(|| {
-        StoreError::Record(
-            "the backup is encrypted; give its password (IBACKUP_PASSWORD or --password-file)"
-                .into(),
-        )
-    })?;
+    let password = password.ok_or(StoreError::PasswordRequired)?;
     let mut kb = Keybag::parse(
         manifest
             .get("BackupKeyBag")

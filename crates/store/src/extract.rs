@@ -72,12 +72,9 @@ pub fn extract(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Extracted> {
-    // First pass: every row must be safe (the index reader refuses unsafe
-    // IDs and paths), before the first byte lands.
-    backup.for_each(|row| {
-        dest(out, &row.domain, &row.relative_path)?;
-        Ok(())
-    })?;
+    // Every row must be safe before the first byte lands (names only:
+    // the records are decoded once, below).
+    backup.index.db.check_names()?;
     fs::create_dir_all(out)?;
     let mut done = Extracted::default();
     let mut dirs = Vec::new();

@@ -196,6 +196,24 @@ impl ManifestDb {
         Self::build(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)
     }
 
+    /// Check every row's file ID, domain and path, without decoding the
+    /// records: the same checks reading a row makes, for a caller that must
+    /// know the whole index is safe before acting on any row.
+    pub fn check_names(&self) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fileID, domain, relativePath FROM Files")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            check_names(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+            )?;
+        }
+        Ok(())
+    }
+
     fn build(
         file_id: String,
         domain: String,
@@ -203,14 +221,7 @@ impl ManifestDb {
         flags: i64,
         blob: Option<Vec<u8>>,
     ) -> Result<ManifestRow> {
-        if !paths::is_file_id(&file_id) {
-            return Err(StoreError::UnsafePath {
-                path: file_id,
-                why: "file ID is not 40 lowercase hex digits",
-            });
-        }
-        paths::check_domain(&domain)?;
-        paths::check_relative(&relative_path)?;
+        check_names(&file_id, &domain, &relative_path)?;
         let file = match blob {
             Some(b) => MbFile::from_archive(&b)?,
             None => {
@@ -227,6 +238,17 @@ impl ManifestDb {
             file,
         })
     }
+}
+
+fn check_names(file_id: &str, domain: &str, relative_path: &str) -> Result<()> {
+    if !paths::is_file_id(file_id) {
+        return Err(StoreError::UnsafePath {
+            path: file_id.to_string(),
+            why: "file ID is not 40 lowercase hex digits",
+        });
+    }
+    paths::check_domain(domain)?;
+    paths::check_relative(relative_path)
 }
 
 fn uri_escape(p: &str) -> String {

@@ -13,22 +13,23 @@ use serde_json::json;
 
 use crate::{human_bytes, passwords, Cli, EncryptionAction, Only, PasswordArgs, Report};
 
+/// The password of the backup in `folder`, asked for only when it is
+/// encrypted. (An unreadable Manifest.plist asks nothing; opening the
+/// backup then says what is wrong with it.)
+fn password_for(folder: &Path, pw: &PasswordArgs) -> Result<Option<String>, EngineError> {
+    let encrypted = reader::manifest_plist(folder)
+        .ok()
+        .and_then(|m| m.get("IsEncrypted").and_then(plist::Value::as_boolean))
+        .unwrap_or(false);
+    if !encrypted {
+        return Ok(None);
+    }
+    passwords::current(pw.password_file.as_deref(), "Backup password").map(Some)
+}
+
 /// Open a backup folder, asking for the password only when it is encrypted.
 fn open(backup: &Path, pw: &PasswordArgs) -> Result<Backup, EngineError> {
-    let manifest =
-        reader::manifest_plist(backup).map_err(|e| EngineError::Damaged(e.to_string()))?;
-    let encrypted = manifest
-        .get("IsEncrypted")
-        .and_then(plist::Value::as_boolean)
-        .unwrap_or(false);
-    let password = if encrypted {
-        Some(passwords::current(
-            pw.password_file.as_deref(),
-            "Backup password",
-        )?)
-    } else {
-        None
-    };
+    let password = password_for(backup, pw)?;
     Ok(Backup::open(backup, password.as_deref())?)
 }
 
@@ -211,18 +212,7 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
         Some(id) => ibackup_engine::snapshots::find(dir, &source, id)?.path,
         None => dir.join(&source),
     };
-    let encrypted = reader::manifest_plist(&folder)
-        .ok()
-        .and_then(|m| m.get("IsEncrypted").and_then(plist::Value::as_boolean))
-        .unwrap_or(false);
-    let password = if encrypted {
-        Some(passwords::current(
-            a.pw.password_file.as_deref(),
-            "Backup password",
-        )?)
-    } else {
-        None
-    };
+    let password = password_for(&folder, a.pw)?;
     let opts = RestoreOptions {
         source: Some(source.clone()),
         folder: a.snapshot.is_some().then(|| folder.clone()),

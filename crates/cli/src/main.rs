@@ -349,38 +349,22 @@ fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
             dir.display()
         )));
     }
-    Ok(if dir.join("Manifest.db").is_file() {
-        dir.to_path_buf()
-    } else {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("Manifest.db").is_file())
-            .collect();
-        found.sort();
-        match (&cli.udid, found.len()) {
-            (Some(u), _) => dir.join(u),
-            (None, 1) => found.remove(0),
-            (None, 0) => {
-                return Err(EngineError::Damaged(format!(
-                    "no backup found in {}",
-                    dir.display()
-                )))
-            }
-            (None, _) => {
-                return Err(EngineError::Usage(format!(
-                    "{} holds backups of several devices ({}); choose one with -u UDID",
-                    dir.display(),
-                    found
-                        .iter()
-                        .filter_map(|p| p.file_name())
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
-            }
-        }
-    })
+    if dir.join("Manifest.db").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let mut found = devices_in(cli, dir)?;
+    match found.len() {
+        1 => Ok(dir.join(found.remove(0))),
+        0 => Err(EngineError::Damaged(format!(
+            "no backup found in {}",
+            dir.display()
+        ))),
+        _ => Err(EngineError::Usage(format!(
+            "{} holds backups of several devices ({}); choose one with -u UDID",
+            dir.display(),
+            found.join(", ")
+        ))),
+    }
 }
 
 fn verify(

@@ -12,6 +12,7 @@ out="${BENCH_OUT:-$work}"
 mkdir -p "$work" "$out"
 cargo build --quiet --release -p ibackup -p ibackup-sim
 sim=target/release/ibackup-sim; ib=target/release/ibackup
+. examples/bench_common.sh
 [ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
 # One 2 GiB file: end-to-end throughput on large files.
 if [ ! -d "$work/bigfile" ]; then
@@ -19,23 +20,13 @@ if [ ! -d "$work/bigfile" ]; then
   mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
   head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
 fi
-port=$((20000 + RANDOM % 20000))
-"$sim" serve --listen "127.0.0.1:$port" "$work/$profile" "$work/bigfile" 2>"$work/sim.log" &
-simpid=$!
-trap 'kill $simpid 2>/dev/null' EXIT
-sleep 0.5
-export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
-udid=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$work/$profile/device.toml")
-big=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$work/bigfile/device.toml")
+serve_sim "$work/sim.log" "$work/$profile" "$work/bigfile"
+udid=$(udid_of "$work/$profile")
+big=$(udid_of "$work/bigfile")
 "$ib" -q -u "$udid" pair; "$ib" -q -u "$big" pair
 bytes=$(du -sb "$work/$profile/fs" --exclude=HealthDomain --exclude=KeychainDomain | cut -f1)
 files=$(find "$work/$profile/fs" -type f -not -path '*HealthDomain*' -not -path '*KeychainDomain*' | wc -l)
 
-measure() { # name, command... ; prints "name seconds peak_kb"
-  local name=$1; shift
-  sync; /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" >/dev/null 2>"$work/$name.err" || { echo "$name failed:" >&2; tail -3 "$work/$name.err" >&2; exit 1; }
-  echo "$name $(cat "$work/time.txt")"
-}
 results="$work/results.txt"; : > "$results"
 for r in $(seq 1 "$rounds"); do
   rm -rf "$out/out-ib" "$out/out-limd"; mkdir -p "$out/out-ib" "$out/out-limd"

@@ -13,19 +13,15 @@ py="${IBACKUP_REFEREE_VENV:-/tmp/ref}/bin/python3"
 mkdir -p "$work" "$out"
 cargo build --quiet --release -p ibackup -p ibackup-sim
 sim=target/release/ibackup-sim; ib=target/release/ibackup
+. examples/bench_common.sh
 dev="$work/$profile-encrypted"
 if [ ! -d "$dev" ]; then
   "$sim" populate "$dev" --profile "$profile" --seed 1 >/dev/null
   # Device-side encryption with the device's own key derivation (10,000,000 rounds).
   echo 'backup_password = "bench password"' >> "$dev/device.toml"
 fi
-port=$((20000 + RANDOM % 20000))
-"$sim" serve --listen "127.0.0.1:$port" "$dev" 2>"$work/sim-enc.log" &
-simpid=$!
-trap 'kill $simpid 2>/dev/null' EXIT
-export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
-for _ in $(seq 100); do "$ib" -q devices >/dev/null 2>&1 && break; sleep 0.2; done
-udid=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$dev/device.toml")
+serve_sim "$work/sim-enc.log" "$dev"
+udid=$(udid_of "$dev")
 backups="$work/backups-$profile-encrypted"
 if [ ! -f "$backups/$udid/Manifest.db" ]; then
   mkdir -p "$backups"
@@ -35,11 +31,6 @@ export IBACKUP_PASSWORD="bench password"
 bytes=$(du -sb "$dev/fs" | cut -f1)
 files=$(find "$dev/fs" -type f | wc -l)
 
-measure() { # name, command...
-  local name=$1; shift
-  sync; /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" >/dev/null 2>"$work/$name.err" || { echo "$name failed:" >&2; tail -3 "$work/$name.err" >&2; exit 1; }
-  echo "$name $(cat "$work/time.txt")"
-}
 results="$work/results-decrypt.txt"; : > "$results"
 for r in $(seq 1 "$rounds"); do
   rm -rf "$out/x-ib" "$out/x-ibd"

@@ -12,16 +12,11 @@ out="${BENCH_OUT:-$work}"
 mkdir -p "$work" "$out"
 cargo build --quiet --release -p ibackup -p ibackup-sim
 sim=target/release/ibackup-sim; ib=target/release/ibackup
+. examples/bench_common.sh
 dev="$work/$profile-history"
 [ -d "$dev" ] || "$sim" populate "$dev" --profile "$profile" --seed 7 >/dev/null
-port=$((20000 + RANDOM % 20000))
-"$sim" serve --listen "127.0.0.1:$port" "$dev" 2>"$work/sim-history.log" &
-simpid=$!
-trap 'kill $simpid 2>/dev/null' EXIT
-export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
-export IBACKUP_CONFIG=/dev/null
-for _ in $(seq 100); do "$ib" -q devices >/dev/null 2>&1 && break; sleep 0.2; done
-udid=$(sed -n 's/^udid = "\(.*\)"/\1/p' "$dev/device.toml")
+serve_sim "$work/sim-history.log" "$dev"
+udid=$(udid_of "$dev")
 backups="$out/history-$profile"
 rm -rf "$backups"; mkdir -p "$backups"
 "$ib" -q -u "$udid" full "$backups"

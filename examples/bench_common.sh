@@ -1,0 +1,28 @@
+# Shared by the bench scripts; sourced once $work, $sim and $ib are set.
+
+# A developer's own configuration must not change what is measured.
+export IBACKUP_CONFIG=/dev/null
+
+# serve_sim LOG DEVICE...: serve the device folders with ibackup-sim, point
+# USBMUXD_SOCKET_ADDRESS at them, stop them on exit, wait until they answer.
+serve_sim() {
+  local log=$1; shift
+  local port=$((20000 + RANDOM % 20000))
+  "$sim" serve --listen "127.0.0.1:$port" "$@" 2>"$log" &
+  simpid=$!
+  trap 'kill $simpid 2>/dev/null' EXIT
+  export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
+  for _ in $(seq 100); do "$ib" -q devices >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "the simulator did not answer; see $log" >&2
+  exit 1
+}
+
+# udid_of DEVICE: the UDID in a device folder's device.toml.
+udid_of() { sed -n 's/^udid = "\(.*\)"/\1/p' "$1/device.toml"; }
+
+# measure NAME COMMAND...: run it, print "NAME seconds peak_kb"; stop on failure.
+measure() {
+  local name=$1; shift
+  sync; /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" >/dev/null 2>"$work/$name.err" || { echo "$name failed:" >&2; tail -3 "$work/$name.err" >&2; exit 1; }
+  echo "$name $(cat "$work/time.txt")"
+}

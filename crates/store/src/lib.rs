@@ -16,3 +16,34 @@ pub mod reader;
 pub mod verify;
 
 pub use error::StoreError;
+
+/// Test fixtures shared by the modules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use plist::Value;
+
+    use crate::crypto::{self, Keybag};
+
+    /// Finish an encrypted backup as a device does: `plain_db` encrypted
+    /// with `db_key` as Manifest.db, and Manifest.plist holding the keybag
+    /// and the index key wrapped under class 4.
+    pub fn seal_index(backup: &Path, kb: &Keybag, plain_db: &[u8], db_key: [u8; 32]) {
+        std::fs::write(
+            backup.join("Manifest.db"),
+            crypto::encrypt(&db_key, plain_db),
+        )
+        .unwrap();
+        let mut m = plist::Dictionary::new();
+        m.insert("IsEncrypted".into(), Value::Boolean(true));
+        m.insert("BackupKeyBag".into(), Value::Data(kb.encode()));
+        m.insert(
+            "ManifestKey".into(),
+            Value::Data(kb.wrap_key(4, &db_key).unwrap()),
+        );
+        Value::Dictionary(m)
+            .to_file_xml(backup.join("Manifest.plist"))
+            .unwrap();
+    }
+}

@@ -369,19 +369,7 @@ mod tests {
             .unwrap();
         }
         w.finish().unwrap();
-        let db_key = [9u8; 32];
-        let plain = std::fs::read(&plain_db).unwrap();
-        std::fs::write(b.join("Manifest.db"), crypto::encrypt(&db_key, &plain)).unwrap();
-        let mut m = plist::Dictionary::new();
-        m.insert("IsEncrypted".into(), Value::Boolean(true));
-        m.insert("BackupKeyBag".into(), Value::Data(kb.encode()));
-        m.insert(
-            "ManifestKey".into(),
-            Value::Data(kb.wrap_key(4, &db_key).unwrap()),
-        );
-        Value::Dictionary(m)
-            .to_file_xml(b.join("Manifest.plist"))
-            .unwrap();
+        crate::testing::seal_index(&b, &kb, &std::fs::read(&plain_db).unwrap(), [9u8; 32]);
         (b, files)
     }
 

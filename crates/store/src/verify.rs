@@ -230,19 +230,8 @@ mod tests {
             w.insert(&r.domain, &r.file).unwrap();
         }
         w.finish().unwrap();
-        let db_key = [6u8; 32];
         let plain = std::fs::read(b.join("Manifest.db")).unwrap();
-        std::fs::write(b.join("Manifest.db"), crypto::encrypt(&db_key, &plain)).unwrap();
-        let mut m = plist::Dictionary::new();
-        m.insert("IsEncrypted".into(), Value::Boolean(true));
-        m.insert("BackupKeyBag".into(), Value::Data(kb.encode()));
-        m.insert(
-            "ManifestKey".into(),
-            Value::Data(kb.wrap_key(4, &db_key).unwrap()),
-        );
-        Value::Dictionary(m)
-            .to_file_xml(b.join("Manifest.plist"))
-            .unwrap();
+        crate::testing::seal_index(&b, &kb, &plain, [6u8; 32]);
 
         let r = verify(&b, Some("pw"), t.path()).unwrap();
         assert!(

@@ -123,6 +123,36 @@ fn id_for(secs: i64, taken: &dyn Fn(&str) -> bool) -> String {
     id
 }
 
+/// When the backup in `folder` finished: Status.plist's `Date`, else the
+/// file's modification time, else now.
+fn status_date(folder: &Path) -> i64 {
+    let status = folder.join("Status.plist");
+    let recorded = plist::Value::from_file(&status)
+        .ok()
+        .and_then(plist::Value::into_dictionary)
+        .and_then(|d| match d.get("Date") {
+            Some(plist::Value::Date(d)) => Some(std::time::SystemTime::from(*d)),
+            _ => None,
+        });
+    recorded
+        .or_else(|| fs::metadata(&status).and_then(|m| m.modified()).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_else(now)
+}
+
+/// When the newest backup of `udid` in `root` finished, if there is one:
+/// its record, or for a folder with no history yet its Status.plist. Reads
+/// one small file, for callers that ask often (`watch`).
+pub fn newest_date(root: &Path, udid: &str) -> Option<i64> {
+    let committed = root.join(udid);
+    if !committed.join("Manifest.db").is_file() {
+        return None;
+    }
+    let recorded = newest_id(root, udid).and_then(|id| read_info(&sidecar(root, udid, &id)));
+    Some(recorded.map_or_else(|| status_date(&committed), |i| i.date))
+}
+
 /// Describe a Finder-format folder: counts, encryption, iOS version, date.
 pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
     let (mut files, mut bytes) = (0u64, 0u64);
@@ -143,21 +173,9 @@ pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
             .and_then(plist::Value::into_dictionary)
             .unwrap_or_default()
     };
-    let date = match plist("Status.plist").get("Date") {
-        Some(plist::Value::Date(d)) => std::time::SystemTime::from(*d)
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_else(|_| now()),
-        _ => fs::metadata(folder.join("Status.plist"))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_else(now),
-    };
     Info {
         id: id.to_string(),
-        date,
+        date: status_date(folder),
         files,
         bytes,
         encrypted: plist("Manifest.plist")

@@ -48,15 +48,12 @@ pub enum Note {
 
 /// Seconds since the last successful backup of `udid` in `root`.
 pub fn age_of_last_backup(root: &Path, udid: &str) -> Option<Duration> {
-    let newest = snapshots::list(root, udid)
-        .ok()?
-        .into_iter()
-        .find(|s| s.newest)?;
+    let date = snapshots::newest_date(root, udid)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_secs() as i64;
-    Some(Duration::from_secs((now - newest.info.date).max(0) as u64))
+    Some(Duration::from_secs((now - date).max(0) as u64))
 }
 
 /// Is a backup of this device due? (`None`: no backup yet.)

@@ -97,9 +97,9 @@ pub(crate) struct Host<'a> {
     dir: Area<'a>,
     pub(crate) events: &'a mut dyn Events,
     percent: f64,
-    pub(crate) bytes: u64,
-    pub(crate) files: u64,
-    pub(crate) refused: u64,
+    bytes: u64,
+    files: u64,
+    refused: u64,
     buf: Vec<u8>,
 }
 

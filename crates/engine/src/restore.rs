@@ -210,7 +210,7 @@ pub fn run(
         root: plan.backup.path.clone(),
         overrides,
     };
-    let result = (|| -> Result<(u64, u64)> {
+    let result = (|| -> Result<()> {
         events.step("starting the restore service");
         let mut host = Host::open(&mut session, mux, area, events)?;
         host.events.step(if opts.selection.is_all() {
@@ -225,7 +225,7 @@ pub fn run(
             return Err(device_error(code, description, plan.bytes));
         }
         host.disconnect();
-        Ok((host.files, host.bytes))
+        Ok(())
     })();
     if let Err(e) = lock.release(&mut session, mux) {
         log::info!("sync lock not released: {e}");

@@ -56,6 +56,33 @@ impl ManifestWriter {
         Ok(ManifestWriter { conn })
     }
 
+    /// Continue from an existing database at `path` (a copy the caller
+    /// made of a previous index): rows not inserted or deleted stay exactly
+    /// as they were, so an index with few changes costs few writes.
+    pub fn update(path: &Path) -> Result<ManifestWriter> {
+        if !path.is_file() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} not found", path.display()),
+            )));
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA synchronous = OFF")?;
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
+        conn.execute_batch("BEGIN")?;
+        Ok(ManifestWriter { conn })
+    }
+
+    /// Remove the row of one entry, if there is one.
+    pub fn delete(&mut self, domain: &str, relative_path: &str) -> Result<()> {
+        let id = paths::file_id(domain, relative_path);
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM Files WHERE fileID = ?1")?;
+        stmt.execute(params![id])?;
+        Ok(())
+    }
+
     /// Add one entry. The domain and path are validated and the file ID derived.
     pub fn insert(&mut self, domain: &str, file: &MbFile) -> Result<()> {
         paths::check_domain(domain)?;
@@ -322,6 +349,59 @@ mod tests {
         // Reading leaves no -wal/-shm behind.
         drop(db);
         assert!(!dir.path().join("Manifest.db-shm").exists());
+    }
+
+    #[test]
+    fn update_keeps_untouched_rows_and_applies_the_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old.db"), dir.path().join("new.db"));
+        let file = |path: &str, size| MbFile {
+            relative_path: path.into(),
+            mode: S_IFREG | 0o644,
+            size,
+            ..Default::default()
+        };
+        let mut w = ManifestWriter::create(&old).unwrap();
+        for (p, size) in [("a", 1), ("b", 2), ("c", 3)] {
+            w.insert("HomeDomain", &file(p, size)).unwrap();
+        }
+        w.finish().unwrap();
+        let before = ManifestDb::open(&old)
+            .unwrap()
+            .get("HomeDomain", "a")
+            .unwrap();
+
+        std::fs::copy(&old, &new).unwrap();
+        let mut w = ManifestWriter::update(&new).unwrap();
+        w.insert("HomeDomain", &file("b", 20)).unwrap();
+        w.delete("HomeDomain", "c").unwrap();
+        w.delete("HomeDomain", "never-there").unwrap();
+        w.insert("MediaDomain", &file("d", 4)).unwrap();
+        w.finish().unwrap();
+        for leftover in ["new.db-wal", "new.db-shm", "new.db-journal"] {
+            assert!(!dir.path().join(leftover).exists(), "{leftover}");
+        }
+        // Still in WAL mode, as devices leave it (header bytes 18 and 19).
+        assert_eq!(&std::fs::read(&new).unwrap()[18..20], &[2, 2]);
+
+        let db = ManifestDb::open(&new).unwrap();
+        let mut seen = Vec::new();
+        db.for_each(|r| {
+            seen.push((r.domain, r.relative_path, r.file.size));
+            Ok(())
+        })
+        .unwrap();
+        let row = |d: &str, p: &str, n| (d.to_string(), p.to_string(), n);
+        assert_eq!(
+            seen,
+            vec![
+                row("HomeDomain", "a", 1),
+                row("HomeDomain", "b", 20),
+                row("MediaDomain", "d", 4)
+            ]
+        );
+        assert_eq!(db.get("HomeDomain", "a").unwrap(), before);
+        assert!(ManifestWriter::update(&dir.path().join("missing.db")).is_err());
     }
 
     #[test]

@@ -135,6 +135,34 @@ fn incremental_backup_follows_changes_and_continues_an_idevicebackup2_backup() {
         &device_tree(&fs, &PLAIN_SKIP),
         "incremental vs changed device",
     );
+
+    // Two backup disks in turn: the device's last index is then the other
+    // disk's, so it reads this disk's index afresh to learn what changed.
+    let other = host.path("other-disk");
+    std::fs::create_dir_all(&other).unwrap();
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&other);
+            c
+        }),
+        "ibackup full to the other disk",
+    );
+    std::fs::write(fs.join("HomeDomain/Library/added.txt"), "changed again").unwrap();
+    std::fs::write(fs.join("HomeDomain/Library/second.txt"), "second").unwrap();
+    std::fs::remove_file(fs.join("HomeDomain/Library/SMS/sms.db")).unwrap();
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "backup"]).arg(&dir);
+        c
+    });
+    assert_ok(&o, "ibackup backup to the first disk again");
+    assert!(text(&o).contains("Incremental backup"), "{}", text(&o));
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&fs, &PLAIN_SKIP),
+        "incremental after a backup to another disk vs changed device",
+    );
 }
 
 #[test]

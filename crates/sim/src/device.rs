@@ -216,6 +216,9 @@ pub struct Device {
     pub next_port: Mutex<u16>,
     /// One backup/restore at a time, as BackupAgent2.
     pub backup_busy: Mutex<bool>,
+    /// The index of the last backup this device completed (see
+    /// [`crate::services::backup::LastIndex`]).
+    pub last_index: Mutex<Option<crate::services::backup::LastIndex>>,
 }
 
 impl Device {
@@ -254,6 +257,7 @@ impl Device {
             pending_services: Mutex::new(BTreeMap::new()),
             next_port: Mutex::new(49152),
             backup_busy: Mutex::new(false),
+            last_index: Mutex::new(None),
         });
         crate::keys::ensure(&device)?;
         Ok(device)

@@ -15,6 +15,7 @@
 //!    into place, remove `Snapshot/`, send `Status.plist` marked `finished`;
 //! 5. report the result in a final `DLMessageProcessMessage`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -186,12 +187,65 @@ fn exclusive(dl: &mut Dl, f: impl FnOnce(&mut Dl) -> Result<()>) -> Result<()> {
     r
 }
 
-/// A row of the host's previous Manifest.db, decoded once.
-struct PrevRecord {
-    file: MbFile,
-    record: Vec<u8>,
-    file_id: String,
+/// What one row of an index says, as far as deciding what changed needs:
+/// the fields that tell whether the content changed, and a fingerprint of
+/// every other field but the two that follow the content (digest, key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    size: u64,
+    last_modified: i64,
+    mode: u32,
+    inode: u64,
     flags: i64,
+    encrypted: bool,
+    fingerprint: u64,
+}
+
+impl Known {
+    fn of(f: &MbFile) -> Known {
+        Known {
+            size: f.size,
+            last_modified: f.last_modified,
+            mode: f.mode,
+            inode: f.inode,
+            flags: f.kind_flag(),
+            encrypted: f.encryption_key.is_some(),
+            fingerprint: fingerprint(f),
+        }
+    }
+
+    /// Does the file system entry `f` still have this row's content?
+    fn same_content(&self, f: &MbFile, encrypted: bool) -> bool {
+        self.size == f.size
+            && self.last_modified == f.last_modified
+            && self.mode == f.mode
+            && self.inode == f.inode
+            && self.encrypted == encrypted
+    }
+}
+
+/// A hash of every field of `f` but `digest` and `encryption_key`.
+fn fingerprint(f: &MbFile) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&f.relative_path, &f.target, &f.extended_attributes).hash(&mut h);
+    (f.mode, f.inode, f.user_id, f.group_id, f.size).hash(&mut h);
+    (f.last_modified, f.last_status_change, f.birth).hash(&mut h);
+    (f.protection_class, f.flags).hash(&mut h);
+    h.finish()
+}
+
+/// Rows by domain, then by relative path.
+type KnownRows = HashMap<String, HashMap<String, Known>>;
+
+/// The last index this device gave a host, remembered as BackupAgent2
+/// keeps its own record of its last backup: when the host shows it that
+/// same index again (the same [`StreamHash`], which covers the length too),
+/// the device need not decode every record to learn what it already knows.
+/// Any other index is decoded.
+pub struct LastIndex {
+    hash: u64,
+    rows: KnownRows,
 }
 
 /// One entry of the device's file system, as the backup records it.
@@ -200,8 +254,8 @@ pub struct Entry {
     pub file: MbFile,
     pub source: PathBuf,
     pub upload: bool,
-    /// The previous backup's encoded record, reused when nothing changed.
-    pub record: Option<Vec<u8>>,
+    /// The host's row for this entry, when it stays as it is.
+    pub kept: Option<Known>,
 }
 
 /// Domains whose files carry a Digest (system domains; fact sheet §3.4).
@@ -218,7 +272,8 @@ fn unix(t: std::io::Result<std::time::SystemTime>) -> i64 {
         .unwrap_or(0)
 }
 
-/// Walk `fs/` in a stable order and describe every entry.
+/// Walk `fs/` in a stable order (each folder before its contents, names
+/// sorted) and describe every entry.
 pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut domains: Vec<_> = std::fs::read_dir(fs_root)?
@@ -233,83 +288,120 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
         if !include_encrypted_only && ENCRYPTED_ONLY_DOMAINS.contains(&domain.as_str()) {
             continue;
         }
-        for e in walkdir::WalkDir::new(d.path()).sort_by_file_name() {
-            let e = e.map_err(|e| SimError::Io(e.into()))?;
-            let rel = e
-                .path()
-                .strip_prefix(d.path())
-                .expect("below domain")
-                .to_string_lossy()
-                .into_owned();
-            let md = std::fs::symlink_metadata(e.path())?;
-            let ft = md.file_type();
-            let (mode, size, target) = if ft.is_symlink() {
-                (
-                    S_IFLNK | 0o755,
-                    0,
-                    Some(std::fs::read_link(e.path())?.to_string_lossy().into_owned()),
-                )
-            } else if ft.is_dir() {
-                (S_IFDIR | 0o755, 0, None)
-            } else {
-                (S_IFREG | 0o644, md.len(), None)
-            };
-            let root = domain == "RootDomain";
-            let mtime = unix(md.modified());
-            out.push(Entry {
-                file: MbFile {
-                    relative_path: rel,
-                    target,
-                    mode,
-                    inode: crate::fsx::inode(&md, e.path()),
-                    user_id: if root { 0 } else { 501 },
-                    group_id: if root { 0 } else { 501 },
-                    last_modified: mtime,
-                    last_status_change: mtime,
-                    birth: mtime,
-                    size,
-                    protection_class: if ft.is_file() {
-                        if domain == "KeychainDomain" {
-                            4
-                        } else {
-                            3
-                        }
-                    } else {
-                        0
-                    },
-                    ..Default::default()
-                },
-                domain: domain.clone(),
-                source: e.path().to_path_buf(),
-                upload: ft.is_file(),
-                record: None,
-            });
-        }
+        let md = std::fs::symlink_metadata(d.path())?;
+        push_entry(&mut out, &domain, String::new(), d.path(), &md)?;
+        scan_dir(&mut out, &domain, "", &d.path())?;
     }
     Ok(out)
 }
 
+/// Describe the contents of `dir` (relative path `rel`), recursively.
+/// Metadata comes from the open folder (`fstatat`), not from full paths.
+fn scan_dir(out: &mut Vec<Entry>, domain: &str, rel: &str, dir: &Path) -> Result<()> {
+    let mut children: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    children.sort_by_key(|e| e.file_name());
+    for c in children {
+        let name = c.file_name();
+        let name = name.to_string_lossy();
+        let child_rel = if rel.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md = c.metadata()?;
+        let path = c.path();
+        let is_dir = md.is_dir();
+        push_entry(out, domain, child_rel.clone(), path.clone(), &md)?;
+        if is_dir {
+            scan_dir(out, domain, &child_rel, &path)?;
+        }
+    }
+    Ok(())
+}
+
+fn push_entry(
+    out: &mut Vec<Entry>,
+    domain: &str,
+    rel: String,
+    path: PathBuf,
+    md: &std::fs::Metadata,
+) -> Result<()> {
+    let ft = md.file_type();
+    let (mode, size, target) = if ft.is_symlink() {
+        (
+            S_IFLNK | 0o755,
+            0,
+            Some(std::fs::read_link(&path)?.to_string_lossy().into_owned()),
+        )
+    } else if ft.is_dir() {
+        (S_IFDIR | 0o755, 0, None)
+    } else {
+        (S_IFREG | 0o644, md.len(), None)
+    };
+    let root = domain == "RootDomain";
+    let mtime = unix(md.modified());
+    out.push(Entry {
+        file: MbFile {
+            relative_path: rel,
+            target,
+            mode,
+            inode: crate::fsx::inode(md, &path),
+            user_id: if root { 0 } else { 501 },
+            group_id: if root { 0 } else { 501 },
+            last_modified: mtime,
+            last_status_change: mtime,
+            birth: mtime,
+            size,
+            protection_class: if ft.is_file() {
+                if domain == "KeychainDomain" {
+                    4
+                } else {
+                    3
+                }
+            } else {
+                0
+            },
+            ..Default::default()
+        },
+        domain: domain.to_string(),
+        source: path,
+        upload: ft.is_file(),
+        kept: None,
+    });
+    Ok(())
+}
+
 /// Fetch files from the host into `dest`, named by their last path component.
-/// Missing files are simply absent afterwards.
-pub fn download(dl: &mut Dl, paths: &[String], dest: &Path, progress: f64) -> Result<()> {
+/// Missing files are simply absent afterwards. Returns the [`StreamHash`]
+/// of each file received, by the name the host sent.
+pub fn download(
+    dl: &mut Dl,
+    paths: &[String],
+    dest: &Path,
+    progress: f64,
+) -> Result<HashMap<String, u64>> {
     dl.send(&DlMessage::DownloadFiles {
         paths: paths.to_vec(),
         progress,
     })?;
-    receive_files(dl, paths, |name| {
+    receive_files(dl, paths, true, |name| {
         let file_name = name.rsplit('/').next().unwrap_or("x");
         Some(dest.join(file_name))
     })
 }
 
-/// Read the host's file stream for `paths`; `place` maps each name to where it goes.
+/// Read the host's file stream for `paths`; `place` maps each name to
+/// where it goes. With `hash`, returns the [`StreamHash`] of each file received.
 pub fn receive_files(
     dl: &mut Dl,
     paths: &[String],
+    hash: bool,
     mut place: impl FnMut(&str) -> Option<PathBuf>,
-) -> Result<()> {
+) -> Result<HashMap<String, u64>> {
     let mut r = FileStreamReader::new(&mut dl.conn);
     let mut buf = vec![0u8; BLOCK];
+    let mut hashes = HashMap::new();
     loop {
         let name = match r.name()? {
             StreamItem::End => break,
@@ -325,6 +417,7 @@ pub fn receive_files(
         let tmp = target.with_extension("partial");
         let mut out: Option<File> = None;
         let mut failed = false;
+        let mut hasher = hash.then(StreamHash::default);
         loop {
             let h = r.block_header()?;
             match h.code {
@@ -337,6 +430,9 @@ pub fn receive_files(
                         let n = left.min(buf.len());
                         r.payload(&mut buf[..n])?;
                         out.as_mut().expect("opened").write_all(&buf[..n])?;
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&buf[..n]);
+                        }
                         left -= n;
                     }
                 }
@@ -358,20 +454,26 @@ pub fn receive_files(
         }
         drop(out);
         std::fs::rename(&tmp, &target)?;
-    }
-    match dl.status()? {
-        Ok(_) => Ok(()),
-        // Multi status: some files were missing; what arrived is kept.
-        Err(e) => {
-            log::debug!("download status: {e}");
-            Ok(())
+        if let Some(h) = hasher {
+            hashes.insert(name, h.finish());
         }
     }
+    if let Err(e) = dl.status()? {
+        // Multi status: some files were missing; what arrived is kept.
+        log::debug!("download status: {e}");
+    }
+    Ok(hashes)
 }
 
 /// Whether the previous backup on the host can be continued incrementally.
 /// An encrypted one must be made with this device's current keybag.
-fn previous_backup(dir: &Path, udid: &str, keybag: Option<&Keybag>) -> Option<ManifestDb> {
+fn previous_backup(
+    dir: &Path,
+    udid: &str,
+    keybag: Option<&Keybag>,
+    hash: Option<u64>,
+) -> Option<Previous> {
+    let hash = hash?;
     let encrypted = keybag.is_some();
     let status = Value::from_file(dir.join("Status.plist"))
         .ok()?
@@ -400,9 +502,44 @@ fn previous_backup(dir: &Path, udid: &str, keybag: Option<&Keybag>) -> Option<Ma
         let db_key = kb.unwrap_key(manifest.data_of("ManifestKey")?).ok()?;
         let plain = crypto::decrypt(&db_key, &std::fs::read(dir.join("Manifest.db")).ok()?).ok()?;
         std::fs::write(dir.join("Manifest-plain.db"), plain).ok()?;
-        return ManifestDb::open(&dir.join("Manifest-plain.db")).ok();
+        return Previous::open(dir.join("Manifest-plain.db"), hash);
     }
-    ManifestDb::open(&dir.join("Manifest.db")).ok()
+    Previous::open(dir.join("Manifest.db"), hash)
+}
+
+/// The host's previous index (this device's own copy, decrypted if it was
+/// encrypted) and the [`StreamHash`] of the file as the host sent it.
+struct Previous {
+    db: ManifestDb,
+    plain: PathBuf,
+    hash: u64,
+}
+
+impl Previous {
+    fn open(plain: PathBuf, hash: u64) -> Option<Previous> {
+        Some(Previous {
+            db: ManifestDb::open(&plain).ok()?,
+            plain,
+            hash,
+        })
+    }
+
+    /// What each row says: remembered if this is the index the device last
+    /// gave, otherwise decoded.
+    fn rows(&self, device: &Device) -> Result<KnownRows> {
+        let remembered = device.last_index.lock().expect("last index lock").take();
+        if let Some(last) = remembered.filter(|l| l.hash == self.hash) {
+            return Ok(last.rows);
+        }
+        let mut rows = KnownRows::new();
+        self.db.for_each(|row| {
+            rows.entry(row.domain)
+                .or_default()
+                .insert(row.relative_path, Known::of(&row.file));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
 }
 
 fn status_plist(full: bool, state: &str) -> Vec<u8> {
@@ -493,7 +630,35 @@ fn send_file(
 ) -> Result<Option<Vec<u8>>> {
     dl.account(0, true)?;
     let mut f = File::open(source)?;
-    let mut h = hash.then(Sha1::new);
+    let mut sha1 = hash.then(Sha1::new);
+    stream(
+        dl,
+        (device_name, backup_name),
+        &mut f,
+        key,
+        buf,
+        &mut |dl, n| dl.account(n, false),
+        &mut |sent| {
+            if let Some(h) = sha1.as_mut() {
+                h.update(sent);
+            }
+        },
+    )?;
+    Ok(sha1.map(|h| h.finalize().to_vec()))
+}
+
+/// Send `f` as the file `names` (device name, backup name), encrypted with
+/// `key` if given. `account` sees each plaintext block's size before it
+/// goes, `sent` every byte that went.
+fn stream(
+    dl: &mut Dl,
+    (device_name, backup_name): (&str, &str),
+    f: &mut File,
+    key: Option<&[u8; 32]>,
+    buf: &mut [u8],
+    account: &mut dyn FnMut(&mut Dl, u64) -> Result<()>,
+    sent: &mut dyn FnMut(&[u8]),
+) -> Result<()> {
     {
         let mut w = FileStreamWriter::new(&mut dl.conn);
         w.name(device_name)?;
@@ -506,7 +671,7 @@ fn send_file(
         if n == 0 {
             break;
         }
-        dl.account(n as u64, false)?;
+        account(dl, n as u64)?;
         let out: &[u8] = match enc.as_mut() {
             Some(e) => {
                 cipher.clear();
@@ -515,9 +680,7 @@ fn send_file(
             }
             None => &buf[..n],
         };
-        if let Some(h) = h.as_mut() {
-            h.update(out);
-        }
+        sent(out);
         if !out.is_empty() {
             FileStreamWriter::new(&mut dl.conn).data(out)?;
         }
@@ -525,13 +688,61 @@ fn send_file(
     if let Some(e) = enc {
         cipher.clear();
         e.finish(&mut cipher);
-        if let Some(h) = h.as_mut() {
-            h.update(&cipher);
-        }
+        sent(&cipher);
         FileStreamWriter::new(&mut dl.conn).data(&cipher)?;
     }
     FileStreamWriter::new(&mut dl.conn).end_of_file()?;
-    Ok(h.map(|h| h.finalize().to_vec()))
+    Ok(())
+}
+
+/// A fast 64-bit hash of a byte stream fed in pieces of any size, which
+/// tells whether the index a host shows the device is the one the device
+/// last gave it. Not a security boundary (the simulator trusts its host);
+/// each 8-byte word goes through a bijective mix, so two streams of the
+/// same length that differ in one word never collide.
+#[derive(Default)]
+pub struct StreamHash {
+    h: u64,
+    len: u64,
+    tail: [u8; 8],
+    tail_len: usize,
+}
+
+impl StreamHash {
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if self.tail_len > 0 {
+            let take = (8 - self.tail_len).min(data.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&data[..take]);
+            self.tail_len += take;
+            data = &data[take..];
+            if self.tail_len < 8 {
+                return;
+            }
+            self.mix(u64::from_le_bytes(self.tail));
+            self.tail_len = 0;
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.tail_len = rest.len();
+    }
+
+    fn mix(&mut self, w: u64) {
+        let x = (self.h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.h = x ^ (x >> 32);
+    }
+
+    pub fn finish(mut self) -> u64 {
+        let mut last = [0u8; 8];
+        last[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        self.mix(u64::from_le_bytes(last));
+        self.mix(self.len);
+        self.h
+    }
 }
 
 /// Send in-memory content as one file.
@@ -595,11 +806,17 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     if !force_full {
         wanted.push(format!("{target}/Manifest.db"));
     }
-    download(dl, &wanted, work.path(), 0.0)?;
+    // The device looks at its own files while the host sends its index.
+    let scanning = {
+        let root = device.fs_root();
+        std::thread::spawn(move || scan(&root, encrypted))
+    };
+    let hashes = download(dl, &wanted, work.path(), 0.0)?;
     let previous = if force_full {
         None
     } else {
-        previous_backup(work.path(), &c.udid, keybag.as_ref())
+        let hash = hashes.get(&format!("{target}/Manifest.db")).copied();
+        previous_backup(work.path(), &c.udid, keybag.as_ref(), hash)
     };
     let full = previous.is_none();
     let had_backup = work.path().join("Status.plist").exists();
@@ -610,61 +827,57 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     );
 
     // 2. What to send.
-    let mut entries = scan(&device.fs_root(), encrypted)?;
+    let mut entries = scanning
+        .join()
+        .map_err(|_| SimError::Protocol("the file system scan panicked".into()))??;
+    // Content files for the host to delete; rows to drop from the index.
     let mut removed = Vec::new();
+    let mut gone = Vec::new();
     if let Some(prev) = &previous {
-        // One pass over the host's index, each record decoded once.
-        let mut known: std::collections::HashMap<(String, String), PrevRecord> =
-            std::collections::HashMap::new();
-        prev.for_each_with_record(|row, blob| {
-            known.insert(
-                (row.domain, row.relative_path),
-                PrevRecord {
-                    file: row.file,
-                    record: blob.to_vec(),
-                    file_id: row.file_id,
-                    flags: row.flags,
-                },
-            );
-            Ok(())
-        })?;
+        let mut known = prev.rows(&device)?;
         for e in entries.iter_mut() {
-            let Some(PrevRecord {
-                file: p,
-                record: blob,
-                ..
-            }) = known.remove(&(e.domain.clone(), e.file.relative_path.clone()))
+            let Some(k) = known
+                .get_mut(&e.domain)
+                .and_then(|rows| rows.remove(&e.file.relative_path))
             else {
                 continue;
             };
             if !e.upload {
-                // Directories and symlinks: keep the record when it says the same.
-                if p == e.file {
-                    e.record = Some(blob);
+                // Directories and symlinks: keep the row when it says the same.
+                if k == Known::of(&e.file) {
+                    e.kept = Some(k);
                 }
                 continue;
             }
-            {
-                let same = p.size == e.file.size
-                    && p.last_modified == e.file.last_modified
-                    && p.mode == e.file.mode
-                    && p.inode == e.file.inode;
-                if same && p.encryption_key.is_some() == encrypted {
-                    e.upload = false;
-                    e.file.digest = p.digest.clone();
-                    e.file.encryption_key = p.encryption_key.clone();
-                    if p == e.file {
-                        e.record = Some(blob);
-                    }
-                }
+            if !k.same_content(&e.file, encrypted) {
+                continue;
+            }
+            e.upload = false;
+            if k.fingerprint == fingerprint(&e.file) {
+                e.kept = Some(k);
+            } else {
+                // Same content, other metadata changed: a new row that
+                // keeps the stored content's digest and key.
+                let row = prev
+                    .db
+                    .get(&e.domain, &e.file.relative_path)?
+                    .ok_or_else(|| {
+                        SimError::Protocol(format!(
+                            "{}-{}: row vanished",
+                            e.domain, e.file.relative_path
+                        ))
+                    })?;
+                e.file.digest = row.file.digest;
+                e.file.encryption_key = row.file.encryption_key;
             }
         }
-        for PrevRecord {
-            file_id: id, flags, ..
-        } in known.into_values()
-        {
-            if flags == ibackup_store::mbfile::FLAG_FILE {
-                removed.push(format!("{target}/{}/{id}", &id[..2]));
+        for (domain, rows) in known {
+            for (path, k) in rows {
+                if k.flags == ibackup_store::mbfile::FLAG_FILE {
+                    let id = file_id(&domain, &path);
+                    removed.push(format!("{target}/{}/{id}", &id[..2]));
+                }
+                gone.push((domain.clone(), path));
             }
         }
         removed.sort();
@@ -826,35 +1039,61 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     }
 
     // 5. The index and properties, through Snapshot/.
-    let db_path = work.path().join("new-Manifest.db");
-    let mut w = ManifestWriter::create(&db_path)?;
-    for e in &entries {
-        match &e.record {
-            Some(r) => w.insert_raw(&e.domain, &e.file.relative_path, e.file.kind_flag(), r)?,
-            None => w.insert(&e.domain, &e.file)?,
+    // An incremental backup's index is the previous one (the device's own
+    // copy of it) with the changes: rows that stay are not rewritten.
+    let (db_path, mut w) = match previous {
+        Some(prev) => {
+            drop(prev.db);
+            let w = ManifestWriter::update(&prev.plain)?;
+            (prev.plain, w)
         }
+        None => {
+            let path = work.path().join("new-Manifest.db");
+            let w = ManifestWriter::create(&path)?;
+            (path, w)
+        }
+    };
+    for (domain, path) in &gone {
+        w.delete(domain, path)?;
+    }
+    for e in entries.iter().filter(|e| e.kept.is_none()) {
+        w.insert(&e.domain, &e.file)?;
     }
     w.finish()?;
-    let mut db = std::fs::read(&db_path)?;
-    let mut manifest_key = None;
+    let (mut db_key, mut manifest_key) = (None, None);
     if let Some(kb) = &keybag {
         // Manifest.db is encrypted under class 4 with a full PKCS#7 block (fact sheet §5.4).
-        let db_key: [u8; 32] = rand::random();
-        db = crypto::encrypt(&db_key, &db);
-        manifest_key = Some(kb.wrap_key(4, &db_key)?);
+        let key: [u8; 32] = rand::random();
+        manifest_key = Some(kb.wrap_key(4, &key)?);
+        db_key = Some(key);
     }
     dl.send(&DlMessage::CreateDirectory {
         path: format!("{target}/Snapshot"),
     })?;
     let _ = dl.status()?;
-    let snapshot = [
-        (format!("{target}/Snapshot/Manifest.db"), db),
+    let plist = manifest_plist(&device, keybag.as_ref(), manifest_key);
+    let db_len = std::fs::metadata(&db_path)?.len();
+    dl.send(&DlMessage::UploadFiles {
+        progress: 99.0,
+        total_bytes: db_len + plist.len() as u64,
+    })?;
+    // The index is the backup's own file: the fault counters do not see it.
+    let mut hash = StreamHash::default();
+    stream(
+        dl,
         (
-            format!("{target}/Snapshot/Manifest.plist"),
-            manifest_plist(&device, keybag.as_ref(), manifest_key),
+            "/var/mobile/Library/Backup/Manifest.db",
+            &format!("{target}/Snapshot/Manifest.db"),
         ),
-    ];
-    if let Err(e) = upload_metadata(dl, &snapshot, 99.0)? {
+        &mut File::open(&db_path)?,
+        db_key.as_ref(),
+        &mut buf,
+        &mut |_, _| Ok(()),
+        &mut |sent| hash.update(sent),
+    )?;
+    send_bytes(dl, &format!("{target}/Snapshot/Manifest.plist"), &plist)?;
+    FileStreamWriter::new(&mut dl.conn).terminate()?;
+    if let Err(e) = dl.status()? {
         return dl.finish(
             error_code::MISSING_FILES,
             &format!("Host could not store the manifest: {e}"),
@@ -897,6 +1136,15 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &format!("Host could not store Status.plist: {e}"),
         );
     }
+    let mut rows = KnownRows::new();
+    for e in entries {
+        let known = e.kept.unwrap_or_else(|| Known::of(&e.file));
+        rows.entry(e.domain)
+            .or_default()
+            .insert(e.file.relative_path, known);
+    }
+    let hash = hash.finish();
+    *device.last_index.lock().expect("last index lock") = Some(LastIndex { hash, rows });
     dl.finish(0, "")
 }
 
@@ -963,4 +1211,48 @@ pub fn tempdir_in(state: &Path) -> Result<TempDir> {
     let p = state.join("tmp").join(crate::usbmuxd::random_uuid());
     std::fs::create_dir_all(&p)?;
     Ok(TempDir(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(pieces: &[&[u8]]) -> u64 {
+        let mut h = StreamHash::default();
+        for p in pieces {
+            h.update(p);
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn stream_hash_ignores_how_the_stream_was_cut() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let whole = hash(&[&data]);
+        for cut in [1, 3, 7, 8, 9, 500, 999] {
+            let (a, b) = data.split_at(cut);
+            assert_eq!(hash(&[a, b]), whole, "cut at {cut}");
+            assert_eq!(
+                hash(&[a, &[], b]),
+                whole,
+                "cut at {cut} with an empty piece"
+            );
+        }
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(hash(&bytes), whole);
+    }
+
+    #[test]
+    fn stream_hash_tells_streams_apart() {
+        let data = vec![0u8; 64];
+        let base = hash(&[&data]);
+        for i in 0..64 {
+            let mut other = data.clone();
+            other[i] = 1;
+            assert_ne!(hash(&[&other]), base, "byte {i} changed");
+        }
+        assert_ne!(hash(&[&data[..63]]), base, "shorter");
+        assert_ne!(hash(&[&[0u8; 65]]), base, "longer by a zero byte");
+        assert_ne!(hash(&[]), hash(&[&[0u8]]), "empty against one zero byte");
+    }
 }

@@ -257,12 +257,13 @@ fn receive_batch(
         paths: paths.to_vec(),
         progress,
     })?;
-    receive_files(dl, paths, |name| {
+    receive_files(dl, paths, false, |name| {
         batch
             .iter()
             .find(|(p, _, _)| p == name)
             .map(|(_, d, _)| d.clone())
-    })
+    })?;
+    Ok(())
 }
 
 /// Replace an encrypted content file by its plaintext, streaming.

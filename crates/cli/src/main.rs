@@ -859,7 +859,9 @@ fn log_result(cli: &Cli, r: &Result<(), EngineError>) {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
     let mut cli = Cli::parse();
     let loaded = config::Config::load(cli.config.as_deref());
     let r = loaded.and_then(|c| {

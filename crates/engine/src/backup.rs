@@ -370,6 +370,19 @@ impl<'a> Host<'a> {
                 self.progress();
             }
         }
+        // A backup's staging folder may still be getting its links: only
+        // the free space and the top-level files the device reads first
+        // are answered without waiting for them.
+        let waits = match &m {
+            DlMessage::GetFreeDiskSpace => false,
+            DlMessage::DownloadFiles { paths, .. } => paths
+                .iter()
+                .any(|p| p.trim_end_matches('/').matches('/').count() != 1),
+            _ => true,
+        };
+        if waits {
+            self.dir.ready()?;
+        }
         match m {
             DlMessage::UploadFiles { total_bytes, .. } => self.upload_files(total_bytes)?,
             DlMessage::DownloadFiles { paths, .. } => self.download_files(&paths)?,
@@ -625,6 +638,7 @@ pub fn run(
     match result {
         Ok(mut outcome) => {
             let t0 = std::time::Instant::now();
+            dir.ready()?;
             verify_staged(&dir.staging())?;
             let marker = filtered_marker(root, &device.udid);
             if !opts.selection.is_all() {

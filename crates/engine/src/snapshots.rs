@@ -155,18 +155,33 @@ pub fn newest_date(root: &Path, udid: &str) -> Option<i64> {
 
 /// Describe a Finder-format folder: counts, encryption, iOS version, date.
 pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for e in fs::read_dir(folder).into_iter().flatten().flatten() {
-        let name = e.file_name();
-        if name.len() == 2 && e.path().is_dir() {
-            for f in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+    let content: Vec<PathBuf> = fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().len() == 2 && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    // Counting is one stat per file: two threads halve a big backup's wait.
+    let count = |dirs: &[PathBuf]| {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for d in dirs {
+            for f in fs::read_dir(d).into_iter().flatten().flatten() {
                 if let Ok(md) = f.metadata() {
                     files += 1;
                     bytes += md.len();
                 }
             }
         }
-    }
+        (files, bytes)
+    };
+    let (first, second) = content.split_at(content.len() / 2);
+    let ((f1, b1), (f2, b2)) = std::thread::scope(|s| {
+        let other = s.spawn(|| count(second));
+        let mine = count(first);
+        (mine, other.join().expect("counting thread"))
+    });
+    let (files, bytes) = (f1 + f2, b1 + b2);
     let plist = |name: &str| {
         plist::Value::from_file(folder.join(name))
             .ok()

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use ibackup_store::paths::check_relative;
 
@@ -22,6 +24,15 @@ pub struct BackupDir {
     pub root: PathBuf,
     pub udid: String,
     _lock: File,
+    /// Linking the committed content folders into staging (see `prepare`).
+    linking: Mutex<Linking>,
+}
+
+enum Linking {
+    Idle,
+    Running(JoinHandle<Result<()>>),
+    /// It failed; the staging folder is incomplete and must not be committed.
+    Failed(String),
 }
 
 impl BackupDir {
@@ -59,6 +70,7 @@ impl BackupDir {
             root: root.to_path_buf(),
             udid: udid.to_string(),
             _lock: lock,
+            linking: Mutex::new(Linking::Idle),
         };
         dir.recover()?;
         Ok(dir)
@@ -88,8 +100,12 @@ impl BackupDir {
     }
 
     /// A fresh staging folder; with `link_previous`, holding links to the
-    /// committed backup's files so the device can continue it.
+    /// committed backup's files so the device can continue it. The
+    /// top-level files (what the device reads first) are linked before this
+    /// returns; the content folders are linked in the background while the
+    /// device decides what changed, and [`BackupDir::ready`] waits for them.
     pub fn prepare(&self, link_previous: bool) -> Result<()> {
+        self.ready()?;
         let staging = self.staging();
         remove_tree(&staging)?;
         fs::create_dir_all(&staging)?;
@@ -97,19 +113,36 @@ impl BackupDir {
         if !link_previous || !committed.is_dir() {
             return Ok(());
         }
-        for e in walkdir::WalkDir::new(&committed).min_depth(1) {
-            let e = e.map_err(|e| EngineError::Io(e.into()))?;
-            let rel = e.path().strip_prefix(&committed).expect("below root");
-            let to = staging.join(rel);
-            let ft = e.file_type();
-            if ft.is_dir() {
-                fs::create_dir_all(&to)?;
-            } else if ft.is_file() && fs::hard_link(e.path(), &to).is_err() {
-                // Filesystems without hard links: copy (slower, same result).
-                fs::copy(e.path(), &to)?;
+        for e in fs::read_dir(&committed)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                link_or_copy(&e.path(), &staging.join(e.file_name()))?;
             }
         }
+        let handle = std::thread::spawn(move || link_folders(&committed, &staging));
+        *self.linking.lock().expect("linking lock") = Linking::Running(handle);
         Ok(())
+    }
+
+    /// Wait until the staging folder holds everything `prepare` started to
+    /// link; an error if that failed (then, and every time after).
+    pub fn ready(&self) -> Result<()> {
+        let mut linking = self.linking.lock().expect("linking lock");
+        let outcome = match std::mem::replace(&mut *linking, Linking::Idle) {
+            Linking::Idle => Ok(()),
+            Linking::Running(handle) => handle.join().unwrap_or_else(|_| {
+                Err(EngineError::Io(std::io::Error::other(
+                    "the linking thread panicked",
+                )))
+            }),
+            Linking::Failed(why) => Err(EngineError::Io(std::io::Error::other(why))),
+        };
+        if let Err(e) = &outcome {
+            *linking = Linking::Failed(format!(
+                "could not link the previous backup into the staging folder: {e}"
+            ));
+        }
+        outcome
     }
 
     /// Map a path the device names (`<UDID>/…`) into the staging folder,
@@ -122,6 +155,7 @@ impl BackupDir {
     /// Make the staging folder the newest complete backup; the backup it
     /// replaces stays as a snapshot (see [`crate::snapshots`]).
     pub fn commit(&self, full: bool, filtered: bool) -> Result<snapshots::Info> {
+        self.ready()?;
         let staging = self.staging();
         if full {
             // A full backup re-sent every file: share the unchanged ones
@@ -194,8 +228,106 @@ impl BackupDir {
 
     /// Drop the staging folder (after a failed session).
     pub fn abandon(&self) {
+        let _ = self.ready();
         let _ = remove_tree(&self.staging());
     }
+}
+
+impl Drop for BackupDir {
+    /// No linking thread outlives the session (nor the lock).
+    fn drop(&mut self) {
+        let _ = self.ready();
+    }
+}
+
+/// Link every file below the committed backup's folders into `staging`
+/// (the top-level files are done already).
+fn link_folders(committed: &Path, staging: &Path) -> Result<()> {
+    for e in fs::read_dir(committed)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            let to = staging.join(e.file_name());
+            fs::create_dir_all(&to)?;
+            link_tree(&e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Link the files of `from` into the existing folder `to`, recursively.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    let dirs = Dirs::open(from, to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let name = e.file_name();
+        if ft.is_dir() {
+            let sub = to.join(&name);
+            fs::create_dir_all(&sub)?;
+            link_tree(&e.path(), &sub)?;
+        } else if ft.is_file() && dirs.link(&name).is_err() {
+            link_or_copy(&e.path(), &to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Two open folders, so that each link names only the file (`linkat`)
+/// instead of walking both full paths again: most of a big backup's
+/// staging time.
+#[cfg(unix)]
+struct Dirs(File, File);
+
+#[cfg(unix)]
+impl Dirs {
+    fn open(from: &Path, to: &Path) -> Result<Dirs> {
+        Ok(Dirs(File::open(from)?, File::open(to)?))
+    }
+
+    fn link(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::io::AsRawFd;
+        let c = std::ffi::CString::new(name.as_bytes())?;
+        // SAFETY: both descriptors are open folders owned by self, and `c`
+        // is a NUL-terminated name that outlives the call.
+        let r = unsafe {
+            libc::linkat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                self.1.as_raw_fd(),
+                c.as_ptr(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// Elsewhere, links by full path.
+#[cfg(not(unix))]
+struct Dirs(PathBuf, PathBuf);
+
+#[cfg(not(unix))]
+impl Dirs {
+    fn open(from: &Path, to: &Path) -> Result<Dirs> {
+        Ok(Dirs(from.to_path_buf(), to.to_path_buf()))
+    }
+
+    fn link(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
+        fs::hard_link(self.0.join(name), self.1.join(name))
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if fs::hard_link(from, to).is_err() {
+        // Filesystems without hard links: copy (slower, same result).
+        fs::copy(from, to)?;
+    }
+    Ok(())
 }
 
 /// `<udid>/rest` → `base/rest`, refusing other devices' folders, absolute
@@ -254,6 +386,15 @@ impl Area<'_> {
             Area::ReadOnly { .. } => Err(EngineError::Protocol(format!(
                 "refused device path {device_path:?}: the backup being read is never written"
             ))),
+        }
+    }
+
+    /// Wait until a backup's staging folder is complete (see
+    /// [`BackupDir::ready`]); a read-only area always is.
+    pub fn ready(&self) -> Result<()> {
+        match self {
+            Area::Staging(d) => d.ready(),
+            Area::ReadOnly { .. } => Ok(()),
         }
     }
 
@@ -356,6 +497,7 @@ mod tests {
         fs::write(committed.join("ab/file"), b"old").unwrap();
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(true).unwrap();
+        d.ready().unwrap();
         let staged = d.resolve("U1/ab/file").unwrap();
         assert_eq!(fs::read(&staged).unwrap(), b"old");
         // Replace as the engine does: new file, rename over the link.
@@ -369,6 +511,56 @@ mod tests {
         d.commit(false, false).unwrap();
         assert_eq!(fs::read(committed.join("ab/file")).unwrap(), b"new");
         assert!(!d.staging().exists());
+    }
+
+    #[test]
+    fn staging_links_every_level_and_waits_for_the_background_links() {
+        let root = tempfile::tempdir().unwrap();
+        let committed = root.path().join("U1");
+        fs::create_dir_all(committed.join("ab/deeper")).unwrap();
+        fs::write(committed.join("Manifest.db"), b"index").unwrap();
+        fs::write(committed.join("ab/one"), b"1").unwrap();
+        fs::write(committed.join("ab/deeper/two"), b"2").unwrap();
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        // The top-level files are there at once.
+        assert_eq!(fs::read(d.staging().join("Manifest.db")).unwrap(), b"index");
+        d.ready().unwrap();
+        for (name, bytes) in [("ab/one", b"1"), ("ab/deeper/two", b"2")] {
+            assert_eq!(&fs::read(d.staging().join(name)).unwrap(), bytes, "{name}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ino = |p: PathBuf| fs::metadata(p).unwrap().ino();
+            assert_eq!(
+                ino(committed.join("ab/deeper/two")),
+                ino(d.staging().join("ab/deeper/two")),
+                "a link, not a copy"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_links_are_never_committed() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("U1/ab")).unwrap();
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(false).unwrap();
+        fs::write(d.staging().join("Manifest.db"), b"new").unwrap();
+        *d.linking.lock().unwrap() = Linking::Running(std::thread::spawn(|| {
+            Err(EngineError::Io(std::io::Error::other("disk gone")))
+        }));
+        let first = d.ready().unwrap_err().to_string();
+        assert!(first.contains("disk gone"), "{first}");
+        let again = d.ready().unwrap_err().to_string();
+        assert!(again.contains("disk gone"), "the failure sticks: {again}");
+        assert!(d.commit(false, false).is_err());
+        assert!(
+            root.path().join("U1/ab").is_dir(),
+            "the committed backup stays"
+        );
+        assert!(!root.path().join("U1/Manifest.db").exists());
     }
 
     #[test]

@@ -119,7 +119,12 @@ impl BackupDir {
                 link_or_copy(&e.path(), &staging.join(e.file_name()))?;
             }
         }
-        let handle = std::thread::spawn(move || link_folders(&committed, &staging));
+        let handle = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            let r = link_folders(&committed, &staging);
+            log::info!("staging links made in {:?}", t0.elapsed());
+            r
+        });
         *self.linking.lock().expect("linking lock") = Linking::Running(handle);
         Ok(())
     }

@@ -245,7 +245,7 @@ type KnownRows = HashMap<String, HashMap<String, Known>>;
 /// Any other index is decoded.
 pub struct LastIndex {
     hash: u64,
-    rows: KnownRows,
+    rows: Vec<(String, String, Known)>,
 }
 
 /// One entry of the device's file system, as the backup records it.
@@ -528,10 +528,13 @@ impl Previous {
     /// gave, otherwise decoded.
     fn rows(&self, device: &Device) -> Result<KnownRows> {
         let remembered = device.last_index.lock().expect("last index lock").take();
-        if let Some(last) = remembered.filter(|l| l.hash == self.hash) {
-            return Ok(last.rows);
-        }
         let mut rows = KnownRows::new();
+        if let Some(last) = remembered.filter(|l| l.hash == self.hash) {
+            for (domain, path, known) in last.rows {
+                rows.entry(domain).or_default().insert(path, known);
+            }
+            return Ok(rows);
+        }
         self.db.for_each(|row| {
             rows.entry(row.domain)
                 .or_default()
@@ -826,15 +829,19 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         if full { "full" } else { "incremental" }
     );
 
-    // 2. What to send.
+    // 2. What to send: what the previous index says (learnt while the
+    // scan still runs) against the file system.
+    let known = match &previous {
+        Some(prev) => Some(prev.rows(&device)?),
+        None => None,
+    };
     let mut entries = scanning
         .join()
         .map_err(|_| SimError::Protocol("the file system scan panicked".into()))??;
     // Content files for the host to delete; rows to drop from the index.
     let mut removed = Vec::new();
     let mut gone = Vec::new();
-    if let Some(prev) = &previous {
-        let mut known = prev.rows(&device)?;
+    if let (Some(prev), Some(mut known)) = (&previous, known) {
         for e in entries.iter_mut() {
             let Some(k) = known
                 .get_mut(&e.domain)
@@ -1136,13 +1143,14 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &format!("Host could not store Status.plist: {e}"),
         );
     }
-    let mut rows = KnownRows::new();
-    for e in entries {
-        let known = e.kept.unwrap_or_else(|| Known::of(&e.file));
-        rows.entry(e.domain)
-            .or_default()
-            .insert(e.file.relative_path, known);
-    }
+    // Kept as a list; the next backup makes the lookup table while its scan runs.
+    let rows = entries
+        .into_iter()
+        .map(|e| {
+            let known = e.kept.unwrap_or_else(|| Known::of(&e.file));
+            (e.domain, e.file.relative_path, known)
+        })
+        .collect();
     let hash = hash.finish();
     *device.last_index.lock().expect("last index lock") = Some(LastIndex { hash, rows });
     dl.finish(0, "")

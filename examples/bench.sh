@@ -20,24 +20,41 @@ if [ ! -d "$work/bigfile" ]; then
   mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
   head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
 fi
-serve_sim "$work/sim.log" "$work/$profile" "$work/bigfile"
-udid=$(udid_of "$work/$profile")
-big=$(udid_of "$work/bigfile")
+# The simulated phone's storage is not what is measured: serve copies of the
+# devices from RAM (tmpfs), where neither a cold disk nor the kernel's
+# proactive reclaim of idle page cache (DAMON, on these machines) can slow
+# the device down between runs. BENCH_DEVICES= (empty) serves them in place.
+devs="${BENCH_DEVICES-/dev/shm/ibackup-bench-devices}"
+if [ -n "$devs" ]; then
+  rm -rf "$devs"; mkdir -p "$devs"
+  cp -a "$work/$profile" "$work/bigfile" "$devs/"
+else
+  devs="$work"
+fi
+serve_sim "$work/sim.log" "$devs/$profile" "$devs/bigfile"
+[ "$devs" = "$work" ] || trap 'kill $simpid 2>/dev/null; rm -rf "$devs"' EXIT
+udid=$(udid_of "$devs/$profile")
+big=$(udid_of "$devs/bigfile")
 "$ib" -q -u "$udid" pair; "$ib" -q -u "$big" pair
 bytes=$(du -sb "$work/$profile/fs" --exclude=HealthDomain --exclude=KeychainDomain | cut -f1)
 files=$(find "$work/$profile/fs" -type f -not -path '*HealthDomain*' -not -path '*KeychainDomain*' | wc -l)
 
 results="$work/results.txt"; : > "$results"
-for r in $(seq 1 "$rounds"); do
+# Round 0 is a warm-up, not counted: on these virtual machines the first
+# touch of fresh memory (new tmpfs pages, page cache) costs several times
+# what later rounds pay. Each client's unchanged backup follows its own full
+# backup into the same folder, as a nightly run follows last night's.
+for r in $(seq 0 "$rounds"); do
+  dest="$results"; [ "$r" = 0 ] && dest="$work/warmup.txt"
   rm -rf "$out/out-ib" "$out/out-limd"; mkdir -p "$out/out-ib" "$out/out-limd"
-  measure ibackup_full "$ib" -q -u "$udid" full "$out/out-ib" >> "$results"
-  measure idevicebackup2_full idevicebackup2 -u "$udid" backup --full "$out/out-limd" >> "$results"
-  measure ibackup_unchanged "$ib" -q -u "$udid" backup "$out/out-ib" >> "$results"
-  measure idevicebackup2_unchanged idevicebackup2 -u "$udid" backup "$out/out-limd" >> "$results"
+  measure ibackup_full "$ib" -q -u "$udid" full "$out/out-ib" >> "$dest"
+  measure ibackup_unchanged "$ib" -q -u "$udid" backup "$out/out-ib" >> "$dest"
+  measure idevicebackup2_full idevicebackup2 -u "$udid" backup --full "$out/out-limd" >> "$dest"
+  measure idevicebackup2_unchanged idevicebackup2 -u "$udid" backup "$out/out-limd" >> "$dest"
   rm -rf "$out/out-big"; mkdir -p "$out/out-big"
-  measure ibackup_bigfile "$ib" -q -u "$big" full "$out/out-big" >> "$results"
+  measure ibackup_bigfile "$ib" -q -u "$big" full "$out/out-big" >> "$dest"
   rm -rf "$out/out-big"; mkdir -p "$out/out-big"
-  measure idevicebackup2_bigfile idevicebackup2 -u "$big" backup --full "$out/out-big" >> "$results"
+  measure idevicebackup2_bigfile idevicebackup2 -u "$big" backup --full "$out/out-big" >> "$dest"
 done
 rm -rf "$out/out-ib" "$out/out-limd" "$out/out-big"
 bigbytes=$(stat -c %s "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV")

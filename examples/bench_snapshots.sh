@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: what a snapshot costs. Backs up a simulated device fully, then
 # per round changes N files on it and runs an incremental `ibackup backup`,
-# reporting the whole run, the staging of links, the commit (from the
+# reporting the whole run, the staging of links (made in the background
+# while the device decides what changed), the commit (from the
 # result's commit_seconds) and the disk the new snapshot added.
 #   bash examples/bench_snapshots.sh [large|medium|small] [changed files] [rounds]
 set -euo pipefail
@@ -36,7 +37,7 @@ for r in $(seq 1 "$rounds"); do
   end=$(date +%s.%N)
   after=$(du_all)
   commit=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "\"result\"" in l][-1]["commit_seconds"])' "$work/history-result.json")
-  staging=$(sed -n 's/.*staging prepared in \([0-9.]*\)\(m\?s\).*/\1 \2/p' "$work/history.err" | awk '{ print ($2 == "ms") ? $1/1000 : $1 }')
+  staging=$(sed -n 's/.*staging links made in \([0-9.]*\)\(m\?s\).*/\1 \2/p' "$work/history.err" | awk '{ print ($2 == "ms") ? $1/1000 : $1 }')
   printf '%-6s %10.2f %12.2f %10.3f %14.1f\n' "$r" "$(echo "$end - $start" | bc)" "${staging:-0}" "$commit" "$(echo "($after - $before) / 1000000" | bc -l)"
 done
 "$ib" snapshots "$backups"

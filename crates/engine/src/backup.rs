@@ -193,7 +193,10 @@ impl<'a> Host<'a> {
                 StreamItem::Name(n) => n,
             };
             let target = match self.dir.resolve_write(&backup_name) {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    self.dir.ready_for(&backup_name)?;
+                    Some(p)
+                }
                 Err(e) => {
                     log::warn!("{e}");
                     self.refused += 1;
@@ -370,18 +373,34 @@ impl<'a> Host<'a> {
                 self.progress();
             }
         }
-        // A backup's staging folder may still be getting its links: only
-        // the free space and the top-level files the device reads first
-        // are answered without waiting for them.
-        let waits = match &m {
-            DlMessage::GetFreeDiskSpace => false,
-            DlMessage::DownloadFiles { paths, .. } => paths
-                .iter()
-                .any(|p| p.trim_end_matches('/').matches('/').count() != 1),
-            _ => true,
+        // A backup's staging folder may still be getting its links: what
+        // touches the folders being linked waits for them (files the device
+        // uploads, in upload_files, one by one).
+        let touched: Option<Vec<&String>> = match &m {
+            DlMessage::GetFreeDiskSpace
+            | DlMessage::PurgeDiskSpace { .. }
+            | DlMessage::UploadFiles { .. }
+            | DlMessage::ProcessMessage(_)
+            | DlMessage::Disconnect(_) => Some(Vec::new()),
+            DlMessage::DownloadFiles { paths, .. } | DlMessage::RemoveItems { paths, .. } => {
+                Some(paths.iter().collect())
+            }
+            DlMessage::CreateDirectory { path } | DlMessage::ContentsOfDirectory { path } => {
+                Some(vec![path])
+            }
+            DlMessage::MoveItems { moves, .. } => {
+                Some(moves.iter().flat_map(|(a, b)| [a, b]).collect())
+            }
+            DlMessage::CopyItem { from, to } => Some(vec![from, to]),
+            _ => None,
         };
-        if waits {
-            self.dir.ready()?;
+        match touched {
+            Some(paths) => {
+                for p in paths {
+                    self.dir.ready_for(p)?;
+                }
+            }
+            None => self.dir.ready()?,
         }
         match m {
             DlMessage::UploadFiles { total_bytes, .. } => self.upload_files(total_bytes)?,

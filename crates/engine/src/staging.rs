@@ -9,7 +9,7 @@
 //! folder replaces the committed one with two renames; a crash between
 //! them is repaired at the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,7 +30,8 @@ pub struct BackupDir {
 
 enum Linking {
     Idle,
-    Running(JoinHandle<Result<()>>),
+    /// The thread, and the top-level folders it is filling.
+    Running(JoinHandle<Result<()>>, HashSet<String>),
     /// It failed; the staging folder is incomplete and must not be committed.
     Failed(String),
 }
@@ -113,10 +114,14 @@ impl BackupDir {
         if !link_previous || !committed.is_dir() {
             return Ok(());
         }
+        let mut folders = HashSet::new();
         for e in fs::read_dir(&committed)? {
             let e = e?;
-            if e.file_type()?.is_file() {
+            let ft = e.file_type()?;
+            if ft.is_file() {
                 link_or_copy(&e.path(), &staging.join(e.file_name()))?;
+            } else if ft.is_dir() {
+                folders.insert(e.file_name().to_string_lossy().into_owned());
             }
         }
         let handle = std::thread::spawn(move || {
@@ -125,8 +130,29 @@ impl BackupDir {
             log::info!("staging links made in {:?}", t0.elapsed());
             r
         });
-        *self.linking.lock().expect("linking lock") = Linking::Running(handle);
+        *self.linking.lock().expect("linking lock") = Linking::Running(handle, folders);
         Ok(())
+    }
+
+    /// Before the device touches `device_path`: wait for the background
+    /// links if the path lies where they are still being made (a folder of
+    /// the committed backup, or the backup folder as a whole). Everything
+    /// else (top-level files, new folders such as `Snapshot/`) goes at once.
+    pub fn ready_for(&self, device_path: &str) -> Result<()> {
+        let busy = match &*self.linking.lock().expect("linking lock") {
+            Linking::Running(_, folders) => {
+                let rest = device_path.split_once('/').map_or("", |(_, r)| r);
+                let first = rest.split('/').next().unwrap_or("");
+                first.is_empty() || folders.contains(first)
+            }
+            Linking::Idle => false,
+            Linking::Failed(_) => true,
+        };
+        if busy {
+            self.ready()
+        } else {
+            Ok(())
+        }
     }
 
     /// Wait until the staging folder holds everything `prepare` started to
@@ -135,7 +161,7 @@ impl BackupDir {
         let mut linking = self.linking.lock().expect("linking lock");
         let outcome = match std::mem::replace(&mut *linking, Linking::Idle) {
             Linking::Idle => Ok(()),
-            Linking::Running(handle) => handle.join().unwrap_or_else(|_| {
+            Linking::Running(handle, _) => handle.join().unwrap_or_else(|_| {
                 Err(EngineError::Io(std::io::Error::other(
                     "the linking thread panicked",
                 )))
@@ -403,6 +429,15 @@ impl Area<'_> {
         }
     }
 
+    /// Wait, if need be, before touching `device_path` (see
+    /// [`BackupDir::ready_for`]).
+    pub fn ready_for(&self, device_path: &str) -> Result<()> {
+        match self {
+            Area::Staging(d) => d.ready_for(device_path),
+            Area::ReadOnly { .. } => Ok(()),
+        }
+    }
+
     /// A folder on the disk the device asks the free space of.
     pub fn disk(&self) -> PathBuf {
         match self {
@@ -528,9 +563,10 @@ mod tests {
         fs::write(committed.join("ab/deeper/two"), b"2").unwrap();
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(true).unwrap();
-        // The top-level files are there at once.
+        // The top-level files are there at once; a path in a linked
+        // folder waits for the links.
         assert_eq!(fs::read(d.staging().join("Manifest.db")).unwrap(), b"index");
-        d.ready().unwrap();
+        d.ready_for("U1/ab/deeper/two").unwrap();
         for (name, bytes) in [("ab/one", b"1"), ("ab/deeper/two", b"2")] {
             assert_eq!(&fs::read(d.staging().join(name)).unwrap(), bytes, "{name}");
         }
@@ -553,12 +589,17 @@ mod tests {
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(false).unwrap();
         fs::write(d.staging().join("Manifest.db"), b"new").unwrap();
-        *d.linking.lock().unwrap() = Linking::Running(std::thread::spawn(|| {
-            Err(EngineError::Io(std::io::Error::other("disk gone")))
-        }));
-        let first = d.ready().unwrap_err().to_string();
+        *d.linking.lock().unwrap() = Linking::Running(
+            std::thread::spawn(|| Err(EngineError::Io(std::io::Error::other("disk gone")))),
+            HashSet::from(["ab".to_string()]),
+        );
+        assert!(
+            d.ready_for("U1/Snapshot/Manifest.db").is_ok(),
+            "outside the linked folders nothing waits"
+        );
+        let first = d.ready_for("U1/ab/file").unwrap_err().to_string();
         assert!(first.contains("disk gone"), "{first}");
-        let again = d.ready().unwrap_err().to_string();
+        let again = d.ready_for("U1/Snapshot/x").unwrap_err().to_string();
         assert!(again.contains("disk gone"), "the failure sticks: {again}");
         assert!(d.commit(false, false).is_err());
         assert!(

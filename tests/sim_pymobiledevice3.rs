@@ -61,6 +61,43 @@ fn pymobiledevice3_full_backup_matches_the_device_and_pyiosbackup_reads_it() {
             "{k} differs after pyiosbackup extraction"
         );
     }
+
+    // An incremental backup after adds, changes and deletes follows them,
+    // and leaves the files that did not change where they were.
+    let fs = host.devices[0].join("fs");
+    std::fs::write(fs.join("HomeDomain/Library/added.txt"), "new").unwrap();
+    std::fs::write(fs.join("HomeDomain/Library/SMS/sms.db"), "replaced").unwrap();
+    let mut photos: Vec<String> =
+        std::fs::read_dir(fs.join("CameraRollDomain/Media/DCIM/100APPLE"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    photos.sort();
+    std::fs::remove_file(
+        fs.join("CameraRollDomain/Media/DCIM/100APPLE")
+            .join(&photos[0]),
+    )
+    .unwrap();
+    let kept_id = ibackup_store::paths::file_id(
+        "CameraRollDomain",
+        &format!("Media/DCIM/100APPLE/{}", photos[1]),
+    );
+    let kept = backup.join(&kept_id[..2]).join(&kept_id);
+    let written = || std::fs::metadata(&kept).unwrap().modified().unwrap();
+    let before = written();
+    let o = run({
+        let mut c = host.cmd(&pmd3);
+        c.args(["backup2", "backup"]).arg(&dir).args(["--udid", u]);
+        c
+    });
+    assert_ok(&o, "pymobiledevice3 backup2 backup (incremental)");
+    assert_eq!(written(), before, "an unchanged photo was not sent again");
+    assert_same_tree(
+        &backup_tree(&backup),
+        &device_tree(&fs, &PLAIN_SKIP),
+        "pymobiledevice3 incremental backup vs changed device",
+    );
 }
 
 #[test]

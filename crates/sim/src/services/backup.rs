@@ -275,24 +275,50 @@ fn unix(t: std::io::Result<std::time::SystemTime>) -> i64 {
 /// Walk `fs/` in a stable order (each folder before its contents, names
 /// sorted) and describe every entry.
 pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    let mut domains: Vec<_> = std::fs::read_dir(fs_root)?
+    let mut domains: Vec<(String, PathBuf)> = std::fs::read_dir(fs_root)?
         .flatten()
         .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+        .filter(|(d, _)| include_encrypted_only || !ENCRYPTED_ONLY_DOMAINS.contains(&d.as_str()))
         .collect();
-    domains.sort_by_key(|e| e.file_name());
-    for d in domains {
-        let Some(domain) = d.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if !include_encrypted_only && ENCRYPTED_ONLY_DOMAINS.contains(&domain.as_str()) {
-            continue;
-        }
-        let md = std::fs::symlink_metadata(d.path())?;
-        push_entry(&mut out, &domain, String::new(), d.path(), &md)?;
-        scan_dir(&mut out, &domain, "", &d.path())?;
+    domains.sort();
+    // Domains are independent: a few threads take them in turn, and the
+    // results are put back in order.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let mut parts: Vec<(usize, Result<Vec<Entry>>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((domain, path)) = domains.get(i) else {
+                            return done;
+                        };
+                        let mut out = Vec::new();
+                        let r = std::fs::symlink_metadata(path)
+                            .map_err(SimError::from)
+                            .and_then(|md| {
+                                push_entry(&mut out, domain, String::new(), path.clone(), &md)
+                            })
+                            .and_then(|()| scan_dir(&mut out, domain, "", path));
+                        done.push((i, r.map(|()| out)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("scan thread"))
+            .collect()
+    });
+    parts.sort_by_key(|(i, _)| *i);
+    let mut all = Vec::new();
+    for (_, part) in parts {
+        all.extend(part?);
     }
-    Ok(out)
+    Ok(all)
 }
 
 /// Describe the contents of `dir` (relative path `rel`), recursively.

@@ -789,21 +789,35 @@ fn send_bytes(dl: &mut Dl, backup_name: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// One `DLMessageUploadFiles`: the announcement, the files `send` streams,
+/// the stream's end, then the host's answer (its error text if it failed).
+fn upload_batch(
+    dl: &mut Dl,
+    progress: f64,
+    total_bytes: u64,
+    send: impl FnOnce(&mut Dl) -> Result<()>,
+) -> Result<std::result::Result<(), String>> {
+    dl.send(&DlMessage::UploadFiles {
+        progress,
+        total_bytes,
+    })?;
+    send(dl)?;
+    FileStreamWriter::new(&mut dl.conn).terminate()?;
+    Ok(dl.status()?.map(|_| ()))
+}
+
 fn upload_metadata(
     dl: &mut Dl,
     files: &[(String, Vec<u8>)],
     progress: f64,
 ) -> Result<std::result::Result<(), String>> {
     let total = files.iter().map(|(_, b)| b.len() as u64).sum();
-    dl.send(&DlMessage::UploadFiles {
-        progress,
-        total_bytes: total,
-    })?;
-    for (name, bytes) in files {
-        send_bytes(dl, name, bytes)?;
-    }
-    FileStreamWriter::new(&mut dl.conn).terminate()?;
-    Ok(dl.status()?.map(|_| ()))
+    upload_batch(dl, progress, total, |dl| {
+        for (name, bytes) in files {
+            send_bytes(dl, name, bytes)?;
+        }
+        Ok(())
+    })
 }
 
 pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
@@ -996,19 +1010,17 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         }
     }
     if !c.fault_hostile_paths.is_empty() {
-        dl.send(&DlMessage::UploadFiles {
-            progress: 0.0,
-            total_bytes: 5,
+        let sent = upload_batch(dl, 0.0, 5, |dl| {
+            for p in &c.fault_hostile_paths {
+                let mut w = FileStreamWriter::new(&mut dl.conn);
+                w.name("/var/mobile/evil")?;
+                w.name(p)?;
+                w.data(b"evil\n")?;
+                w.end_of_file()?;
+            }
+            Ok(())
         })?;
-        for p in &c.fault_hostile_paths {
-            let mut w = FileStreamWriter::new(&mut dl.conn);
-            w.name("/var/mobile/evil")?;
-            w.name(p)?;
-            w.data(b"evil\n")?;
-            w.end_of_file()?;
-        }
-        FileStreamWriter::new(&mut dl.conn).terminate()?;
-        if let Err(e) = dl.status()? {
+        if let Err(e) = sent {
             log::info!("host refused hostile paths: {e}");
         }
     }
@@ -1032,36 +1044,34 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             } else {
                 done as f64 * 100.0 / total as f64
             };
-            dl.send(&DlMessage::UploadFiles {
-                progress,
-                total_bytes: bytes,
+            let sent = upload_batch(dl, progress, bytes, |dl| {
+                for e in entries[i..j].iter_mut().filter(|e| e.upload) {
+                    let id = file_id(&e.domain, &e.file.relative_path);
+                    let device_name = format!("/var/mobile/{}", e.file.relative_path);
+                    let file_key: Option<[u8; 32]> = match &keybag {
+                        Some(kb) => {
+                            let k: [u8; 32] = rand::random();
+                            e.file.encryption_key =
+                                Some(kb.wrap_key(e.file.protection_class as u32, &k)?);
+                            Some(k)
+                        }
+                        None => None,
+                    };
+                    let digest = send_file(
+                        dl,
+                        &device_name,
+                        &format!("{target}/{}/{id}", &id[..2]),
+                        &e.source,
+                        file_key.as_ref(),
+                        has_digest(&e.domain),
+                        &mut buf,
+                    )?;
+                    e.file.digest = digest;
+                    done += e.file.size;
+                }
+                Ok(())
             })?;
-            for e in entries[i..j].iter_mut().filter(|e| e.upload) {
-                let id = file_id(&e.domain, &e.file.relative_path);
-                let device_name = format!("/var/mobile/{}", e.file.relative_path);
-                let file_key: Option<[u8; 32]> = match &keybag {
-                    Some(kb) => {
-                        let k: [u8; 32] = rand::random();
-                        e.file.encryption_key =
-                            Some(kb.wrap_key(e.file.protection_class as u32, &k)?);
-                        Some(k)
-                    }
-                    None => None,
-                };
-                let digest = send_file(
-                    dl,
-                    &device_name,
-                    &format!("{target}/{}/{id}", &id[..2]),
-                    &e.source,
-                    file_key.as_ref(),
-                    has_digest(&e.domain),
-                    &mut buf,
-                )?;
-                e.file.digest = digest;
-                done += e.file.size;
-            }
-            FileStreamWriter::new(&mut dl.conn).terminate()?;
-            if let Err(e) = dl.status()? {
+            if let Err(e) = sent {
                 return dl.finish(
                     error_code::MISSING_FILES,
                     &format!("Host failed to store files: {e}"),
@@ -1106,27 +1116,24 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let _ = dl.status()?;
     let plist = manifest_plist(&device, keybag.as_ref(), manifest_key);
     let db_len = std::fs::metadata(&db_path)?.len();
-    dl.send(&DlMessage::UploadFiles {
-        progress: 99.0,
-        total_bytes: db_len + plist.len() as u64,
-    })?;
-    // The index is the backup's own file: the fault counters do not see it.
     let mut hash = StreamHash::default();
-    stream(
-        dl,
-        (
-            "/var/mobile/Library/Backup/Manifest.db",
-            &format!("{target}/Snapshot/Manifest.db"),
-        ),
-        &mut File::open(&db_path)?,
-        db_key.as_ref(),
-        &mut buf,
-        &mut |_, _| Ok(()),
-        &mut |sent| hash.update(sent),
-    )?;
-    send_bytes(dl, &format!("{target}/Snapshot/Manifest.plist"), &plist)?;
-    FileStreamWriter::new(&mut dl.conn).terminate()?;
-    if let Err(e) = dl.status()? {
+    let sent = upload_batch(dl, 99.0, db_len + plist.len() as u64, |dl| {
+        // The index is the backup's own file: the fault counters do not see it.
+        stream(
+            dl,
+            (
+                "/var/mobile/Library/Backup/Manifest.db",
+                &format!("{target}/Snapshot/Manifest.db"),
+            ),
+            &mut File::open(&db_path)?,
+            db_key.as_ref(),
+            &mut buf,
+            &mut |_, _| Ok(()),
+            &mut |sent| hash.update(sent),
+        )?;
+        send_bytes(dl, &format!("{target}/Snapshot/Manifest.plist"), &plist)
+    })?;
+    if let Err(e) = sent {
         return dl.finish(
             error_code::MISSING_FILES,
             &format!("Host could not store the manifest: {e}"),

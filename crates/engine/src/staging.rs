@@ -115,11 +115,12 @@ impl BackupDir {
             return Ok(());
         }
         let mut folders = HashSet::new();
+        let top = Dirs::open(&committed, &staging)?;
         for e in fs::read_dir(&committed)? {
             let e = e?;
             let ft = e.file_type()?;
             if ft.is_file() {
-                link_or_copy(&e.path(), &staging.join(e.file_name()))?;
+                top.link_or_copy(&e.file_name())?;
             } else if ft.is_dir() {
                 folders.insert(e.file_name().to_string_lossy().into_owned());
             }
@@ -301,25 +302,43 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
             let sub = to.join(&name);
             fs::create_dir_all(&sub)?;
             link_tree(&e.path(), &sub)?;
-        } else if ft.is_file() && dirs.link(&name).is_err() {
-            link_or_copy(&e.path(), &to.join(&name))?;
+        } else if ft.is_file() {
+            dirs.link_or_copy(&name)?;
         }
     }
     Ok(())
 }
 
-/// Two open folders, so that each link names only the file (`linkat`)
-/// instead of walking both full paths again: most of a big backup's
-/// staging time.
-#[cfg(unix)]
-struct Dirs(File, File);
+/// A folder to link from and one to link into.
+struct Dirs {
+    from: PathBuf,
+    to: PathBuf,
+    /// Both open, so that each link names only the file (`linkat`) instead
+    /// of walking both full paths again: most of a big backup's staging time.
+    #[cfg(unix)]
+    open: (File, File),
+}
 
-#[cfg(unix)]
 impl Dirs {
     fn open(from: &Path, to: &Path) -> Result<Dirs> {
-        Ok(Dirs(File::open(from)?, File::open(to)?))
+        Ok(Dirs {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            #[cfg(unix)]
+            open: (File::open(from)?, File::open(to)?),
+        })
     }
 
+    /// Link the file `name` across; where the filesystem has no hard links,
+    /// copy it (slower, same result).
+    fn link_or_copy(&self, name: &std::ffi::OsStr) -> Result<()> {
+        if self.link(name).is_err() {
+            fs::copy(self.from.join(name), self.to.join(name))?;
+        }
+        Ok(())
+    }
+
+    #[cfg(unix)]
     fn link(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::io::AsRawFd;
@@ -328,9 +347,9 @@ impl Dirs {
         // is a NUL-terminated name that outlives the call.
         let r = unsafe {
             libc::linkat(
-                self.0.as_raw_fd(),
+                self.open.0.as_raw_fd(),
                 c.as_ptr(),
-                self.1.as_raw_fd(),
+                self.open.1.as_raw_fd(),
                 c.as_ptr(),
                 0,
             )
@@ -341,29 +360,12 @@ impl Dirs {
             Err(std::io::Error::last_os_error())
         }
     }
-}
 
-/// Elsewhere, links by full path.
-#[cfg(not(unix))]
-struct Dirs(PathBuf, PathBuf);
-
-#[cfg(not(unix))]
-impl Dirs {
-    fn open(from: &Path, to: &Path) -> Result<Dirs> {
-        Ok(Dirs(from.to_path_buf(), to.to_path_buf()))
-    }
-
+    /// Elsewhere, by full path.
+    #[cfg(not(unix))]
     fn link(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
-        fs::hard_link(self.0.join(name), self.1.join(name))
+        fs::hard_link(self.from.join(name), self.to.join(name))
     }
-}
-
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if fs::hard_link(from, to).is_err() {
-        // Filesystems without hard links: copy (slower, same result).
-        fs::copy(from, to)?;
-    }
-    Ok(())
 }
 
 /// `<udid>/rest` → `base/rest`, refusing other devices' folders, absolute

@@ -9,9 +9,6 @@ profile="${1:-medium}"; rounds="${2:-2}"
 work="${BENCH_DIR:-target/bench}"
 # Backups are written here; /dev/shm (RAM) measures the software, not the disk.
 out="${BENCH_OUT:-$work}"
-mkdir -p "$work" "$out"
-cargo build --quiet --release -p ibackup -p ibackup-sim
-sim=target/release/ibackup-sim; ib=target/release/ibackup
 . examples/bench_common.sh
 [ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
 # One 2 GiB file: end-to-end throughput on large files.

@@ -1,4 +1,8 @@
-# Shared by the bench scripts; sourced once $work, $sim and $ib are set.
+# Shared by the bench scripts; sourced once $work and $out are set. Builds
+# both programs and sets $sim and $ib.
+mkdir -p "$work" "$out"
+cargo build --quiet --release -p ibackup -p ibackup-sim
+sim=target/release/ibackup-sim; ib=target/release/ibackup
 
 # A developer's own configuration must not change what is measured.
 export IBACKUP_CONFIG=/dev/null

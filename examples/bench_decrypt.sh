@@ -10,9 +10,6 @@ profile="${1:-medium}"; rounds="${2:-2}"
 work="${BENCH_DIR:-target/bench}"
 out="${BENCH_OUT:-$work}"
 py="${IBACKUP_REFEREE_VENV:-/tmp/ref}/bin/python3"
-mkdir -p "$work" "$out"
-cargo build --quiet --release -p ibackup -p ibackup-sim
-sim=target/release/ibackup-sim; ib=target/release/ibackup
 . examples/bench_common.sh
 dev="$work/$profile-encrypted"
 if [ ! -d "$dev" ]; then

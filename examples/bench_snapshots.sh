@@ -10,9 +10,6 @@ cd "$(dirname "$0")/.."
 profile="${1:-large}"; changed="${2:-100}"; rounds="${3:-3}"
 work="${BENCH_DIR:-target/bench}"
 out="${BENCH_OUT:-$work}"
-mkdir -p "$work" "$out"
-cargo build --quiet --release -p ibackup -p ibackup-sim
-sim=target/release/ibackup-sim; ib=target/release/ibackup
 . examples/bench_common.sh
 dev="$work/$profile-history"
 [ -d "$dev" ] || "$sim" populate "$dev" --profile "$profile" --seed 7 >/dev/null

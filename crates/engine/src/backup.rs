@@ -205,6 +205,7 @@ impl<'a> Host<'a> {
                 }
             };
             let part = target.as_deref().map(part_path);
+            let mut written = 0u64;
             let mut out: Option<File> = None;
             let mut write_err: Option<std::io::Error> = None;
             let open = |part: &Path| -> std::io::Result<File> {
@@ -229,8 +230,9 @@ impl<'a> Host<'a> {
                             let n = left.min(self.buf.len());
                             FileStreamReader::new(&mut self.s).payload(&mut self.buf[..n])?;
                             if let (Some(f), None) = (out.as_mut(), write_err.as_ref()) {
-                                if let Err(e) = f.write_all(&self.buf[..n]) {
-                                    write_err = Some(e);
+                                match f.write_all(&self.buf[..n]) {
+                                    Ok(()) => written += n as u64,
+                                    Err(e) => write_err = Some(e),
                                 }
                             }
                             left -= n;
@@ -249,7 +251,9 @@ impl<'a> Host<'a> {
             drop(out);
             match (&part, &target, write_err) {
                 (Some(p), Some(t), None) if finished => {
+                    let old = std::fs::symlink_metadata(t).ok();
                     std::fs::rename(p, t)?;
+                    self.dir.wrote(&backup_name, old.as_ref(), written);
                     self.files += 1;
                 }
                 (Some(p), _, Some(e)) => {
@@ -338,16 +342,18 @@ impl<'a> Host<'a> {
         }
     }
 
+    /// Do `f` to each device path's place in the backup being written
+    /// (`f` gets the area, the device path and the local path).
     fn each_path(
         &mut self,
         paths: &[String],
-        f: impl Fn(&Path) -> std::io::Result<()>,
+        f: impl Fn(&Area, &str, &Path) -> std::io::Result<()>,
     ) -> Result<()> {
         let mut failure: Option<(i64, String)> = None;
         for p in paths {
             match self.dir.resolve_write(p) {
                 Ok(local) => {
-                    if let Err(e) = f(&local) {
+                    if let Err(e) = f(&self.dir, p, &local) {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             failure = Some((device_errno(&e), e.to_string()));
                         }
@@ -414,21 +420,31 @@ impl<'a> Host<'a> {
                 Some("DLPurgeDiskSpace failed to purge".into()),
                 Value::Dictionary(Dictionary::new()),
             )?,
-            DlMessage::CreateDirectory { path } => {
-                self.each_path(&[path], |p| std::fs::create_dir_all(p))?
-            }
-            DlMessage::RemoveItems { paths, .. } => self.each_path(&paths, |p| {
-                if p.is_dir() && !p.is_symlink() {
+            DlMessage::CreateDirectory { path } => self.each_path(&[path], |area, name, p| {
+                std::fs::create_dir_all(p)?;
+                area.created_folder(name);
+                Ok(())
+            })?,
+            DlMessage::RemoveItems { paths, .. } => self.each_path(&paths, |area, name, p| {
+                let old = std::fs::symlink_metadata(p)?;
+                let r = if old.is_dir() {
                     std::fs::remove_dir_all(p)
                 } else {
                     std::fs::remove_file(p)
+                };
+                match &r {
+                    Ok(()) => area.removed(name, &old),
+                    Err(_) => area.changed(name),
                 }
+                r
             })?,
             DlMessage::MoveItems { moves, .. } => {
                 let mut failure = None;
                 for (from, to) in &moves {
                     match (self.dir.resolve_write(from), self.dir.resolve_write(to)) {
                         (Ok(a), Ok(b)) => {
+                            self.dir.changed(from);
+                            self.dir.changed(to);
                             if b.is_dir() {
                                 let _ = std::fs::remove_dir_all(&b);
                             }
@@ -456,6 +472,7 @@ impl<'a> Host<'a> {
             DlMessage::CopyItem { from, to } => {
                 let r = match (self.dir.resolve(&from), self.dir.resolve_write(&to)) {
                     (Ok(a), Ok(b)) => {
+                        self.dir.changed(&to);
                         // b may be a link to a committed file: unlink, then copy to a new inode.
                         let _ = std::fs::remove_file(&b);
                         std::fs::copy(a, b)

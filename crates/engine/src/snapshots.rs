@@ -153,8 +153,55 @@ pub fn newest_date(root: &Path, udid: &str) -> Option<i64> {
     Some(recorded.map_or_else(|| status_date(&committed), |i| i.date))
 }
 
+/// The record of the newest snapshot of `udid` (the one in `DIR/<UDID>/`),
+/// if it has one.
+pub fn newest_info(root: &Path, udid: &str) -> Option<Info> {
+    newest_id(root, udid).and_then(|id| read_info(&sidecar(root, udid, &id)))
+}
+
 /// Describe a Finder-format folder: counts, encryption, iOS version, date.
 pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
+    describe_counted(folder, id, full, result, None)
+}
+
+/// [`describe`], with the content folders' file and byte counts given when
+/// the caller knows them (`None`: count them, one stat per file).
+pub fn describe_counted(
+    folder: &Path,
+    id: &str,
+    full: bool,
+    result: &str,
+    counts: Option<(u64, u64)>,
+) -> Info {
+    let (files, bytes) = counts.unwrap_or_else(|| count_content(folder));
+    let plist = |name: &str| {
+        plist::Value::from_file(folder.join(name))
+            .ok()
+            .and_then(plist::Value::into_dictionary)
+            .unwrap_or_default()
+    };
+    Info {
+        id: id.to_string(),
+        date: status_date(folder),
+        files,
+        bytes,
+        encrypted: plist("Manifest.plist")
+            .get("IsEncrypted")
+            .and_then(plist::Value::as_boolean)
+            .unwrap_or(false),
+        ios: plist("Info.plist")
+            .get("Product Version")
+            .and_then(plist::Value::as_string)
+            .unwrap_or("")
+            .to_string(),
+        result: result.to_string(),
+        full,
+    }
+}
+
+/// How many entries the content folders (the two-character ones) of a
+/// backup folder hold, and their bytes.
+pub fn count_content(folder: &Path) -> (u64, u64) {
     let content: Vec<PathBuf> = fs::read_dir(folder)
         .into_iter()
         .flatten()
@@ -181,30 +228,7 @@ pub fn describe(folder: &Path, id: &str, full: bool, result: &str) -> Info {
         let mine = count(first);
         (mine, other.join().expect("counting thread"))
     });
-    let (files, bytes) = (f1 + f2, b1 + b2);
-    let plist = |name: &str| {
-        plist::Value::from_file(folder.join(name))
-            .ok()
-            .and_then(plist::Value::into_dictionary)
-            .unwrap_or_default()
-    };
-    Info {
-        id: id.to_string(),
-        date: status_date(folder),
-        files,
-        bytes,
-        encrypted: plist("Manifest.plist")
-            .get("IsEncrypted")
-            .and_then(plist::Value::as_boolean)
-            .unwrap_or(false),
-        ios: plist("Info.plist")
-            .get("Product Version")
-            .and_then(plist::Value::as_string)
-            .unwrap_or("")
-            .to_string(),
-        result: result.to_string(),
-        full,
-    }
+    (f1 + f2, b1 + b2)
 }
 
 #[derive(Serialize, Deserialize)]

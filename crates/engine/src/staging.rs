@@ -26,12 +26,27 @@ pub struct BackupDir {
     _lock: File,
     /// Linking the committed content folders into staging (see `prepare`).
     linking: Mutex<Linking>,
+    /// What the staging folder's content folders hold, kept as the session
+    /// changes them, so that the commit's record need not stat every file
+    /// again (the one walk of the whole backup an unchanged night would
+    /// make). `None` once a change was not one this follows; the commit
+    /// then counts.
+    counts: Mutex<Option<Counts>>,
+}
+
+/// Files directly in the content folders (the two-character ones), and
+/// their bytes: what [`snapshots::count_content`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    files: u64,
+    bytes: u64,
 }
 
 enum Linking {
     Idle,
-    /// The thread, and the top-level folders it is filling.
-    Running(JoinHandle<Result<()>>, HashSet<String>),
+    /// The thread, the top-level folders it is filling, and how many
+    /// content files the counts expect it to link.
+    Running(JoinHandle<Result<Linked>>, HashSet<String>, Option<u64>),
     /// It failed; the staging folder is incomplete and must not be committed.
     Failed(std::io::ErrorKind, String),
 }
@@ -72,6 +87,7 @@ impl BackupDir {
             udid: udid.to_string(),
             _lock: lock,
             linking: Mutex::new(Linking::Idle),
+            counts: Mutex::new(None),
         };
         dir.recover()?;
         Ok(dir)
@@ -112,8 +128,16 @@ impl BackupDir {
         fs::create_dir_all(&staging)?;
         let committed = self.committed();
         if !link_previous || !committed.is_dir() {
+            self.set_counts(Some(Counts { files: 0, bytes: 0 }));
             return Ok(());
         }
+        // Staging starts as the committed folder, whose record has its
+        // counts; the links made confirm the number of files.
+        let recorded = snapshots::newest_info(&self.root, &self.udid).map(|i| Counts {
+            files: i.files,
+            bytes: i.bytes,
+        });
+        self.set_counts(recorded);
         let mut folders = HashSet::new();
         let top = Dirs::open(&committed, &staging)?;
         for e in fs::read_dir(&committed)? {
@@ -131,8 +155,69 @@ impl BackupDir {
             log::info!("staging links made in {:?}", t0.elapsed());
             r
         });
-        *self.linking.lock().expect("linking lock") = Linking::Running(handle, folders);
+        *self.linking.lock().expect("linking lock") =
+            Linking::Running(handle, folders, recorded.map(|c| c.files));
         Ok(())
+    }
+
+    fn set_counts(&self, c: Option<Counts>) {
+        *self.counts.lock().expect("counts lock") = c;
+    }
+
+    fn adjust_counts(&self, f: impl FnOnce(Counts) -> Option<Counts>) {
+        let mut counts = self.counts.lock().expect("counts lock");
+        *counts = counts.and_then(f);
+    }
+
+    /// The device wrote a file of `new` bytes at `device_path`; `old` is
+    /// what was there before (the caller looked without following links).
+    pub fn wrote(&self, device_path: &str, old: Option<&fs::Metadata>, new: u64) {
+        match place(device_path) {
+            Place::Outside => {}
+            Place::ContentFile => self.adjust_counts(|c| {
+                let (files, bytes) = match old {
+                    None => (c.files + 1, c.bytes),
+                    Some(m) if m.is_file() => (c.files, c.bytes.checked_sub(m.len())?),
+                    Some(_) => return None,
+                };
+                Some(Counts {
+                    files,
+                    bytes: bytes + new,
+                })
+            }),
+            Place::ContentOther => self.set_counts(None),
+        }
+    }
+
+    /// `device_path`, which was `old` (looked at without following links),
+    /// has been removed.
+    pub fn removed(&self, device_path: &str, old: &fs::Metadata) {
+        match place(device_path) {
+            Place::Outside => {}
+            Place::ContentFile if old.is_file() => self.adjust_counts(|c| {
+                Some(Counts {
+                    files: c.files.checked_sub(1)?,
+                    bytes: c.bytes.checked_sub(old.len())?,
+                })
+            }),
+            _ => self.set_counts(None),
+        }
+    }
+
+    /// The device created the folder `device_path`.
+    pub fn created_folder(&self, device_path: &str) {
+        // A content folder itself holds nothing yet; a folder inside one is
+        // an entry the counts do not follow.
+        if place(device_path) == Place::ContentFile {
+            self.set_counts(None);
+        }
+    }
+
+    /// Any other change at `device_path` (a move, a copy, a failed removal).
+    pub fn changed(&self, device_path: &str) {
+        if place(device_path) != Place::Outside {
+            self.set_counts(None);
+        }
     }
 
     /// Before the device touches `device_path`: wait for the background
@@ -141,7 +226,7 @@ impl BackupDir {
     /// else (top-level files, new folders such as `Snapshot/`) goes at once.
     pub fn ready_for(&self, device_path: &str) -> Result<()> {
         let busy = match &*self.linking.lock().expect("linking lock") {
-            Linking::Running(_, folders) => {
+            Linking::Running(_, folders, _) => {
                 let rest = device_path.split_once('/').map_or("", |(_, r)| r);
                 let first = rest.split('/').next().unwrap_or("");
                 first.is_empty() || folders.contains(first)
@@ -162,8 +247,15 @@ impl BackupDir {
         let mut linking = self.linking.lock().expect("linking lock");
         let (kind, why) = match std::mem::replace(&mut *linking, Linking::Idle) {
             Linking::Idle => return Ok(()),
-            Linking::Running(handle, _) => match handle.join() {
-                Ok(Ok(())) => return Ok(()),
+            Linking::Running(handle, _, expected) => match handle.join() {
+                Ok(Ok(linked)) => {
+                    // A record that does not match what is there (another
+                    // tool wrote into the folder) is not trusted.
+                    if linked.other || Some(linked.files) != expected {
+                        self.set_counts(None);
+                    }
+                    return Ok(());
+                }
                 Ok(Err(e)) => (
                     match &e {
                         EngineError::Io(io) => io.kind(),
@@ -211,11 +303,13 @@ impl BackupDir {
                 f.sync_all()?;
             }
         }
-        let mut info = snapshots::describe(
+        let counts = *self.counts.lock().expect("counts lock");
+        let mut info = snapshots::describe_counted(
             &staging,
             "",
             full,
             if filtered { "filtered" } else { "complete" },
+            counts.map(|c| (c.files, c.bytes)),
         );
         // The snapshot's date is when it was made, whatever the device's clock said.
         info.date = std::time::SystemTime::now()
@@ -277,23 +371,69 @@ impl Drop for BackupDir {
     }
 }
 
+/// Where a device path (`<UDID>/…`, already checked) lies, for the counts.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// Top-level files and folders other than the content folders.
+    Outside,
+    /// `<UDID>/xx/name`: an entry of a content folder.
+    ContentFile,
+    /// The backup folder itself, a content folder, or deeper inside one.
+    ContentOther,
+}
+
+fn place(device_path: &str) -> Place {
+    let rest = device_path
+        .split_once('/')
+        .map_or("", |(_, r)| r)
+        .trim_end_matches('/');
+    if rest.is_empty() {
+        return Place::ContentOther;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.len() {
+        _ if parts[0].len() != 2 => Place::Outside,
+        2 => Place::ContentFile,
+        _ => Place::ContentOther,
+    }
+}
+
+/// What the link pass found directly in the content folders.
+#[derive(Debug, Default)]
+struct Linked {
+    files: u64,
+    /// Something else there (a folder, a link): not what the counts follow.
+    other: bool,
+}
+
 /// Link every file below the committed backup's folders into `staging`
 /// (the top-level files are done already).
-fn link_folders(committed: &Path, staging: &Path) -> Result<()> {
+fn link_folders(committed: &Path, staging: &Path) -> Result<Linked> {
+    let mut linked = Linked::default();
     for e in fs::read_dir(committed)? {
         let e = e?;
-        if e.file_type()?.is_dir() {
+        let ft = e.file_type()?;
+        if ft.is_dir() {
             let to = staging.join(e.file_name());
             fs::create_dir_all(&to)?;
-            link_tree(&e.path(), &to)?;
+            let (files, other) = link_tree(&e.path(), &to)?;
+            if e.file_name().len() == 2 {
+                linked.files += files;
+                linked.other |= other;
+            }
+        } else if !ft.is_file() && e.file_name().len() == 2 {
+            linked.other = true;
         }
     }
-    Ok(())
+    Ok(linked)
 }
 
 /// Link the files of `from` into the existing folder `to`, recursively.
-fn link_tree(from: &Path, to: &Path) -> Result<()> {
+/// Returns how many files were directly in `from`, and whether anything
+/// else was.
+fn link_tree(from: &Path, to: &Path) -> Result<(u64, bool)> {
     let dirs = Dirs::open(from, to)?;
+    let (mut files, mut other) = (0, false);
     for e in fs::read_dir(from)? {
         let e = e?;
         let ft = e.file_type()?;
@@ -302,11 +442,15 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
             let sub = to.join(&name);
             fs::create_dir_all(&sub)?;
             link_tree(&e.path(), &sub)?;
+            other = true;
         } else if ft.is_file() {
             dirs.link_or_copy(&name)?;
+            files += 1;
+        } else {
+            other = true;
         }
     }
-    Ok(())
+    Ok((files, other))
 }
 
 /// A folder to link from and one to link into.
@@ -442,6 +586,34 @@ impl Area<'_> {
         match self {
             Area::Staging(d) => d.ready_for(device_path),
             Area::ReadOnly { .. } => Ok(()),
+        }
+    }
+
+    /// The device wrote a file (see [`BackupDir::wrote`]).
+    pub fn wrote(&self, device_path: &str, old: Option<&fs::Metadata>, new: u64) {
+        if let Area::Staging(d) = self {
+            d.wrote(device_path, old, new);
+        }
+    }
+
+    /// Something was removed (see [`BackupDir::removed`]).
+    pub fn removed(&self, device_path: &str, old: &fs::Metadata) {
+        if let Area::Staging(d) = self {
+            d.removed(device_path, old);
+        }
+    }
+
+    /// A folder was created (see [`BackupDir::created_folder`]).
+    pub fn created_folder(&self, device_path: &str) {
+        if let Area::Staging(d) = self {
+            d.created_folder(device_path);
+        }
+    }
+
+    /// Anything else changed (see [`BackupDir::changed`]).
+    pub fn changed(&self, device_path: &str) {
+        if let Area::Staging(d) = self {
+            d.changed(device_path);
         }
     }
 
@@ -599,6 +771,7 @@ mod tests {
         *d.linking.lock().unwrap() = Linking::Running(
             std::thread::spawn(|| Err(EngineError::Io(std::io::Error::other("disk gone")))),
             HashSet::from(["ab".to_string()]),
+            None,
         );
         assert!(
             d.ready_for("U1/Snapshot/Manifest.db").is_ok(),
@@ -614,6 +787,114 @@ mod tests {
             "the committed backup stays"
         );
         assert!(!root.path().join("U1/Manifest.db").exists());
+    }
+
+    /// Write a file into staging as the engine does, and note it.
+    fn device_writes(d: &BackupDir, name: &str, bytes: &[u8]) {
+        let path = d.resolve(&format!("U1/{name}")).unwrap();
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let old = fs::symlink_metadata(&path).ok();
+        fs::write(path.with_extension("part"), bytes).unwrap();
+        fs::rename(path.with_extension("part"), &path).unwrap();
+        d.wrote(&format!("U1/{name}"), old.as_ref(), bytes.len() as u64);
+    }
+
+    fn device_removes(d: &BackupDir, name: &str) {
+        let path = d.resolve(&format!("U1/{name}")).unwrap();
+        let old = fs::symlink_metadata(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        d.removed(&format!("U1/{name}"), &old);
+    }
+
+    /// A first backup of files under `ab/` and `cd/`, committed with its record.
+    fn first_backup(root: &Path) -> snapshots::Info {
+        let d = BackupDir::open(root, "U1").unwrap();
+        d.prepare(false).unwrap();
+        fs::write(d.staging().join("Manifest.db"), b"index").unwrap();
+        device_writes(&d, "ab/one", b"1");
+        device_writes(&d, "ab/two", b"22");
+        device_writes(&d, "cd/three", b"333");
+        d.commit(false, false).unwrap()
+    }
+
+    #[test]
+    fn the_record_counts_come_from_the_session_without_a_walk() {
+        let root = tempfile::tempdir().unwrap();
+        let first = first_backup(root.path());
+        assert_eq!((first.files, first.bytes), (3, 6));
+
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        d.ready().unwrap();
+        d.created_folder("U1/ef");
+        device_writes(&d, "ef/four", b"4444");
+        device_writes(&d, "ab/two", b"2"); // replaces a linked file
+        device_removes(&d, "cd/three");
+        device_writes(&d, "Snapshot/Manifest.db", b"not content");
+        // A file the session did not see: a commit that walked would count it.
+        fs::write(d.staging().join("ab/unseen"), b"55555").unwrap();
+        let info = d.commit(false, false).unwrap();
+        assert_eq!((info.files, info.bytes), (3, 1 + 1 + 4), "the kept counts");
+        assert_eq!(
+            snapshots::count_content(&root.path().join("U1")),
+            (4, 11),
+            "what a walk finds"
+        );
+    }
+
+    #[test]
+    fn the_commit_counts_when_the_session_could_not() {
+        let root = tempfile::tempdir().unwrap();
+        first_backup(root.path());
+        let walked = |d: BackupDir| {
+            let info = d.commit(false, false).unwrap();
+            let on_disk = snapshots::count_content(&root.path().join("U1"));
+            assert_eq!((info.files, info.bytes), on_disk);
+            on_disk
+        };
+
+        // Another tool added a file after the record was written.
+        fs::write(root.path().join("U1/ab/other"), b"xyz").unwrap();
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        assert_eq!(walked(d), (4, 9));
+
+        // A move into a content folder is not followed.
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        d.ready().unwrap();
+        fs::rename(
+            d.staging().join("Manifest.db"),
+            d.staging().join("ab/moved"),
+        )
+        .unwrap();
+        d.changed("U1/ab/moved");
+        assert_eq!(walked(d), (5, 14));
+
+        // Nor is a folder inside a content folder.
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        d.ready().unwrap();
+        fs::create_dir(d.staging().join("ab/sub")).unwrap();
+        d.created_folder("U1/ab/sub");
+        let (files, _) = walked(d);
+        assert_eq!(files, 6, "the folder is an entry too");
+    }
+
+    #[test]
+    fn device_paths_are_placed_for_the_counts() {
+        for (path, want) in [
+            ("U1", Place::ContentOther),
+            ("U1/", Place::ContentOther),
+            ("U1/ab", Place::ContentOther),
+            ("U1/ab/", Place::ContentOther),
+            ("U1/ab/f00d", Place::ContentFile),
+            ("U1/ab/sub/f", Place::ContentOther),
+            ("U1/Manifest.db", Place::Outside),
+            ("U1/Snapshot/Manifest.db", Place::Outside),
+        ] {
+            assert_eq!(place(path), want, "{path}");
+        }
     }
 
     #[test]

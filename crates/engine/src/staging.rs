@@ -390,11 +390,13 @@ fn place(device_path: &str) -> Place {
     if rest.is_empty() {
         return Place::ContentOther;
     }
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.len() {
-        _ if parts[0].len() != 2 => Place::Outside,
-        2 => Place::ContentFile,
-        _ => Place::ContentOther,
+    let (first, below) = rest.split_once('/').unwrap_or((rest, ""));
+    if first.len() != 2 {
+        Place::Outside
+    } else if !below.is_empty() && !below.contains('/') {
+        Place::ContentFile
+    } else {
+        Place::ContentOther
     }
 }
 

@@ -235,17 +235,85 @@ fn fingerprint(f: &MbFile) -> u64 {
     h.finish()
 }
 
-/// Rows by domain, then by relative path.
-type KnownRows = HashMap<String, HashMap<String, Known>>;
+/// An index's rows in its order: domain, relative path, what the row says.
+type KnownRows = Vec<(String, String, Known)>;
 
-/// The last index this device gave a host, remembered as BackupAgent2
-/// keeps its own record of its last backup: when the host shows it that
-/// same index again (the same [`StreamHash`], which covers the length too),
-/// the device need not decode every record to learn what it already knows.
-/// Any other index is decoded.
+/// Pair each scanned entry with its row in `rows` and call `matched` with
+/// both; returns which rows were paired. A device that has not changed
+/// lists its entries in the order of the index it last gave, so both are
+/// walked together and each entry is compared with the row after the last
+/// one paired; a table of all rows is built only when that row is not it.
+fn pair_rows(
+    rows: &KnownRows,
+    entries: &mut [Entry],
+    mut matched: impl FnMut(&mut Entry, Known) -> Result<()>,
+) -> Result<Vec<bool>> {
+    let mut taken = vec![false; rows.len()];
+    let mut next = 0;
+    let mut table: Option<HashMap<(&str, &str), usize>> = None;
+    for e in entries.iter_mut() {
+        let key = (e.domain.as_str(), e.file.relative_path.as_str());
+        let found = match rows.get(next) {
+            Some((d, p, _)) if !taken[next] && (d.as_str(), p.as_str()) == key => Some(next),
+            _ => table
+                .get_or_insert_with(|| {
+                    rows.iter()
+                        .enumerate()
+                        .map(|(i, (d, p, _))| ((d.as_str(), p.as_str()), i))
+                        .collect()
+                })
+                .get(&key)
+                .copied()
+                .filter(|&i| !taken[i]),
+        };
+        let Some(i) = found else { continue };
+        taken[i] = true;
+        next = i + 1;
+        matched(e, rows[i].2)?;
+    }
+    Ok(taken)
+}
+
+/// The last index this device gave a host, kept as BackupAgent2 keeps its
+/// own record of its last backup: a copy of the file exactly as it was
+/// sent, the same index in plain SQLite, and what its rows say. When the
+/// host shows the device that same index again (compared byte for byte as
+/// it arrives, so it need not be stored again), the device continues from
+/// its own copy and need not decode every record to learn what it already
+/// knows. Any other index is stored and decoded.
 pub struct LastIndex {
-    hash: u64,
-    rows: Vec<(String, String, Known)>,
+    /// The index as sent (encrypted when the backup is).
+    sent: PathBuf,
+    /// The index in plain SQLite: `sent` itself unless encrypted.
+    plain: PathBuf,
+    rows: KnownRows,
+}
+
+/// Where the device keeps its copy of the last index it gave a host.
+fn last_index_dir(device: &Device) -> PathBuf {
+    device.state_dir().join("last-index")
+}
+
+/// Keep the index just sent in `dir`: the plain file `db` (moved there
+/// unless it already is the kept one) and, for an encrypted backup, the
+/// ciphertext as sent. Returns where the sent bytes and the plain file are.
+fn keep_index(dir: &Path, db: &Path, cipher: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let plain = dir.join("index.db");
+    if db != plain {
+        std::fs::rename(db, &plain)?;
+    }
+    let sent = dir.join("sent.db");
+    match cipher {
+        Some(c) => {
+            std::fs::rename(c, &sent)?;
+            Ok((sent, plain))
+        }
+        None => {
+            let _ = std::fs::remove_file(&sent);
+            Ok((plain.clone(), plain))
+        }
+    }
 }
 
 /// One entry of the device's file system, as the backup records it.
@@ -324,11 +392,11 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
 /// Describe the contents of `dir` (relative path `rel`), recursively.
 /// Metadata comes from the open folder (`fstatat`), not from full paths.
 fn scan_dir(out: &mut Vec<Entry>, domain: &str, rel: &str, dir: &Path) -> Result<()> {
-    let mut children: Vec<std::fs::DirEntry> =
-        std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
-    children.sort_by_key(|e| e.file_name());
-    for c in children {
-        let name = c.file_name();
+    let mut children: Vec<(std::ffi::OsString, std::fs::DirEntry)> = std::fs::read_dir(dir)?
+        .map(|c| c.map(|c| (c.file_name(), c)))
+        .collect::<std::io::Result<_>>()?;
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, c) in children {
         let name = name.to_string_lossy();
         let child_rel = if rel.is_empty() {
             name.into_owned()
@@ -337,10 +405,11 @@ fn scan_dir(out: &mut Vec<Entry>, domain: &str, rel: &str, dir: &Path) -> Result
         };
         let md = c.metadata()?;
         let path = c.path();
-        let is_dir = md.is_dir();
-        push_entry(out, domain, child_rel.clone(), path.clone(), &md)?;
-        if is_dir {
+        if md.is_dir() {
+            push_entry(out, domain, child_rel.clone(), path.clone(), &md)?;
             scan_dir(out, domain, &child_rel, &path)?;
+        } else {
+            push_entry(out, domain, child_rel, path, &md)?;
         }
     }
     Ok(())
@@ -399,35 +468,43 @@ fn push_entry(
 }
 
 /// Fetch files from the host into `dest`, named by their last path component.
-/// Missing files are simply absent afterwards. Returns the [`StreamHash`]
-/// of each file received, by the name the host sent.
+/// Missing files are simply absent afterwards. With `same_as` (a name and
+/// a file of the device's own), that name's bytes are compared with the
+/// file as they arrive and stored only if they differ; returns whether they
+/// were the same (then nothing is stored for it).
 pub fn download(
     dl: &mut Dl,
     paths: &[String],
     dest: &Path,
     progress: f64,
-) -> Result<HashMap<String, u64>> {
+    same_as: Option<(&str, &Path)>,
+) -> Result<bool> {
     dl.send(&DlMessage::DownloadFiles {
         paths: paths.to_vec(),
         progress,
     })?;
-    receive_files(dl, paths, true, |name| {
-        let file_name = name.rsplit('/').next().unwrap_or("x");
-        Some(dest.join(file_name))
-    })
+    receive_files(
+        dl,
+        paths,
+        |name| {
+            let file_name = name.rsplit('/').next().unwrap_or("x");
+            Some(dest.join(file_name))
+        },
+        same_as,
+    )
 }
 
 /// Read the host's file stream for `paths`; `place` maps each name to
-/// where it goes. With `hash`, returns the [`StreamHash`] of each file received.
+/// where it goes. `same_as`: as in [`download`].
 pub fn receive_files(
     dl: &mut Dl,
     paths: &[String],
-    hash: bool,
     mut place: impl FnMut(&str) -> Option<PathBuf>,
-) -> Result<HashMap<String, u64>> {
+    same_as: Option<(&str, &Path)>,
+) -> Result<bool> {
     let mut r = FileStreamReader::new(&mut dl.conn);
     let mut buf = vec![0u8; BLOCK];
-    let mut hashes = HashMap::new();
+    let mut same = false;
     loop {
         let name = match r.name()? {
             StreamItem::End => break,
@@ -443,23 +520,32 @@ pub fn receive_files(
         let tmp = target.with_extension("partial");
         let mut out: Option<File> = None;
         let mut failed = false;
-        let mut hasher = hash.then(StreamHash::default);
+        // A copy the device cannot read is simply not compared.
+        let mut mine = match same_as {
+            Some((n, own)) if n == name => Compare::open(own).ok(),
+            _ => None,
+        };
         loop {
             let h = r.block_header()?;
             match h.code {
                 mb2::CODE_FILE_DATA => {
-                    if out.is_none() {
-                        out = Some(File::create(&tmp)?);
-                    }
                     let mut left = h.len as usize;
                     while left > 0 {
                         let n = left.min(buf.len());
                         r.payload(&mut buf[..n])?;
-                        out.as_mut().expect("opened").write_all(&buf[..n])?;
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&buf[..n]);
-                        }
                         left -= n;
+                        if let Some(c) = mine.as_mut() {
+                            if c.same(&buf[..n])? {
+                                continue;
+                            }
+                            // They differ: store what matched so far, then the rest.
+                            out = Some(c.diverge(&tmp)?);
+                            mine = None;
+                        }
+                        if out.is_none() {
+                            out = Some(File::create(&tmp)?);
+                        }
+                        out.as_mut().expect("opened").write_all(&buf[..n])?;
                     }
                 }
                 mb2::CODE_SUCCESS => break,
@@ -472,34 +558,90 @@ pub fn receive_files(
             }
         }
         if failed {
+            drop(out);
             let _ = std::fs::remove_file(&tmp);
             continue;
+        }
+        if let Some(mut c) = mine {
+            if c.at_end()? {
+                same = true;
+                continue;
+            }
+            // The device's copy is longer: the host's is a prefix of it.
+            out = Some(c.diverge(&tmp)?);
         }
         if out.is_none() {
             File::create(&tmp)?;
         }
         drop(out);
         std::fs::rename(&tmp, &target)?;
-        if let Some(h) = hasher {
-            hashes.insert(name, h.finish());
-        }
     }
     if let Err(e) = dl.status()? {
         // Multi status: some files were missing; what arrived is kept.
         log::debug!("download status: {e}");
     }
-    Ok(hashes)
+    Ok(same)
+}
+
+/// A file of the device's own, compared with bytes arriving from the host.
+struct Compare {
+    path: PathBuf,
+    file: std::io::BufReader<File>,
+    /// How many bytes have matched so far.
+    matched: u64,
+    buf: Vec<u8>,
+}
+
+impl Compare {
+    fn open(path: &Path) -> Result<Compare> {
+        Ok(Compare {
+            path: path.to_path_buf(),
+            file: std::io::BufReader::with_capacity(BLOCK, File::open(path)?),
+            matched: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Do the next bytes of the device's file equal `data`?
+    fn same(&mut self, data: &[u8]) -> Result<bool> {
+        self.buf.resize(data.len(), 0);
+        match self.file.read_exact(&mut self.buf) {
+            Ok(()) if self.buf == data => {
+                self.matched += data.len() as u64;
+                Ok(true)
+            }
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Has the device's file ended where the host's did?
+    fn at_end(&mut self) -> Result<bool> {
+        Ok(self.file.read(&mut [0u8; 1])? == 0)
+    }
+
+    /// A new file at `tmp` holding the bytes that matched so far.
+    fn diverge(&self, tmp: &Path) -> Result<File> {
+        let mut out = File::create(tmp)?;
+        std::io::copy(&mut File::open(&self.path)?.take(self.matched), &mut out)?;
+        Ok(out)
+    }
 }
 
 /// Whether the previous backup on the host can be continued incrementally.
-/// An encrypted one must be made with this device's current keybag.
+/// An encrypted one must be made with this device's current keybag. `own`:
+/// the host's index was found to be the device's own last one (its
+/// `Manifest.db` then was not stored in `dir`).
 fn previous_backup(
     dir: &Path,
     udid: &str,
     keybag: Option<&Keybag>,
-    hash: Option<u64>,
+    own: Option<LastIndex>,
 ) -> Option<Previous> {
-    let hash = hash?;
+    if own.is_none() && !dir.join("Manifest.db").is_file() {
+        return None;
+    }
     let encrypted = keybag.is_some();
     let status = Value::from_file(dir.join("Status.plist"))
         .ok()?
@@ -525,46 +667,48 @@ fn previous_backup(
         if theirs.uuid != kb.uuid {
             return None;
         }
-        let db_key = kb.unwrap_key(manifest.data_of("ManifestKey")?).ok()?;
-        let plain = crypto::decrypt(&db_key, &std::fs::read(dir.join("Manifest.db")).ok()?).ok()?;
-        std::fs::write(dir.join("Manifest-plain.db"), plain).ok()?;
-        return Previous::open(dir.join("Manifest-plain.db"), hash);
+        if own.is_none() {
+            let db_key = kb.unwrap_key(manifest.data_of("ManifestKey")?).ok()?;
+            let plain =
+                crypto::decrypt(&db_key, &std::fs::read(dir.join("Manifest.db")).ok()?).ok()?;
+            std::fs::write(dir.join("Manifest-plain.db"), plain).ok()?;
+            return Previous::open(dir.join("Manifest-plain.db"), None);
+        }
     }
-    Previous::open(dir.join("Manifest.db"), hash)
+    match own {
+        Some(own) => Previous::open(own.plain, Some(own.rows)),
+        None => Previous::open(dir.join("Manifest.db"), None),
+    }
 }
 
-/// The host's previous index (this device's own copy, decrypted if it was
-/// encrypted) and the [`StreamHash`] of the file as the host sent it.
+/// The host's previous index in plain SQLite (this device's own copy:
+/// updated in place into the next one), and what its rows say when the
+/// device remembers them.
 struct Previous {
     db: ManifestDb,
     plain: PathBuf,
-    hash: u64,
+    remembered: Option<KnownRows>,
 }
 
 impl Previous {
-    fn open(plain: PathBuf, hash: u64) -> Option<Previous> {
+    fn open(plain: PathBuf, remembered: Option<KnownRows>) -> Option<Previous> {
         Some(Previous {
             db: ManifestDb::open(&plain).ok()?,
             plain,
-            hash,
+            remembered,
         })
     }
 
     /// What each row says: remembered if this is the index the device last
     /// gave, otherwise decoded.
-    fn rows(&self, device: &Device) -> Result<KnownRows> {
-        let remembered = device.last_index.lock().expect("last index lock").take();
-        let mut rows = KnownRows::new();
-        if let Some(last) = remembered.filter(|l| l.hash == self.hash) {
-            for (domain, path, known) in last.rows {
-                rows.entry(domain).or_default().insert(path, known);
-            }
-            return Ok(rows);
+    fn rows(&mut self) -> Result<KnownRows> {
+        if let Some(last) = self.remembered.take() {
+            return Ok(last);
         }
+        let mut rows = KnownRows::new();
         self.db.for_each(|row| {
-            rows.entry(row.domain)
-                .or_default()
-                .insert(row.relative_path, Known::of(&row.file));
+            let known = Known::of(&row.file);
+            rows.push((row.domain, row.relative_path, known));
             Ok(())
         })?;
         Ok(rows)
@@ -724,56 +868,6 @@ fn stream(
     Ok(())
 }
 
-/// A fast 64-bit hash of a byte stream fed in pieces of any size, which
-/// tells whether the index a host shows the device is the one the device
-/// last gave it. Not a security boundary (the simulator trusts its host);
-/// each 8-byte word goes through a bijective mix, so two streams of the
-/// same length that differ in one word never collide.
-#[derive(Default)]
-pub struct StreamHash {
-    h: u64,
-    len: u64,
-    tail: [u8; 8],
-    tail_len: usize,
-}
-
-impl StreamHash {
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.len += data.len() as u64;
-        if self.tail_len > 0 {
-            let take = (8 - self.tail_len).min(data.len());
-            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&data[..take]);
-            self.tail_len += take;
-            data = &data[take..];
-            if self.tail_len < 8 {
-                return;
-            }
-            self.mix(u64::from_le_bytes(self.tail));
-            self.tail_len = 0;
-        }
-        let mut words = data.chunks_exact(8);
-        for w in &mut words {
-            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let rest = words.remainder();
-        self.tail[..rest.len()].copy_from_slice(rest);
-        self.tail_len = rest.len();
-    }
-
-    fn mix(&mut self, w: u64) {
-        let x = (self.h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.h = x ^ (x >> 32);
-    }
-
-    pub fn finish(mut self) -> u64 {
-        let mut last = [0u8; 8];
-        last[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
-        self.mix(u64::from_le_bytes(last));
-        self.mix(self.len);
-        self.h
-    }
-}
-
 /// Send in-memory content as one file.
 fn send_bytes(dl: &mut Dl, backup_name: &str, bytes: &[u8]) -> Result<()> {
     let mut w = FileStreamWriter::new(&mut dl.conn);
@@ -840,6 +934,9 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let encrypted = keybag.is_some();
     let force_full = req.options.bool_of("ForceFullBackup").unwrap_or(false);
     let work = tempdir_in(&device.state_dir())?;
+    // Taken now: this backup changes the device's copy of the index, so
+    // only its success remembers one again.
+    let last = device.last_index.lock().expect("last index lock").take();
 
     // 1. The previous backup, as the host has it.
     let mut wanted = vec![
@@ -854,12 +951,16 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
         let root = device.fs_root();
         std::thread::spawn(move || scan(&root, encrypted))
     };
-    let hashes = download(dl, &wanted, work.path(), 0.0)?;
-    let previous = if force_full {
+    let index_name = format!("{target}/Manifest.db");
+    let same_as = match (&last, force_full) {
+        (Some(l), false) => Some((index_name.as_str(), l.sent.as_path())),
+        _ => None,
+    };
+    let same = download(dl, &wanted, work.path(), 0.0, same_as)?;
+    let mut previous = if force_full {
         None
     } else {
-        let hash = hashes.get(&format!("{target}/Manifest.db")).copied();
-        previous_backup(work.path(), &c.udid, keybag.as_ref(), hash)
+        previous_backup(work.path(), &c.udid, keybag.as_ref(), last.filter(|_| same))
     };
     let full = previous.is_none();
     let had_backup = work.path().join("Status.plist").exists();
@@ -871,8 +972,8 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
 
     // 2. What to send: what the previous index says (learnt while the
     // scan still runs) against the file system.
-    let known = match &previous {
-        Some(prev) => Some(prev.rows(&device)?),
+    let known = match &mut previous {
+        Some(prev) => Some(prev.rows()?),
         None => None,
     };
     let mut entries = scanning
@@ -881,23 +982,17 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     // Content files for the host to delete; rows to drop from the index.
     let mut removed = Vec::new();
     let mut gone = Vec::new();
-    if let (Some(prev), Some(mut known)) = (&previous, known) {
-        for e in entries.iter_mut() {
-            let Some(k) = known
-                .get_mut(&e.domain)
-                .and_then(|rows| rows.remove(&e.file.relative_path))
-            else {
-                continue;
-            };
+    if let (Some(prev), Some(known)) = (&previous, known) {
+        let paired = pair_rows(&known, &mut entries, |e, k| {
             if !e.upload {
                 // Directories and symlinks: keep the row when it says the same.
                 if k == Known::of(&e.file) {
                     e.kept = Some(k);
                 }
-                continue;
+                return Ok(());
             }
             if !k.same_content(&e.file, encrypted) {
-                continue;
+                return Ok(());
             }
             e.upload = false;
             if k.fingerprint == fingerprint(&e.file) {
@@ -917,15 +1012,17 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
                 e.file.digest = row.file.digest;
                 e.file.encryption_key = row.file.encryption_key;
             }
-        }
-        for (domain, rows) in known {
-            for (path, k) in rows {
-                if k.flags == ibackup_store::mbfile::FLAG_FILE {
-                    let id = file_id(&domain, &path);
-                    removed.push(format!("{target}/{}/{id}", &id[..2]));
-                }
-                gone.push((domain.clone(), path));
+            Ok(())
+        })?;
+        for ((domain, path, k), paired) in known.into_iter().zip(paired) {
+            if paired {
+                continue;
             }
+            if k.flags == ibackup_store::mbfile::FLAG_FILE {
+                let id = file_id(&domain, &path);
+                removed.push(format!("{target}/{}/{id}", &id[..2]));
+            }
+            gone.push((domain, path));
         }
         removed.sort();
     }
@@ -1116,7 +1213,18 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     let _ = dl.status()?;
     let plist = manifest_plist(&device, keybag.as_ref(), manifest_key);
     let db_len = std::fs::metadata(&db_path)?.len();
-    let mut hash = StreamHash::default();
+    // The device keeps the index as sent; encrypted, that is a copy of
+    // the ciphertext beside the plain file. Keeping it is best effort: a
+    // device without it decodes the host's index next time.
+    let keep = last_index_dir(&device);
+    let cipher_copy = keep.join("sent.partial");
+    let mut copy = match db_key {
+        Some(_) => std::fs::create_dir_all(&keep)
+            .and_then(|()| File::create(&cipher_copy))
+            .ok(),
+        None => None,
+    };
+    let mut copied = db_key.is_none() || copy.is_some();
     let sent = upload_batch(dl, 99.0, db_len + plist.len() as u64, |dl| {
         // The index is the backup's own file: the fault counters do not see it.
         stream(
@@ -1129,7 +1237,12 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             db_key.as_ref(),
             &mut buf,
             &mut |_, _| Ok(()),
-            &mut |sent| hash.update(sent),
+            &mut |sent| {
+                if copy.as_mut().is_some_and(|f| f.write_all(sent).is_err()) {
+                    copy = None;
+                    copied = false;
+                }
+            },
         )?;
         send_bytes(dl, &format!("{target}/Snapshot/Manifest.plist"), &plist)
     })?;
@@ -1184,8 +1297,17 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             (e.domain, e.file.relative_path, known)
         })
         .collect();
-    let hash = hash.finish();
-    *device.last_index.lock().expect("last index lock") = Some(LastIndex { hash, rows });
+    drop(copy);
+    if copied {
+        let cipher = db_key.is_some().then_some(&*cipher_copy);
+        match keep_index(&keep, &db_path, cipher) {
+            Ok((sent, plain)) => {
+                *device.last_index.lock().expect("last index lock") =
+                    Some(LastIndex { sent, plain, rows });
+            }
+            Err(e) => log::warn!("could not keep the index just sent: {e}"),
+        }
+    }
     dl.finish(0, "")
 }
 
@@ -1258,42 +1380,130 @@ pub fn tempdir_in(state: &Path) -> Result<TempDir> {
 mod tests {
     use super::*;
 
-    fn hash(pieces: &[&[u8]]) -> u64 {
-        let mut h = StreamHash::default();
+    /// Feed `pieces` to a [`Compare`] of a file holding `own`: whether every
+    /// piece and the end matched, and what a divergence would have stored.
+    fn compare(own: &[u8], pieces: &[&[u8]]) -> (bool, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("own");
+        std::fs::write(&path, own).unwrap();
+        let mut c = Compare::open(&path).unwrap();
+        let mut stored: Option<Vec<u8>> = None;
         for p in pieces {
-            h.update(p);
+            match stored.as_mut() {
+                Some(s) => s.extend_from_slice(p),
+                None if c.same(p).unwrap() => {}
+                None => {
+                    let tmp = dir.path().join("tmp");
+                    drop(c.diverge(&tmp).unwrap());
+                    let mut s = std::fs::read(&tmp).unwrap();
+                    s.extend_from_slice(p);
+                    stored = Some(s);
+                }
+            }
         }
-        h.finish()
+        match stored {
+            Some(s) => (false, s),
+            None if c.at_end().unwrap() => (true, Vec::new()),
+            None => {
+                let tmp = dir.path().join("tmp");
+                drop(c.diverge(&tmp).unwrap());
+                (false, std::fs::read(&tmp).unwrap())
+            }
+        }
     }
 
     #[test]
-    fn stream_hash_ignores_how_the_stream_was_cut() {
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let whole = hash(&[&data]);
-        for cut in [1, 3, 7, 8, 9, 500, 999] {
-            let (a, b) = data.split_at(cut);
-            assert_eq!(hash(&[a, b]), whole, "cut at {cut}");
-            assert_eq!(
-                hash(&[a, &[], b]),
-                whole,
-                "cut at {cut} with an empty piece"
-            );
-        }
-        let bytes: Vec<&[u8]> = data.chunks(1).collect();
-        assert_eq!(hash(&bytes), whole);
+    fn the_devices_own_index_is_recognised_however_it_arrives() {
+        let own: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(compare(&own, &[&own]), (true, Vec::new()));
+        let (a, b) = own.split_at(1234);
+        assert_eq!(compare(&own, &[a, &[], b]), (true, Vec::new()));
+        assert_eq!(compare(&[], &[]), (true, Vec::new()));
     }
 
     #[test]
-    fn stream_hash_tells_streams_apart() {
-        let data = vec![0u8; 64];
-        let base = hash(&[&data]);
-        for i in 0..64 {
-            let mut other = data.clone();
-            other[i] = 1;
-            assert_ne!(hash(&[&other]), base, "byte {i} changed");
+    fn any_other_index_is_stored_whole() {
+        let own: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (a, b) = own.split_at(2000);
+        // One byte changed in the second piece.
+        let mut changed = b.to_vec();
+        changed[100] ^= 1;
+        let theirs = [a, &changed[..]].concat();
+        assert_eq!(compare(&own, &[a, &changed]), (false, theirs));
+        // Shorter: a prefix of the device's copy.
+        assert_eq!(compare(&own, &[a]), (false, a.to_vec()));
+        // Longer: the device's copy and more.
+        let longer = [&own[..], b"more"].concat();
+        assert_eq!(compare(&own, &[&longer]), (false, longer.clone()));
+        assert_eq!(compare(&own, &[&own, b"more"]), (false, longer));
+        // Empty, where the device has an index.
+        assert_eq!(compare(&own, &[]), (false, Vec::new()));
+    }
+
+    fn entry(domain: &str, path: &str) -> Entry {
+        Entry {
+            domain: domain.into(),
+            file: MbFile {
+                relative_path: path.into(),
+                ..Default::default()
+            },
+            source: PathBuf::new(),
+            upload: true,
+            kept: None,
         }
-        assert_ne!(hash(&[&data[..63]]), base, "shorter");
-        assert_ne!(hash(&[&[0u8; 65]]), base, "longer by a zero byte");
-        assert_ne!(hash(&[]), hash(&[&[0u8]]), "empty against one zero byte");
+    }
+
+    /// Pair `rows` with `entries` (both as domain and path): the row each
+    /// entry got, by position, and the rows left over.
+    fn pair(rows: &[(&str, &str)], entries: &[(&str, &str)]) -> (Vec<Option<u64>>, Vec<usize>) {
+        let rows: KnownRows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (d, p))| {
+                let f = MbFile {
+                    size: i as u64,
+                    ..Default::default()
+                };
+                (d.to_string(), p.to_string(), Known::of(&f))
+            })
+            .collect();
+        let mut entries: Vec<Entry> = entries.iter().map(|(d, p)| entry(d, p)).collect();
+        let taken = pair_rows(&rows, &mut entries, |e, k| {
+            e.kept = Some(k);
+            Ok(())
+        })
+        .unwrap();
+        let got = entries.iter().map(|e| e.kept.map(|k| k.size)).collect();
+        let left = (0..taken.len()).filter(|&i| !taken[i]).collect();
+        (got, left)
+    }
+
+    #[test]
+    fn rows_pair_with_entries_in_any_order() {
+        let rows = [("A", ""), ("A", "a"), ("A", "b"), ("B", ""), ("B", "c")];
+        // Unchanged: the same order.
+        assert_eq!(
+            pair(&rows, &rows),
+            (vec![Some(0), Some(1), Some(2), Some(3), Some(4)], vec![])
+        );
+        // An entry added and a row gone.
+        assert_eq!(
+            pair(
+                &rows,
+                &[("A", ""), ("A", "a"), ("A", "a2"), ("B", ""), ("B", "c")]
+            ),
+            (vec![Some(0), Some(1), None, Some(3), Some(4)], vec![2])
+        );
+        // Another order entirely, and the same path in another domain.
+        assert_eq!(
+            pair(
+                &rows,
+                &[("B", "c"), ("A", "b"), ("B", "a"), ("A", ""), ("A", "a")]
+            ),
+            (vec![Some(4), Some(2), None, Some(0), Some(1)], vec![3])
+        );
+        // No rows; no entries.
+        assert_eq!(pair(&[], &[("A", "")]), (vec![None], vec![]));
+        assert_eq!(pair(&rows, &[]), (vec![], vec![0, 1, 2, 3, 4]));
     }
 }

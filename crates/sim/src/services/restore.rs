@@ -50,7 +50,7 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
     .iter()
     .map(|f| format!("{source}/{f}"))
     .collect();
-    download(dl, &wanted, work.path(), 0.0)?;
+    download(dl, &wanted, work.path(), 0.0, None)?;
     let status = Value::from_file(work.path().join("Status.plist"))
         .ok()
         .and_then(Value::into_dictionary);
@@ -257,12 +257,17 @@ fn receive_batch(
         paths: paths.to_vec(),
         progress,
     })?;
-    receive_files(dl, paths, false, |name| {
-        batch
-            .iter()
-            .find(|(p, _, _)| p == name)
-            .map(|(_, d, _)| d.clone())
-    })?;
+    receive_files(
+        dl,
+        paths,
+        |name| {
+            batch
+                .iter()
+                .find(|(p, _, _)| p == name)
+                .map(|(_, d, _)| d.clone())
+        },
+        None,
+    )?;
     Ok(())
 }
 

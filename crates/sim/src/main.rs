@@ -7,6 +7,9 @@ use ibackup_sim::populate::{populate, Profile};
 use ibackup_sim::usbmuxd::{serve, Mux};
 use ibackup_sim::Device;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A simulated iPhone that real backup clients can talk to.
 #[derive(Parser)]
 #[command(name = "ibackup-sim", version)]

@@ -17,8 +17,9 @@ pub fn symlink(target: &str, link: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The inode number devices record in MBFile; a stable stand-in elsewhere.
-pub fn inode(md: &std::fs::Metadata, path: &Path) -> u64 {
+/// The inode number devices record in MBFile; a stable stand-in elsewhere,
+/// made from the entry's path (asked for only there).
+pub fn inode(md: &std::fs::Metadata, path: impl FnOnce() -> std::path::PathBuf) -> u64 {
     #[cfg(unix)]
     {
         let _ = path;
@@ -29,7 +30,7 @@ pub fn inode(md: &std::fs::Metadata, path: &Path) -> u64 {
         let _ = md;
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        path.hash(&mut h);
+        path().hash(&mut h);
         h.finish() & 0xffff_ffff
     }
 }

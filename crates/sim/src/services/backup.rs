@@ -320,10 +320,16 @@ fn keep_index(dir: &Path, db: &Path, cipher: Option<&Path>) -> Result<(PathBuf, 
 pub struct Entry {
     pub domain: String,
     pub file: MbFile,
-    pub source: PathBuf,
     pub upload: bool,
     /// The host's row for this entry, when it stays as it is.
     pub kept: Option<Known>,
+}
+
+impl Entry {
+    /// Where the entry is on the device whose `fs/` folder is `fs_root`.
+    pub fn source(&self, fs_root: &Path) -> PathBuf {
+        fs_root.join(&self.domain).join(&self.file.relative_path)
+    }
 }
 
 /// Domains whose files carry a Digest (system domains; fact sheet §3.4).
@@ -368,7 +374,7 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
                         let r = std::fs::symlink_metadata(path)
                             .map_err(SimError::from)
                             .and_then(|md| {
-                                push_entry(&mut out, domain, String::new(), path.clone(), &md)
+                                push_entry(&mut out, domain, String::new(), &|| path.clone(), &md)
                             })
                             .and_then(|()| scan_dir(&mut out, domain, "", path));
                         done.push((i, r.map(|()| out)));
@@ -382,9 +388,13 @@ pub fn scan(fs_root: &Path, include_encrypted_only: bool) -> Result<Vec<Entry>> 
             .collect()
     });
     parts.sort_by_key(|(i, _)| *i);
-    let mut all = Vec::new();
-    for (_, part) in parts {
-        all.extend(part?);
+    let parts = parts
+        .into_iter()
+        .map(|(_, part)| part)
+        .collect::<Result<Vec<_>>>()?;
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        all.extend(part);
     }
     Ok(all)
 }
@@ -397,29 +407,37 @@ fn scan_dir(out: &mut Vec<Entry>, domain: &str, rel: &str, dir: &Path) -> Result
         .collect::<std::io::Result<_>>()?;
     children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, c) in children {
-        let name = name.to_string_lossy();
+        // APFS names are UTF-8, and an index's paths are text: anything
+        // else is no file an iPhone has (skipped, as domains are).
+        let Some(name) = name.to_str() else {
+            log::warn!("skipping {}: not a UTF-8 name", c.path().display());
+            continue;
+        };
         let child_rel = if rel.is_empty() {
-            name.into_owned()
+            name.to_string()
         } else {
             format!("{rel}/{name}")
         };
         let md = c.metadata()?;
-        let path = c.path();
         if md.is_dir() {
-            push_entry(out, domain, child_rel.clone(), path.clone(), &md)?;
+            let path = c.path();
+            push_entry(out, domain, child_rel.clone(), &|| path.clone(), &md)?;
             scan_dir(out, domain, &child_rel, &path)?;
         } else {
-            push_entry(out, domain, child_rel, path, &md)?;
+            push_entry(out, domain, child_rel, &|| c.path(), &md)?;
         }
     }
     Ok(())
 }
 
+/// Describe the entry `rel` of `domain`, whose metadata is `md`. `path`
+/// gives its full path, which only a link's target and (off Unix) the
+/// stand-in inode need: most entries go without making one.
 fn push_entry(
     out: &mut Vec<Entry>,
     domain: &str,
     rel: String,
-    path: PathBuf,
+    path: &dyn Fn() -> PathBuf,
     md: &std::fs::Metadata,
 ) -> Result<()> {
     let ft = md.file_type();
@@ -427,7 +445,7 @@ fn push_entry(
         (
             S_IFLNK | 0o755,
             0,
-            Some(std::fs::read_link(&path)?.to_string_lossy().into_owned()),
+            Some(std::fs::read_link(path())?.to_string_lossy().into_owned()),
         )
     } else if ft.is_dir() {
         (S_IFDIR | 0o755, 0, None)
@@ -441,7 +459,7 @@ fn push_entry(
             relative_path: rel,
             target,
             mode,
-            inode: crate::fsx::inode(md, &path),
+            inode: crate::fsx::inode(md, path),
             user_id: if root { 0 } else { 501 },
             group_id: if root { 0 } else { 501 },
             last_modified: mtime,
@@ -460,7 +478,6 @@ fn push_entry(
             ..Default::default()
         },
         domain: domain.to_string(),
-        source: path,
         upload: ft.is_file(),
         kept: None,
     });
@@ -586,7 +603,8 @@ pub fn receive_files(
 /// A file of the device's own, compared with bytes arriving from the host.
 struct Compare {
     path: PathBuf,
-    file: std::io::BufReader<File>,
+    /// Read straight into `buf`: the host's blocks are large enough.
+    file: File,
     /// How many bytes have matched so far.
     matched: u64,
     buf: Vec<u8>,
@@ -596,7 +614,7 @@ impl Compare {
     fn open(path: &Path) -> Result<Compare> {
         Ok(Compare {
             path: path.to_path_buf(),
-            file: std::io::BufReader::with_capacity(BLOCK, File::open(path)?),
+            file: File::open(path)?,
             matched: 0,
             buf: Vec::new(),
         })
@@ -1121,6 +1139,7 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             log::info!("host refused hostile paths: {e}");
         }
     }
+    let fs_root = device.fs_root();
     let mut done = 0u64;
     let mut buf = vec![0u8; BLOCK];
     let mut i = 0;
@@ -1158,7 +1177,7 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
                         dl,
                         &device_name,
                         &format!("{target}/{}/{id}", &id[..2]),
-                        &e.source,
+                        &e.source(&fs_root),
                         file_key.as_ref(),
                         has_digest(&e.domain),
                         &mut buf,
@@ -1447,7 +1466,6 @@ mod tests {
                 relative_path: path.into(),
                 ..Default::default()
             },
-            source: PathBuf::new(),
             upload: true,
             kept: None,
         }

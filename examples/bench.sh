@@ -45,9 +45,14 @@ for r in $(seq 0 "$rounds"); do
   dest="$results"; [ "$r" = 0 ] && dest="$work/warmup.txt"
   rm -rf "$out/out-ib" "$out/out-limd"; mkdir -p "$out/out-ib" "$out/out-limd"
   measure ibackup_full "$ib" -q -u "$udid" full "$out/out-ib" >> "$dest"
-  measure ibackup_unchanged "$ib" -q -u "$udid" backup "$out/out-ib" >> "$dest"
+  # Short runs: several per round, so that their median is not one sample.
+  for _ in $(seq "${BENCH_UNCHANGED:-5}"); do
+    measure ibackup_unchanged "$ib" -q -u "$udid" backup "$out/out-ib" >> "$dest"
+  done
   measure idevicebackup2_full idevicebackup2 -u "$udid" backup --full "$out/out-limd" >> "$dest"
-  measure idevicebackup2_unchanged idevicebackup2 -u "$udid" backup "$out/out-limd" >> "$dest"
+  for _ in $(seq "${BENCH_UNCHANGED:-5}"); do
+    measure idevicebackup2_unchanged idevicebackup2 -u "$udid" backup "$out/out-limd" >> "$dest"
+  done
   rm -rf "$out/out-big"; mkdir -p "$out/out-big"
   measure ibackup_bigfile "$ib" -q -u "$big" full "$out/out-big" >> "$dest"
   rm -rf "$out/out-big"; mkdir -p "$out/out-big"
@@ -65,10 +70,10 @@ for line in open(path):
 def med(name): return statistics.median(s for s, _ in runs[name])
 def rss(name): return max(k for _, k in runs[name]) / 1024
 print(f"profile {profile}: {nfiles} files, {nbytes/1e6:.0f} MB; big file {bigbytes/1e9:.2f} GB; {len(runs['ibackup_full'])} rounds, medians")
-print(f"{'run':26} {'seconds':>8} {'MB/s':>8} {'files/s':>9} {'peak RSS MB':>12}")
+print(f"{'run':26} {'seconds':>8} {'MB/s':>8} {'files/s':>9} {'peak RSS MB':>12} {'runs':>5}")
 for name in ["ibackup_full", "idevicebackup2_full", "ibackup_unchanged", "idevicebackup2_unchanged", "ibackup_bigfile", "idevicebackup2_bigfile"]:
     s = max(med(name), 0.01); b = bigbytes if "big" in name else nbytes; f = 1 if "big" in name else nfiles
-    print(f"{name:26} {s:8.2f} {b/1e6/s:8.0f} {f/s:9.0f} {rss(name):12.1f}")
+    print(f"{name:26} {s:8.3f} {b/1e6/s:8.0f} {f/s:9.0f} {rss(name):12.1f} {len(runs[name]):5}")
 print(f"full backup throughput, ibackup / idevicebackup2: {med('idevicebackup2_full')/max(med('ibackup_full'),0.01):.2f}x")
 print(f"unchanged incremental / full (ibackup): {100*med('ibackup_unchanged')/max(med('ibackup_full'),0.01):.1f}%")
 print(f"big file, ibackup: {bigbytes/1e9/max(med('ibackup_bigfile'),0.01):.2f} GB/s; idevicebackup2: {bigbytes/1e9/max(med('idevicebackup2_bigfile'),0.01):.2f} GB/s")

@@ -29,7 +29,7 @@ else
   devs="$work"
 fi
 serve_sim "$work/sim.log" "$devs/$profile" "$devs/bigfile"
-[ "$devs" = "$work" ] || trap 'kill $simpid 2>/dev/null; rm -rf "$devs"' EXIT
+[ "$devs" = "$work" ] || trap 'stop_sim; rm -rf "$devs"' EXIT
 udid=$(udid_of "$devs/$profile")
 big=$(udid_of "$devs/bigfile")
 "$ib" -q -u "$udid" pair; "$ib" -q -u "$big" pair

@@ -9,16 +9,29 @@ export IBACKUP_CONFIG=/dev/null
 
 # serve_sim LOG DEVICE...: serve the device folders with ibackup-sim, point
 # USBMUXD_SOCKET_ADDRESS at them, stop them on exit, wait until they answer.
+# The clients reach it through a loopback TCP port (usbmuxd's transport on
+# Windows); BENCH_MUX=unix uses a Unix socket, as usbmuxd on Linux and macOS.
 serve_sim() {
   local log=$1; shift
-  local port=$((20000 + RANDOM % 20000))
-  "$sim" serve --listen "127.0.0.1:$port" "$@" 2>"$log" &
+  local listen addr
+  if [ "${BENCH_MUX:-tcp}" = tcp ]; then
+    listen="127.0.0.1:$((20000 + RANDOM % 20000))"; addr=$listen; muxsock=
+  else
+    muxsock=$(mktemp -u /tmp/ibackup-bench-XXXXXX.sock); listen=$muxsock; addr="UNIX:$muxsock"
+  fi
+  "$sim" serve --listen "$listen" "$@" 2>"$log" &
   simpid=$!
-  trap 'kill $simpid 2>/dev/null' EXIT
-  export USBMUXD_SOCKET_ADDRESS="127.0.0.1:$port"
+  trap stop_sim EXIT
+  export USBMUXD_SOCKET_ADDRESS="$addr"
   for _ in $(seq 100); do "$ib" -q devices >/dev/null 2>&1 && return; sleep 0.2; done
   echo "the simulator did not answer; see $log" >&2
   exit 1
+}
+
+# stop_sim: stop what serve_sim started.
+stop_sim() {
+  kill "$simpid" 2>/dev/null
+  [ -z "$muxsock" ] || rm -f "$muxsock"
 }
 
 # udid_of DEVICE: the UDID in a device folder's device.toml.

@@ -1243,7 +1243,6 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             .ok(),
         None => None,
     };
-    let mut copied = db_key.is_none() || copy.is_some();
     let sent = upload_batch(dl, 99.0, db_len + plist.len() as u64, |dl| {
         // The index is the backup's own file: the fault counters do not see it.
         stream(
@@ -1259,7 +1258,6 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             &mut |sent| {
                 if copy.as_mut().is_some_and(|f| f.write_all(sent).is_err()) {
                     copy = None;
-                    copied = false;
                 }
             },
         )?;
@@ -1316,8 +1314,10 @@ pub fn backup(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             (e.domain, e.file.relative_path, known)
         })
         .collect();
+    // Plain, the kept file is the index itself; encrypted, only a whole copy will do.
+    let keepable = db_key.is_none() || copy.is_some();
     drop(copy);
-    if copied {
+    if keepable {
         let cipher = db_key.is_some().then_some(&*cipher_copy);
         match keep_index(&keep, &db_path, cipher) {
             Ok((sent, plain)) => {

@@ -76,7 +76,9 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
         )));
     }
     let (mut files, mut linked) = (0u64, true);
-    for e in walkdir::WalkDir::new(folder) {
+    // An older snapshot's unchanged folders are links to a later one's:
+    // followed, so OUT gets real folders.
+    for e in walkdir::WalkDir::new(folder).follow_links(true) {
         let e = e.map_err(|e| EngineError::Io(e.into()))?;
         let rel = e.path().strip_prefix(folder).expect("below folder");
         let dest = to.join(rel);

@@ -145,13 +145,30 @@ fn three_nights_three_snapshots_each_restores_its_night() {
             &format!("night {i} restored"),
         );
     }
-    // The newest, checked out as a Finder folder, restores with libimobiledevice.
+    // The oldest, whose unchanged folders are links to later snapshots',
+    // checked out as a Finder folder of real folders, restores with
+    // libimobiledevice.
+    let old = Path::new(snaps[0]["path"].as_str().unwrap());
+    assert!(
+        std::fs::read_dir(old)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_type().unwrap().is_symlink()),
+        "an old snapshot shares the folders no night changed"
+    );
     let out = host.root.path().join("checkout");
     let o = ib(
         &host,
-        &["checkout", "--snapshot", &ids[2], p(&dir), p(&out)],
+        &["checkout", "--snapshot", &ids[0], p(&dir), p(&out)],
     );
     assert_ok(&o, "checkout");
+    assert!(
+        walkdir::WalkDir::new(&out)
+            .into_iter()
+            .flatten()
+            .all(|e| !e.path_is_symlink()),
+        "a checkout has no links"
+    );
     if let Some(b2) = referee("idevicebackup2") {
         let o = run({
             let mut c = host.cmd(&b2);
@@ -170,8 +187,8 @@ fn three_nights_three_snapshots_each_restores_its_night() {
         assert_ok(&o, "idevicebackup2 restore of a checked-out snapshot");
         assert_same_tree(
             &device_tree(&host.devices[3].join("fs"), &[]),
-            &nights[2],
-            "night 2 via idevicebackup2",
+            &nights[0],
+            "night 0 via idevicebackup2",
         );
     }
 

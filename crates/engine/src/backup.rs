@@ -406,7 +406,7 @@ impl<'a> Host<'a> {
                     self.dir.ready_for(p)?;
                 }
             }
-            None => self.dir.ready()?,
+            None => self.dir.ready_all()?,
         }
         match m {
             DlMessage::UploadFiles { total_bytes, .. } => self.upload_files(total_bytes)?,
@@ -679,8 +679,9 @@ pub fn run(
             let marker = filtered_marker(root, &device.udid);
             if !opts.selection.is_all() {
                 events.step("keeping only the chosen categories");
-                if let Err(e) = keep_only(&dir.staging(), &opts.selection, opts.password.as_deref())
-                {
+                if let Err(e) = dir.link_all().and_then(|()| {
+                    keep_only(&dir.staging(), &opts.selection, opts.password.as_deref())
+                }) {
                     dir.abandon();
                     return Err(e);
                 }

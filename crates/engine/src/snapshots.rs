@@ -1,15 +1,26 @@
 //! Backup history: every successful backup is kept as a snapshot.
 //!
-//! `DIR/<UDID>/` is the newest snapshot, a Finder-format folder. When the
-//! next backup commits, it moves (one rename) to
-//! `DIR/.ibackup/snapshots/<UDID>/<ID>/`, still a Finder-format folder. A
-//! backup is staged as hard links to the newest snapshot and the device
-//! sends only what changed, so unchanged files are one inode shared by
-//! every snapshot that holds them: a snapshot costs its changed files, its
-//! Manifest.db and plists. Deleting a snapshot frees exactly the files no
-//! other snapshot links. Each snapshot has a JSON sidecar
+//! `DIR/<UDID>/` is the newest snapshot, a Finder-format folder of real
+//! folders and files. When the next backup commits, it moves (one rename)
+//! to `DIR/.ibackup/snapshots/<UDID>/<ID>/`. A backup is staged as hard
+//! links to the newest snapshot's files in the folders the device touches,
+//! and the device sends only what changed, so unchanged files are one inode
+//! shared by every snapshot that holds them: a snapshot costs its changed
+//! files, its Manifest.db and plists. Deleting a snapshot frees exactly
+//! the files no other snapshot links. Each snapshot has a JSON sidecar
 //! `snapshots/<UDID>/<ID>.json`; `snapshots/<UDID>/newest` names the
 //! snapshot in `DIR/<UDID>/`.
+//!
+//! A folder the device did not touch (where nothing changed: most of the
+//! 256 content folders on a quiet night) is not linked file by file: the
+//! commit moves it whole into the new newest, and the snapshot it came from
+//! keeps a symbolic link to it (`../../../../<UDID>/ab`). When a later
+//! backup does change that folder, the snapshot the old folder stays in
+//! takes over those links (`../<ID>/ab`). So every link points at the one
+//! real folder of its version, never along a chain, and every snapshot
+//! reads as a whole Finder-format folder through them; `ibackup checkout`
+//! copies one out as real folders. Pruning a snapshot whose folders others
+//! link to first moves each such folder to one of them.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -32,6 +43,11 @@ pub struct Info {
     /// "complete" (only finished backups become snapshots), or "filtered".
     pub result: String,
     pub full: bool,
+    /// The newest snapshot's folders as committed (see
+    /// [`folders_fingerprint`]): the next backup trusts `files` and
+    /// `bytes` without a walk only while they are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folders: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +75,124 @@ fn pending_file(root: &Path, udid: &str) -> PathBuf {
 
 fn trash(root: &Path, udid: &str) -> PathBuf {
     root.join(".ibackup/trash").join(udid)
+}
+
+fn handover_file(root: &Path, udid: &str) -> PathBuf {
+    dir(root, udid).join("handover.json")
+}
+
+/// What a history snapshot's folder `name` links to while the newest
+/// holds it: `DIR/<UDID>/name`, from `DIR/.ibackup/snapshots/<UDID>/<ID>/`.
+fn to_newest(udid: &str, name: &str) -> PathBuf {
+    Path::new("../../../..").join(udid).join(name)
+}
+
+/// What it links to while history snapshot `id` holds it.
+fn to_history(id: &str, name: &str) -> PathBuf {
+    Path::new("..").join(id).join(name)
+}
+
+/// A fingerprint of the top-level folders of a backup folder: their names
+/// and modification times (a folder's changes when an entry is added,
+/// removed or renamed in it; a rename of the folder itself keeps it).
+/// `extra` are folders to count as if they were in `folder`.
+pub fn folders_fingerprint(folder: &Path, extra: &[PathBuf]) -> Option<String> {
+    let mut seen: Vec<(String, i128)> = Vec::new();
+    let mut add = |name: String, md: fs::Metadata| -> Option<()> {
+        let t = md.modified().ok()?;
+        let ns = match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        seen.push((name, ns));
+        Some(())
+    };
+    for e in fs::read_dir(folder).ok()? {
+        let e = e.ok()?;
+        if e.file_type().ok()?.is_dir() {
+            add(
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?,
+            )?;
+        }
+    }
+    for p in extra {
+        let name = p.file_name()?.to_string_lossy().into_owned();
+        add(name, fs::symlink_metadata(p).ok()?)?;
+    }
+    seen.sort();
+    // FNV-1a: stable across versions and platforms; this only notices
+    // change, it guards against no one.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, ns) in &seen {
+        for b in name.bytes().chain([0]).chain(ns.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Some(format!("{}:{h:016x}", seen.len()))
+}
+
+/// Make a symbolic link to a folder at `at`, replacing a link there (never
+/// a folder) in one rename.
+#[cfg(unix)]
+fn link_folder(target: &Path, at: &Path) -> Result<()> {
+    let mut tmp = at.as_os_str().to_owned();
+    tmp.push(".ibackup-link");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    fs::rename(&tmp, at)?;
+    Ok(())
+}
+
+/// Folders are shared by symbolic links only where they exist (see
+/// `BackupDir::prepare`); elsewhere nothing is ever shared.
+#[cfg(not(unix))]
+fn link_folder(_target: &Path, _at: &Path) -> Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// The history snapshot folders of `udid` (not the newest), by ID.
+fn history_ids(d: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(d)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// In every history snapshot but `except`, replace each link to `from(name)`
+/// by a link to `to(name)`, for the folder names `names`.
+fn relink(
+    d: &Path,
+    except: &[&str],
+    names: &[String],
+    from: &dyn Fn(&str) -> PathBuf,
+    to: &dyn Fn(&str) -> PathBuf,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    for h in history_ids(d) {
+        if except.contains(&h.as_str()) {
+            continue;
+        }
+        for name in names {
+            let at = d.join(&h).join(name);
+            if fs::read_link(&at).is_ok_and(|t| t == from(name)) {
+                link_folder(&to(name), &at)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn newest_id(root: &Path, udid: &str) -> Option<String> {
@@ -196,19 +330,29 @@ pub fn describe_counted(
             .to_string(),
         result: result.to_string(),
         full,
+        folders: None,
     }
 }
 
 /// How many entries the content folders (the two-character ones) of a
 /// backup folder hold, and their bytes.
 pub fn count_content(folder: &Path) -> (u64, u64) {
-    let content: Vec<PathBuf> = fs::read_dir(folder)
+    count_folders(&content_folders(folder))
+}
+
+/// The content folders (the two-character ones) of a backup folder.
+pub fn content_folders(folder: &Path) -> Vec<PathBuf> {
+    fs::read_dir(folder)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.file_name().len() == 2 && e.path().is_dir())
         .map(|e| e.path())
-        .collect();
+        .collect()
+}
+
+/// How many entries `content` (content folders) hold, and their bytes.
+pub fn count_folders(content: &[PathBuf]) -> (u64, u64) {
     // Counting is one stat per file: two threads halve a big backup's wait.
     let count = |dirs: &[PathBuf]| {
         let (mut files, mut bytes) = (0u64, 0u64);
@@ -236,11 +380,32 @@ struct Pending {
     new: String,
     /// The ID the folder being replaced gets; `None` when there was none.
     prev: Option<String>,
+    /// Its top-level folders that move whole into the new newest.
+    #[serde(default)]
+    inherit: Vec<String>,
+}
+
+/// A prune's hand-over of the folders other snapshots link to.
+#[derive(Serialize, Deserialize)]
+struct Handover {
+    /// The snapshot being removed.
+    from: String,
+    /// Each of its folders that others link to, and the one that gets it.
+    heirs: Vec<(String, String)>,
 }
 
 /// Make `staging` the newest snapshot, keeping the current newest as a
-/// snapshot. Safe to interrupt at any point: [`recover`] finishes or undoes it.
-pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Info> {
+/// snapshot. The current newest's top-level folders named in `inherit`
+/// (ones the session left as they were) move into the new newest whole,
+/// leaving links to them. Safe to interrupt at any point: [`recover`]
+/// finishes or undoes it.
+pub fn commit(
+    root: &Path,
+    udid: &str,
+    staging: &Path,
+    info: Info,
+    inherit: &[String],
+) -> Result<Info> {
     let d = dir(root, udid);
     fs::create_dir_all(&d)?;
     let committed = root.join(udid);
@@ -271,11 +436,20 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
         id: id.clone(),
         ..info
     };
+    let inherit = if prev.is_some() { inherit } else { &[] };
+    for name in inherit {
+        if fs::symlink_metadata(staging.join(name)).is_ok() {
+            return Err(EngineError::Protocol(format!(
+                "{name} is both in the staging folder and to be moved into it"
+            )));
+        }
+    }
     replace_file(
         &pending_file(root, udid),
         &serde_json::to_vec(&Pending {
             new: id.clone(),
             prev: prev.clone(),
+            inherit: inherit.to_vec(),
         })
         .expect("json"),
     )?;
@@ -283,16 +457,90 @@ pub fn commit(root: &Path, udid: &str, staging: &Path, info: Info) -> Result<Inf
         &sidecar(root, udid, &id),
         &serde_json::to_vec_pretty(&info).expect("json"),
     )?;
-    if let Some(p) = &prev {
-        fs::rename(&committed, d.join(p))?;
+    let swapped = (|| -> Result<()> {
+        if let Some(p) = &prev {
+            fs::rename(&committed, d.join(p))?;
+            hand_forward(&d, udid, p, staging, inherit)?;
+        }
+        fs::rename(staging, &committed)?;
+        Ok(())
+    })();
+    if let Err(e) = swapped {
+        // Put the previous newest back now rather than at the next start.
+        if let Err(undo) = recover(root, udid) {
+            log::warn!("could not undo the failed commit yet ({undo}); the next run will");
+        }
+        return Err(e);
     }
-    fs::rename(staging, &committed)?;
     if let Ok(f) = fs::File::open(root) {
         let _ = f.sync_all();
     }
     replace_file(&newest_file(root, udid), id.as_bytes())?;
     fs::remove_file(pending_file(root, udid))?;
     Ok(info)
+}
+
+/// The commit's middle step: `prev` (the newest until now, just moved into
+/// the history) gives its folders `inherit` to `staging` and links to them
+/// where they were; history snapshots that linked to the newest's copy of
+/// any other folder of `prev` now link to `prev`'s, which stays where it is.
+fn hand_forward(
+    d: &Path,
+    udid: &str,
+    prev: &str,
+    staging: &Path,
+    inherit: &[String],
+) -> Result<()> {
+    let from = d.join(prev);
+    for name in inherit {
+        let at = from.join(name);
+        if is_real_dir(&at) {
+            fs::rename(&at, staging.join(name))?;
+        }
+        if fs::symlink_metadata(&at).is_err() {
+            link_folder(&to_newest(udid, name), &at)?;
+        }
+    }
+    let kept: Vec<String> = fs::read_dir(&from)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    relink(d, &[prev], &kept, &|n| to_newest(udid, n), &|n| {
+        to_history(prev, n)
+    })
+}
+
+/// Undo [`hand_forward`] (a commit interrupted before its last rename):
+/// the moved folders go back from `staging`, the links to `prev` back to
+/// the newest.
+fn hand_back(d: &Path, udid: &str, prev: &str, staging: &Path, inherit: &[String]) -> Result<()> {
+    let from = d.join(prev);
+    let names: Vec<String> = fs::read_dir(&from)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    relink(d, &[prev], &names, &|n| to_history(prev, n), &|n| {
+        to_newest(udid, n)
+    })?;
+    for name in inherit {
+        let at = from.join(name);
+        if is_real_dir(&at) {
+            continue;
+        }
+        let moved = staging.join(name);
+        if !is_real_dir(&moved) {
+            return Err(EngineError::Protocol(format!(
+                "an interrupted commit left {} without its folder {name}, and the staging folder has none",
+                from.display()
+            )));
+        }
+        if fs::symlink_metadata(&at).is_ok() {
+            fs::remove_file(&at)?;
+        }
+        fs::rename(&moved, &at)?;
+    }
+    Ok(())
 }
 
 /// Finish or undo an interrupted commit or prune (under the device's lock).
@@ -305,9 +553,12 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
     {
         let prev_moved = p.prev.as_ref().is_some_and(|id| d.join(id).exists());
         match (committed.exists(), p.prev.is_some(), prev_moved) {
-            // Between the two renames: put the old newest back.
+            // Between the two renames: put the old newest back, whole.
             (false, true, true) => {
-                fs::rename(d.join(p.prev.as_ref().expect("prev")), &committed)?;
+                let prev = p.prev.as_ref().expect("prev");
+                let staging = root.join(".ibackup/staging").join(udid);
+                hand_back(&d, udid, prev, &staging, &p.inherit)?;
+                fs::rename(d.join(prev), &committed)?;
                 let _ = fs::remove_file(sidecar(root, udid, &p.new));
             }
             // Both renames done (or nothing to move): only `newest` is stale.
@@ -321,6 +572,13 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
         }
         fs::remove_file(pending_file(root, udid))?;
     }
+    if let Some(h) = fs::read(handover_file(root, udid))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
+    {
+        // A prune interrupted while handing over: finish removing it.
+        finish_removal(root, udid, &h)?;
+    }
     match fs::remove_dir_all(trash(root, udid)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
@@ -330,7 +588,11 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(id) = name.strip_suffix(".json") {
-            if id != "pending" && Some(id) != newest.as_deref() && !d.join(id).is_dir() {
+            if id != "pending"
+                && id != "handover"
+                && Some(id) != newest.as_deref()
+                && !d.join(id).is_dir()
+            {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -344,13 +606,18 @@ pub fn list(root: &Path, udid: &str) -> Result<Vec<Snapshot>> {
     let d = dir(root, udid);
     let committed = root.join(udid);
     let newest = newest_id(root, udid);
+    // A snapshot a prune was removing when it was interrupted is gone.
+    let removing = fs::read(handover_file(root, udid))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
+        .map(|h| h.from);
     let mut out = Vec::new();
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(id) = name.strip_suffix(".json") else {
             continue;
         };
-        if id == "pending" {
+        if id == "pending" || id == "handover" || Some(id) == removing.as_deref() {
             continue;
         }
         let is_newest = Some(id) == newest.as_deref();
@@ -485,23 +752,103 @@ pub fn prune(root: &Path, udid: &str, keep: &Keep, dry_run: bool) -> Result<Prun
             continue;
         }
         r.removed.push(s.info.id.clone());
-        r.freed += unshared_bytes(&s.path);
+        let d = dir(root, udid);
+        let heirs = heirs(&d, &s.info.id);
+        let handed: Vec<&str> = heirs.iter().map(|(n, _)| n.as_str()).collect();
+        r.freed += unshared_bytes(&s.path, &handed);
         if dry_run {
             continue;
         }
-        let t = trash(root, udid);
-        fs::create_dir_all(&t)?;
-        fs::rename(&s.path, t.join(&s.info.id))?;
-        let _ = fs::remove_file(sidecar(root, udid, &s.info.id));
-        fs::remove_dir_all(t.join(&s.info.id))?;
+        let h = Handover {
+            from: s.info.id.clone(),
+            heirs,
+        };
+        if !h.heirs.is_empty() {
+            replace_file(
+                &handover_file(root, udid),
+                &serde_json::to_vec(&h).expect("json"),
+            )?;
+        }
+        finish_removal(root, udid, &h)?;
     }
     Ok(r)
 }
 
-/// Bytes of the files in `folder` that nothing else links.
-fn unshared_bytes(folder: &Path) -> u64 {
+/// For each folder of history snapshot `id` that other snapshots link to,
+/// the one to give it to (the newest of them; all of them are older).
+fn heirs(d: &Path, id: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for h in history_ids(d) {
+        if h == id {
+            continue;
+        }
+        for e in fs::read_dir(d.join(&h)).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fs::read_link(e.path()).is_ok_and(|t| t == to_history(id, &name)) {
+                match out.iter_mut().find(|(n, _)| *n == name) {
+                    Some(hit) => hit.1 = h.clone(),
+                    None => out.push((name, h.clone())),
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Remove history snapshot `h.from`: its linked-to folders go to their
+/// heirs (the others that linked to them link to the heir's), then it
+/// goes to the trash in one rename and is deleted. Each step can be
+/// repeated, so [`recover`] finishes an interrupted one from the start.
+fn finish_removal(root: &Path, udid: &str, h: &Handover) -> Result<()> {
+    let d = dir(root, udid);
+    let from = d.join(&h.from);
+    for (name, heir) in &h.heirs {
+        let (src, at) = (from.join(name), d.join(heir).join(name));
+        if is_real_dir(&src) && !is_real_dir(&at) {
+            if fs::symlink_metadata(&at).is_ok() {
+                fs::remove_file(&at)?;
+            }
+            fs::rename(&src, &at)?;
+        }
+        relink(
+            &d,
+            &[&h.from, heir],
+            std::slice::from_ref(name),
+            &|n| to_history(&h.from, n),
+            &|n| to_history(heir, n),
+        )?;
+    }
+    if from.exists() {
+        let t = trash(root, udid);
+        fs::create_dir_all(&t)?;
+        let _ = fs::remove_dir_all(t.join(&h.from));
+        fs::rename(&from, t.join(&h.from))?;
+    }
+    let _ = fs::remove_file(sidecar(root, udid, &h.from));
+    match fs::remove_file(handover_file(root, udid)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    remove_all(&trash(root, udid).join(&h.from))
+}
+
+fn remove_all(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of the files in `folder` that nothing else links, leaving out its
+/// top-level folders `handed` (they go to another snapshot). Links to
+/// folders are not followed: what they lead to is another snapshot's.
+fn unshared_bytes(folder: &Path, handed: &[&str]) -> u64 {
     let mut n = 0;
-    for e in walkdir::WalkDir::new(folder).into_iter().flatten() {
+    let walk = walkdir::WalkDir::new(folder).into_iter().filter_entry(|e| {
+        e.depth() != 1 || !handed.contains(&e.file_name().to_string_lossy().as_ref())
+    });
+    for e in walk.flatten() {
         if let Ok(md) = e.metadata() {
             if md.is_file() && links(&md) <= 1 {
                 n += md.len();
@@ -598,11 +945,12 @@ mod tests {
             ios: "18.0".into(),
             result: "complete".into(),
             full: true,
+            folders: None,
         };
         fake_backup(&staging, b"one");
-        let a = commit(root, "U", &staging, info(1000)).unwrap();
+        let a = commit(root, "U", &staging, info(1000), &[]).unwrap();
         fake_backup(&staging, b"two");
-        let b = commit(root, "U", &staging, info(2000)).unwrap();
+        let b = commit(root, "U", &staging, info(2000), &[]).unwrap();
         let l = list(root, "U").unwrap();
         assert_eq!(
             l.iter()
@@ -618,6 +966,7 @@ mod tests {
         let p = Pending {
             new: "X".into(),
             prev: Some(b.id.clone()),
+            inherit: Vec::new(),
         };
         fs::write(pending_file(root, "U"), serde_json::to_vec(&p).unwrap()).unwrap();
         fs::write(
@@ -631,13 +980,14 @@ mod tests {
         assert_eq!(list(root, "U").unwrap().len(), 2, "no half snapshot");
 
         // Interrupted after both renames: only `newest` was stale.
-        let c = commit(root, "U", &staging, info(3000)).unwrap();
+        let c = commit(root, "U", &staging, info(3000), &[]).unwrap();
         fs::write(newest_file(root, "U"), &b.id).unwrap();
         fs::write(
             pending_file(root, "U"),
             serde_json::to_vec(&Pending {
                 new: c.id.clone(),
                 prev: Some(b.id.clone()),
+                inherit: Vec::new(),
             })
             .unwrap(),
         )
@@ -695,7 +1045,7 @@ mod tests {
         assert!(l[0].newest && l[0].path == root.join("U"));
         fake_backup(&root.join("staging"), b"new");
         let info = describe(&root.join("staging"), "", true, "complete");
-        commit(root, "U", &root.join("staging"), info).unwrap();
+        commit(root, "U", &root.join("staging"), info, &[]).unwrap();
         let l = list(root, "U").unwrap();
         assert_eq!(l.len(), 2);
         assert!(!l[0].newest && l[1].newest);
@@ -712,7 +1062,11 @@ mod tests {
             fake_backup(&root.join("staging"), *body);
             let mut info = describe(&root.join("staging"), "", true, "complete");
             info.date = 1000 * (n as i64 + 1);
-            ids.push(commit(root, "U", &root.join("staging"), info).unwrap().id);
+            ids.push(
+                commit(root, "U", &root.join("staging"), info, &[])
+                    .unwrap()
+                    .id,
+            );
         }
         // Killed between moving the oldest to the trash and deleting its record.
         let tr = trash(root, "U");
@@ -732,5 +1086,226 @@ mod tests {
             ids[1..]
         );
         assert_eq!(fs::read(l[0].path.join("ab/abcd")).unwrap(), b"b");
+    }
+
+    #[cfg(unix)]
+    /// A staging folder holding Manifest.db and `files`.
+    fn stage(root: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+        let staging = root.join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(staging.join("Manifest.db"), b"db").unwrap();
+        for (name, body) in files {
+            let p = staging.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        staging
+    }
+
+    #[cfg(unix)]
+    fn night(date: i64) -> Info {
+        Info {
+            id: String::new(),
+            date,
+            files: 0,
+            bytes: 0,
+            encrypted: false,
+            ios: "18.0".into(),
+            result: "complete".into(),
+            full: false,
+            folders: None,
+        }
+    }
+
+    #[cfg(unix)]
+    /// What each snapshot reads as, oldest first: (id, ab/x, cd/y).
+    fn reads(root: &Path) -> Vec<(String, String, String)> {
+        let read = |p: PathBuf| String::from_utf8(fs::read(p).unwrap_or_default()).unwrap();
+        list(root, "U")
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.info.id,
+                    read(s.path.join("ab/x")),
+                    read(s.path.join("cd/y")),
+                )
+            })
+            .collect()
+    }
+
+    /// Every link in the history leads straight to a real folder.
+    #[cfg(unix)]
+    fn links_are_one_step(root: &Path) {
+        let d = dir(root, "U");
+        for h in history_ids(&d) {
+            for e in fs::read_dir(d.join(&h)).unwrap().flatten() {
+                if let Ok(t) = fs::read_link(e.path()) {
+                    let target = d.join(&h).join(t);
+                    assert!(
+                        is_real_dir(&target),
+                        "{h}/{:?} leads to {} which is not a real folder",
+                        e.file_name(),
+                        target.display()
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn untouched_folders_move_forward_and_every_snapshot_reads_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let inherit = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
+        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        // A quiet night: both folders move on whole.
+        let s2 = stage(root, &[]);
+        let ab_inode = fs::metadata(root.join("U/ab")).unwrap();
+        let b = commit(root, "U", &s2, night(87_000), &inherit(&["ab", "cd"]))
+            .unwrap()
+            .id;
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                fs::metadata(root.join("U/ab")).unwrap().ino(),
+                ab_inode.ino(),
+                "the same folder, moved"
+            );
+        }
+        assert_eq!(
+            fs::read_link(dir(root, "U").join(&a).join("ab")).unwrap(),
+            to_newest("U", "ab")
+        );
+        // cd changes: the snapshot before keeps the old cd, and the links
+        // to the newest's cd now lead to it.
+        let s3 = stage(root, &[("cd/y", b"22")]);
+        let c = commit(root, "U", &s3, night(90_000), &inherit(&["ab"]))
+            .unwrap()
+            .id;
+        assert_eq!(
+            fs::read_link(dir(root, "U").join(&a).join("cd")).unwrap(),
+            to_history(&b, "cd")
+        );
+        // ab changes too.
+        let s4 = stage(root, &[("ab/x", b"11")]);
+        let e = commit(root, "U", &s4, night(91_000), &inherit(&["cd"]))
+            .unwrap()
+            .id;
+        links_are_one_step(root);
+        let want = |id: &str, x: &str, y: &str| (id.to_string(), x.to_string(), y.to_string());
+        assert_eq!(
+            reads(root),
+            [
+                want(&a, "1", "2"),
+                want(&b, "1", "2"),
+                want(&c, "1", "22"),
+                want(&e, "11", "22")
+            ]
+        );
+        assert!(is_real_dir(&root.join("U/ab")) && is_real_dir(&root.join("U/cd")));
+
+        // Pruning b (kept: a as day 0's, c and e the last two): its cd,
+        // which a links to, goes to a.
+        let keep = Keep {
+            last: 2,
+            daily: 2,
+            ..Keep::default()
+        };
+        let dry = prune(root, "U", &keep, true).unwrap();
+        assert_eq!(dry.removed, std::slice::from_ref(&b));
+        assert_eq!(
+            dry.freed, 2,
+            "only b's own Manifest.db: its cd is handed over"
+        );
+        prune(root, "U", &keep, false).unwrap();
+        assert!(is_real_dir(&dir(root, "U").join(&a).join("cd")));
+        links_are_one_step(root);
+        assert_eq!(
+            reads(root),
+            [
+                want(&a, "1", "2"),
+                want(&c, "1", "22"),
+                want(&e, "11", "22")
+            ]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn interrupted_commits_and_prunes_with_moved_folders_are_repaired() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let d = dir(root, "U");
+        let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
+        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        let s2 = stage(root, &[]);
+        let b = commit(root, "U", &s2, night(2000), &["ab".into(), "cd".into()])
+            .unwrap()
+            .id;
+
+        // Killed in the middle of the next commit, after ab moved into
+        // staging and the links to cd were turned to b's.
+        let staging = root.join(".ibackup/staging/U");
+        fs::create_dir_all(staging.parent().unwrap()).unwrap();
+        fs::rename(stage(root, &[("cd/y", b"22")]), &staging).unwrap();
+        fs::write(
+            pending_file(root, "U"),
+            serde_json::to_vec(&Pending {
+                new: "X".into(),
+                prev: Some(b.clone()),
+                inherit: vec!["ab".into()],
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        fs::write(
+            sidecar(root, "U", "X"),
+            serde_json::to_vec(&night(3000)).unwrap(),
+        )
+        .unwrap();
+        fs::rename(root.join("U"), d.join(&b)).unwrap();
+        hand_forward(&d, "U", &b, &staging, &["ab".into()]).unwrap();
+        assert_eq!(
+            fs::read_link(d.join(&a).join("cd")).unwrap(),
+            to_history(&b, "cd")
+        );
+        recover(root, "U").unwrap();
+        assert!(is_real_dir(&root.join("U/ab")), "ab is back, a real folder");
+        assert_eq!(
+            fs::read_link(d.join(&a).join("cd")).unwrap(),
+            to_newest("U", "cd")
+        );
+        links_are_one_step(root);
+        let want = |id: &str| (id.to_string(), "1".to_string(), "2".to_string());
+        assert_eq!(reads(root), [want(&a), want(&b)]);
+
+        // A prune killed right after writing its hand-over: the next start
+        // finishes it. (c changes cd, so b holds the cd a links to.)
+        let _ = fs::remove_dir_all(&staging);
+        let s3 = stage(root, &[("cd/y", b"22")]);
+        let c = commit(root, "U", &s3, night(3000), &["ab".into()])
+            .unwrap()
+            .id;
+        let h = Handover {
+            from: b.clone(),
+            heirs: heirs(&d, &b),
+        };
+        assert_eq!(h.heirs, [("cd".to_string(), a.clone())]);
+        fs::write(handover_file(root, "U"), serde_json::to_vec(&h).unwrap()).unwrap();
+        assert_eq!(
+            list(root, "U").unwrap().len(),
+            2,
+            "a snapshot being removed is not listed"
+        );
+        recover(root, "U").unwrap();
+        assert!(!d.join(&b).exists() && !sidecar(root, "U", &b).exists());
+        links_are_one_step(root);
+        assert_eq!(
+            reads(root),
+            [want(&a), (c.clone(), "1".to_string(), "22".to_string())]
+        );
     }
 }

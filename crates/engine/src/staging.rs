@@ -1,15 +1,18 @@
 //! The backup folder during a session.
 //!
 //! `DIR/<UDID>/` is always the newest complete backup. A session works in
-//! `DIR/.ibackup/staging/<UDID>/`, which starts as hard links to the
-//! committed files (an incremental backup's device-side removals and moves
-//! then touch only links), and every file the device sends is written as a
-//! new file and renamed into place, never opened where it exists: committed
-//! files are never modified. On the device's final success the staging
-//! folder replaces the committed one with two renames; a crash between
-//! them is repaired at the next start.
+//! `DIR/.ibackup/staging/<UDID>/`, which holds hard links to the committed
+//! files of each folder the device touches, made when it first touches it
+//! (an incremental backup's device-side removals and moves then touch only
+//! links), and every file the device sends is written as a new file and
+//! renamed into place, never opened where it exists: committed files are
+//! never modified. On the device's final success the staging folder
+//! replaces the committed one with two renames, taking the folders the
+//! device left alone with it (see [`crate::snapshots`]); a crash in
+//! between is repaired at the next start. Where the disk has no symbolic
+//! links, every folder is linked, in the background from the start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -47,6 +50,10 @@ enum Linking {
     /// The thread, the top-level folders it is filling, and how many
     /// content files the counts expect it to link.
     Running(JoinHandle<Result<Linked>>, HashSet<String>, Option<u64>),
+    /// Linked when the device first touches them: the committed folder's
+    /// top-level folders not linked yet (the commit moves these in whole),
+    /// and how many were linked, in how long.
+    OnDemand(BTreeSet<String>, usize, std::time::Duration),
     /// It failed; the staging folder is incomplete and must not be committed.
     Failed(std::io::ErrorKind, String),
 }
@@ -116,12 +123,21 @@ impl BackupDir {
         Ok(())
     }
 
-    /// A fresh staging folder; with `link_previous`, holding links to the
-    /// committed backup's files so the device can continue it. The
-    /// top-level files (what the device reads first) are linked before this
-    /// returns; the content folders are linked in the background while the
-    /// device decides what changed, and [`BackupDir::ready`] waits for them.
+    /// A fresh staging folder; with `link_previous`, continuing the
+    /// committed backup. The top-level files (what the device reads first)
+    /// are linked before this returns. Each folder is linked when the
+    /// device first touches it ([`BackupDir::ready_for`]), and the ones it
+    /// never touches move in whole at the commit; where the disk has no
+    /// symbolic links (or `share` is false), all are linked in the
+    /// background while the device decides what changed, and
+    /// [`BackupDir::ready`] waits for them.
     pub fn prepare(&self, link_previous: bool) -> Result<()> {
+        self.prepare_as(link_previous, true)
+    }
+
+    /// [`BackupDir::prepare`]; `share: false` links every folder in the
+    /// background even where folders could be shared.
+    pub fn prepare_as(&self, link_previous: bool, share: bool) -> Result<()> {
         self.ready()?;
         let staging = self.staging();
         remove_tree(&staging)?;
@@ -132,12 +148,12 @@ impl BackupDir {
             return Ok(());
         }
         // Staging starts as the committed folder, whose record has its
-        // counts; the links made confirm the number of files.
-        let recorded = snapshots::newest_info(&self.root, &self.udid).map(|i| Counts {
+        // counts; the links made (or the folders' times) confirm them.
+        let info = snapshots::newest_info(&self.root, &self.udid);
+        let recorded = info.as_ref().map(|i| Counts {
             files: i.files,
             bytes: i.bytes,
         });
-        self.set_counts(recorded);
         let mut folders = HashSet::new();
         let top = Dirs::open(&committed, &staging)?;
         for e in fs::read_dir(&committed)? {
@@ -149,6 +165,16 @@ impl BackupDir {
                 folders.insert(e.file_name().to_string_lossy().into_owned());
             }
         }
+        if share && can_link_folders(&staging) {
+            let same = info
+                .and_then(|i| i.folders)
+                .is_some_and(|f| Some(f) == snapshots::folders_fingerprint(&committed, &[]));
+            self.set_counts(if same { recorded } else { None });
+            *self.linking.lock().expect("linking lock") =
+                Linking::OnDemand(folders.into_iter().collect(), 0, Default::default());
+            return Ok(());
+        }
+        self.set_counts(recorded);
         let handle = std::thread::spawn(move || {
             let t0 = std::time::Instant::now();
             let r = link_folders(&committed, &staging);
@@ -220,20 +246,50 @@ impl BackupDir {
         }
     }
 
-    /// Before the device touches `device_path`: wait for the background
-    /// links if the path lies where they are still being made (a folder of
-    /// the committed backup, or the backup folder as a whole). Everything
-    /// else (top-level files, new folders such as `Snapshot/`) goes at once.
+    /// Before the device touches `device_path`, if it lies in a folder of
+    /// the committed backup (or is the backup folder as a whole): link that
+    /// folder (every folder) now if it is not linked yet, or wait for the
+    /// background links. Everything else (top-level files, new folders
+    /// such as `Snapshot/`) goes at once.
     pub fn ready_for(&self, device_path: &str) -> Result<()> {
-        let busy = match &*self.linking.lock().expect("linking lock") {
-            Linking::Running(_, folders, _) => {
-                let rest = device_path.split_once('/').map_or("", |(_, r)| r);
-                let first = rest.split('/').next().unwrap_or("");
-                first.is_empty() || folders.contains(first)
+        let rest = device_path.split_once('/').map_or("", |(_, r)| r);
+        let first = rest.split('/').next().unwrap_or("");
+        let mut linking = self.linking.lock().expect("linking lock");
+        let busy = match &mut *linking {
+            Linking::Running(_, folders, _) => first.is_empty() || folders.contains(first),
+            Linking::OnDemand(pending, linked_folders, took) => {
+                let t0 = std::time::Instant::now();
+                let now: Vec<String> = if first.is_empty() {
+                    std::mem::take(pending).into_iter().collect()
+                } else {
+                    pending.take(first).into_iter().collect()
+                };
+                let (committed, staging) = (self.committed(), self.staging());
+                for name in now {
+                    let to = staging.join(&name);
+                    let linked = fs::create_dir_all(&to)
+                        .map_err(EngineError::from)
+                        .and_then(|()| link_tree(&committed.join(&name), &to));
+                    if let Err(e) = linked {
+                        let kind = match &e {
+                            EngineError::Io(io) => io.kind(),
+                            _ => std::io::ErrorKind::Other,
+                        };
+                        let why = format!(
+                            "could not link the previous backup's folder {name} into the staging folder: {e}"
+                        );
+                        *linking = Linking::Failed(kind, why.clone());
+                        return Err(EngineError::Io(std::io::Error::new(kind, why)));
+                    }
+                    *linked_folders += 1;
+                }
+                *took += t0.elapsed();
+                false
             }
             Linking::Idle => false,
             Linking::Failed(..) => true,
         };
+        drop(linking);
         if busy {
             self.ready()
         } else {
@@ -241,12 +297,23 @@ impl BackupDir {
         }
     }
 
+    /// Link everything not linked yet (before a change that may touch any
+    /// folder), and wait for it.
+    pub fn link_all(&self) -> Result<()> {
+        self.ready_for(&self.udid)
+    }
+
     /// Wait until the staging folder holds everything `prepare` started to
-    /// link; an error if that failed (then, and every time after).
+    /// link in the background; an error if that failed (then, and every
+    /// time after).
     pub fn ready(&self) -> Result<()> {
         let mut linking = self.linking.lock().expect("linking lock");
         let (kind, why) = match std::mem::replace(&mut *linking, Linking::Idle) {
             Linking::Idle => return Ok(()),
+            on_demand @ Linking::OnDemand(..) => {
+                *linking = on_demand;
+                return Ok(());
+            }
             Linking::Running(handle, _, expected) => match handle.join() {
                 Ok(Ok(linked)) => {
                     // A record that does not match what is there (another
@@ -286,6 +353,19 @@ impl BackupDir {
     pub fn commit(&self, full: bool, filtered: bool) -> Result<snapshots::Info> {
         self.ready()?;
         let staging = self.staging();
+        // The folders the device never touched come along whole.
+        let inherit: Vec<String> = match &mut *self.linking.lock().expect("linking lock") {
+            Linking::OnDemand(pending, linked, took) => {
+                log::info!(
+                    "staging links made on demand: {linked} folders in {took:?}; {} moved whole",
+                    pending.len()
+                );
+                std::mem::take(pending).into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        let committed = self.committed();
+        let inherited: Vec<PathBuf> = inherit.iter().map(|n| committed.join(n)).collect();
         if full {
             // A full backup re-sent every file: share the unchanged ones
             // with the previous snapshot, as an incremental one would.
@@ -304,19 +384,30 @@ impl BackupDir {
             }
         }
         let counts = *self.counts.lock().expect("counts lock");
+        let counts = counts.map(|c| (c.files, c.bytes)).unwrap_or_else(|| {
+            let mut content = snapshots::content_folders(&staging);
+            content.extend(
+                inherited
+                    .iter()
+                    .filter(|p| p.file_name().is_some_and(|n| n.len() == 2) && p.is_dir())
+                    .cloned(),
+            );
+            snapshots::count_folders(&content)
+        });
         let mut info = snapshots::describe_counted(
             &staging,
             "",
             full,
             if filtered { "filtered" } else { "complete" },
-            counts.map(|c| (c.files, c.bytes)),
+            Some(counts),
         );
+        info.folders = snapshots::folders_fingerprint(&staging, &inherited);
         // The snapshot's date is when it was made, whatever the device's clock said.
         info.date = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(info.date);
-        snapshots::commit(&self.root, &self.udid, &staging, info)
+        snapshots::commit(&self.root, &self.udid, &staging, info, &inherit)
     }
 
     /// Replace each staged content file whose bytes equal the newest
@@ -573,11 +664,11 @@ impl Area<'_> {
         }
     }
 
-    /// Wait until a backup's staging folder is complete (see
-    /// [`BackupDir::ready`]); a read-only area always is.
-    pub fn ready(&self) -> Result<()> {
+    /// Before a change that may touch anything: everything linked (see
+    /// [`BackupDir::link_all`]).
+    pub fn ready_all(&self) -> Result<()> {
         match self {
-            Area::Staging(d) => d.ready(),
+            Area::Staging(d) => d.link_all(),
             Area::ReadOnly { .. } => Ok(()),
         }
     }
@@ -626,6 +717,22 @@ impl Area<'_> {
             Area::ReadOnly { root, .. } => root.clone(),
         }
     }
+}
+
+/// Can `dir`'s disk hold symbolic links (not FAT or exFAT, say; never on
+/// Windows, where making one needs a privilege)?
+#[cfg(unix)]
+fn can_link_folders(dir: &Path) -> bool {
+    let probe = dir.join(".ibackup-link-probe");
+    let _ = fs::remove_file(&probe);
+    let ok = std::os::unix::fs::symlink(".", &probe).is_ok();
+    let _ = fs::remove_file(&probe);
+    ok
+}
+
+#[cfg(not(unix))]
+fn can_link_folders(_dir: &Path) -> bool {
+    false
 }
 
 /// Do two files hold the same bytes? Reads both, stopping at the first difference.
@@ -718,7 +825,7 @@ mod tests {
         fs::write(committed.join("ab/file"), b"old").unwrap();
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(true).unwrap();
-        d.ready().unwrap();
+        d.ready_for("U1/ab/file").unwrap();
         let staged = d.resolve("U1/ab/file").unwrap();
         assert_eq!(fs::read(&staged).unwrap(), b"old");
         // Replace as the engine does: new file, rename over the link.
@@ -743,7 +850,8 @@ mod tests {
         fs::write(committed.join("ab/one"), b"1").unwrap();
         fs::write(committed.join("ab/deeper/two"), b"2").unwrap();
         let d = BackupDir::open(root.path(), "U1").unwrap();
-        d.prepare(true).unwrap();
+        // As on a disk without symbolic links: everything in the background.
+        d.prepare_as(true, false).unwrap();
         // The top-level files are there at once; a path in a linked
         // folder waits for the links.
         assert_eq!(fs::read(d.staging().join("Manifest.db")).unwrap(), b"index");
@@ -793,6 +901,7 @@ mod tests {
 
     /// Write a file into staging as the engine does, and note it.
     fn device_writes(d: &BackupDir, name: &str, bytes: &[u8]) {
+        d.ready_for(&format!("U1/{name}")).unwrap();
         let path = d.resolve(&format!("U1/{name}")).unwrap();
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         let old = fs::symlink_metadata(&path).ok();
@@ -802,6 +911,7 @@ mod tests {
     }
 
     fn device_removes(d: &BackupDir, name: &str) {
+        d.ready_for(&format!("U1/{name}")).unwrap();
         let path = d.resolve(&format!("U1/{name}")).unwrap();
         let old = fs::symlink_metadata(&path).unwrap();
         fs::remove_file(&path).unwrap();
@@ -864,7 +974,7 @@ mod tests {
         // A move into a content folder is not followed.
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(true).unwrap();
-        d.ready().unwrap();
+        d.ready_for("U1/ab/moved").unwrap();
         fs::rename(
             d.staging().join("Manifest.db"),
             d.staging().join("ab/moved"),
@@ -876,11 +986,66 @@ mod tests {
         // Nor is a folder inside a content folder.
         let d = BackupDir::open(root.path(), "U1").unwrap();
         d.prepare(true).unwrap();
-        d.ready().unwrap();
+        d.ready_for("U1/ab/sub").unwrap();
         fs::create_dir(d.staging().join("ab/sub")).unwrap();
         d.created_folder("U1/ab/sub");
         let (files, _) = walked(d);
         assert_eq!(files, 6, "the folder is an entry too");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_the_device_leaves_alone_are_not_linked_but_move_in_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let first = first_backup(root.path());
+        let committed = root.path().join("U1");
+        let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+        let (ab, one) = (ino(&committed.join("ab")), ino(&committed.join("ab/one")));
+
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        assert!(
+            !d.staging().join("ab").exists() && !d.staging().join("cd").exists(),
+            "nothing linked before the device touches it"
+        );
+        device_writes(&d, "Manifest.db", b"index 2");
+        device_writes(&d, "cd/three", b"3"); // links cd first
+        assert!(d.staging().join("cd").is_dir() && !d.staging().join("ab").exists());
+        let info = d.commit(false, false).unwrap();
+        assert_eq!((info.files, info.bytes), (3, 4), "counts without a walk");
+        let second = info.id;
+        assert_eq!(
+            ino(&committed.join("ab")),
+            ab,
+            "ab moved in, the same folder"
+        );
+        assert_eq!(ino(&committed.join("ab/one")), one);
+        assert_eq!(fs::read(committed.join("cd/three")).unwrap(), b"3");
+        // The first snapshot reads as it was, through a link for ab.
+        let old = snapshots::dir(root.path(), "U1").join(&first.id);
+        assert!(fs::read_link(old.join("ab")).is_ok());
+        assert_eq!(fs::read(old.join("ab/two")).unwrap(), b"22");
+        assert_eq!(fs::read(old.join("cd/three")).unwrap(), b"333");
+        assert_eq!(snapshots::count_content(&old), (3, 6));
+        drop(d);
+
+        // A device that asks for the whole folder gets everything linked.
+        let d = BackupDir::open(root.path(), "U1").unwrap();
+        d.prepare(true).unwrap();
+        d.ready_for("U1").unwrap();
+        assert!(d.staging().join("ab/one").is_file() && d.staging().join("cd/three").is_file());
+        let info = d.commit(false, false).unwrap();
+        assert_eq!((info.files, info.bytes), (3, 4));
+        assert!(!fs::symlink_metadata(committed.join("ab"))
+            .unwrap()
+            .is_symlink());
+        // The first snapshot's link now leads to the second's ab.
+        assert_eq!(fs::read(old.join("ab/two")).unwrap(), b"22");
+        assert_eq!(
+            fs::read_link(old.join("ab")).unwrap(),
+            Path::new("..").join(&second).join("ab")
+        );
     }
 
     #[test]

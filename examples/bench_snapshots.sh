@@ -25,9 +25,12 @@ echo "profile $profile: $files files; $changed changed files per round"
 printf '%-6s %10s %12s %10s %14s\n' round "run s" "staging s" "commit s" "added MB"
 for r in $(seq 1 "$rounds"); do
   # Change N existing files (new content, same paths) and note their bytes.
-  find "$dev/fs" -type f -name '*.JPG' | shuf -n "$changed" --random-source=<(yes "$r") | while read -r f; do
-    head -c 200000 /dev/urandom > "$f"
-  done
+  # (None: an unchanged night.)
+  if [ "$changed" -gt 0 ]; then
+    find "$dev/fs" -type f -name '*.JPG' | shuf -n "$changed" --random-source=<(yes "$r") | while read -r f; do
+      head -c 200000 /dev/urandom > "$f"
+    done
+  fi
   before=$(du_all)
   sync
   start=$(date +%s.%N)

@@ -145,6 +145,17 @@ fn link_folder(target: &Path, at: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Make a symbolic link to a folder at `at`, where nothing is.
+#[cfg(unix)]
+fn new_link(target: &Path, at: &Path) -> Result<()> {
+    Ok(std::os::unix::fs::symlink(target, at)?)
+}
+
+#[cfg(not(unix))]
+fn new_link(target: &Path, at: &Path) -> Result<()> {
+    link_folder(target, at)
+}
+
 /// Folders are shared by symbolic links only where they exist (see
 /// `BackupDir::prepare`); elsewhere nothing is ever shared.
 #[cfg(not(unix))]
@@ -493,13 +504,10 @@ fn hand_forward(
 ) -> Result<()> {
     let from = d.join(prev);
     for name in inherit {
+        // Only the commit comes here, once: the folder is there to move.
         let at = from.join(name);
-        if is_real_dir(&at) {
-            fs::rename(&at, staging.join(name))?;
-        }
-        if fs::symlink_metadata(&at).is_err() {
-            link_folder(&to_newest(udid, name), &at)?;
-        }
+        fs::rename(&at, staging.join(name))?;
+        new_link(&to_newest(udid, name), &at)?;
     }
     let kept: Vec<String> = fs::read_dir(&from)?
         .flatten()

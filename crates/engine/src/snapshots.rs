@@ -156,6 +156,18 @@ fn new_link(target: &Path, at: &Path) -> Result<()> {
     link_folder(target, at)
 }
 
+/// Remove the temporary links [`link_folder`] leaves if interrupted
+/// between making one and renaming it over the old.
+fn sweep_link_temps(d: &Path) {
+    for h in history_ids(d) {
+        for e in fs::read_dir(d.join(&h)).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".ibackup-link") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Folders are shared by symbolic links only where they exist (see
 /// `BackupDir::prepare`); elsewhere nothing is ever shared.
 #[cfg(not(unix))]
@@ -555,6 +567,11 @@ fn hand_back(d: &Path, udid: &str, prev: &str, staging: &Path, inherit: &[String
 pub fn recover(root: &Path, udid: &str) -> Result<()> {
     let d = dir(root, udid);
     let committed = root.join(udid);
+    if pending_file(root, udid).exists() || handover_file(root, udid).exists() {
+        // Interrupted while turning a link, it may have left the new one
+        // under its temporary name.
+        sweep_link_temps(&d);
+    }
     if let Some(p) = fs::read(pending_file(root, udid))
         .ok()
         .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
@@ -1276,12 +1293,15 @@ mod tests {
         .unwrap();
         fs::rename(root.join("U"), d.join(&b)).unwrap();
         hand_forward(&d, "U", &b, &staging, &["ab".into()]).unwrap();
+        // Killed inside a link's turn: its temporary name is left.
+        std::os::unix::fs::symlink("../x/cd", d.join(&a).join("cd.ibackup-link")).unwrap();
         assert_eq!(
             fs::read_link(d.join(&a).join("cd")).unwrap(),
             to_history(&b, "cd")
         );
         recover(root, "U").unwrap();
         assert!(is_real_dir(&root.join("U/ab")), "ab is back, a real folder");
+        assert!(fs::symlink_metadata(d.join(&a).join("cd.ibackup-link")).is_err());
         assert_eq!(
             fs::read_link(d.join(&a).join("cd")).unwrap(),
             to_newest("U", "cd")

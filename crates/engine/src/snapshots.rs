@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::replace_file;
 use crate::error::{EngineError, Result};
+use crate::staging::remove_tree;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {
@@ -597,17 +598,11 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
         }
         fs::remove_file(pending_file(root, udid))?;
     }
-    if let Some(h) = fs::read(handover_file(root, udid))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
-    {
+    if let Some(h) = read_handover(root, udid) {
         // A prune interrupted while handing over: finish removing it.
         finish_removal(root, udid, &h)?;
     }
-    match fs::remove_dir_all(trash(root, udid)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-        _ => {}
-    }
+    remove_tree(&trash(root, udid))?;
     // Sidecars whose folder is gone (a prune interrupted after the move).
     let newest = newest_id(root, udid);
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -632,10 +627,7 @@ pub fn list(root: &Path, udid: &str) -> Result<Vec<Snapshot>> {
     let committed = root.join(udid);
     let newest = newest_id(root, udid);
     // A snapshot a prune was removing when it was interrupted is gone.
-    let removing = fs::read(handover_file(root, udid))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
-        .map(|h| h.from);
+    let removing = read_handover(root, udid).map(|h| h.from);
     let mut out = Vec::new();
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -855,14 +847,12 @@ fn finish_removal(root: &Path, udid: &str, h: &Handover) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
-    remove_all(&trash(root, udid).join(&h.from))
+    remove_tree(&trash(root, udid).join(&h.from))
 }
 
-fn remove_all(p: &Path) -> Result<()> {
-    match fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
+/// The journal of a prune's hand-over in progress, if there is one.
+fn read_handover(root: &Path, udid: &str) -> Option<Handover> {
+    serde_json::from_slice(&fs::read(handover_file(root, udid)).ok()?).ok()
 }
 
 /// Bytes of the files in `folder` that nothing else links, leaving out its

@@ -58,6 +58,23 @@ enum Linking {
     Failed(std::io::ErrorKind, String),
 }
 
+impl Linking {
+    /// Record a failed link pass (the staging folder is then never
+    /// committed) and give the error every later wait repeats.
+    fn fail(&mut self, kind: std::io::ErrorKind, why: String) -> EngineError {
+        *self = Linking::Failed(kind, why.clone());
+        EngineError::Io(std::io::Error::new(kind, why))
+    }
+}
+
+/// The I/O kind of an error, for a failure that is told again later.
+fn io_kind(e: &EngineError) -> std::io::ErrorKind {
+    match e {
+        EngineError::Io(io) => io.kind(),
+        _ => std::io::ErrorKind::Other,
+    }
+}
+
 impl BackupDir {
     /// Take the per-device lock and repair what an interrupted run left.
     pub fn open(root: &Path, udid: &str) -> Result<BackupDir> {
@@ -271,15 +288,12 @@ impl BackupDir {
                         .map_err(EngineError::from)
                         .and_then(|()| link_tree(&committed.join(&name), &to));
                     if let Err(e) = linked {
-                        let kind = match &e {
-                            EngineError::Io(io) => io.kind(),
-                            _ => std::io::ErrorKind::Other,
-                        };
-                        let why = format!(
-                            "could not link the previous backup's folder {name} into the staging folder: {e}"
-                        );
-                        *linking = Linking::Failed(kind, why.clone());
-                        return Err(EngineError::Io(std::io::Error::new(kind, why)));
+                        return Err(linking.fail(
+                            io_kind(&e),
+                            format!(
+                                "could not link the previous backup's folder {name} into the staging folder: {e}"
+                            ),
+                        ));
                     }
                     *linked_folders += 1;
                 }
@@ -324,10 +338,7 @@ impl BackupDir {
                     return Ok(());
                 }
                 Ok(Err(e)) => (
-                    match &e {
-                        EngineError::Io(io) => io.kind(),
-                        _ => std::io::ErrorKind::Other,
-                    },
+                    io_kind(&e),
                     format!("could not link the previous backup into the staging folder: {e}"),
                 ),
                 Err(_) => (
@@ -337,8 +348,7 @@ impl BackupDir {
             },
             Linking::Failed(kind, why) => (kind, why),
         };
-        *linking = Linking::Failed(kind, why.clone());
-        Err(EngineError::Io(std::io::Error::new(kind, why)))
+        Err(linking.fail(kind, why))
     }
 
     /// Map a path the device names (`<UDID>/…`) into the staging folder,
@@ -752,7 +762,8 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
-fn remove_tree(p: &Path) -> Result<()> {
+/// Remove a folder and all in it; one that is not there is fine.
+pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     match fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),

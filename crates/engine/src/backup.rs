@@ -225,19 +225,19 @@ impl<'a> Host<'a> {
                 let h = FileStreamReader::new(&mut self.s).block_header()?;
                 match h.code {
                     mb2::CODE_FILE_DATA => {
-                        let mut left = h.len as usize;
-                        while left > 0 {
-                            let n = left.min(self.buf.len());
-                            FileStreamReader::new(&mut self.s).payload(&mut self.buf[..n])?;
-                            if let (Some(f), None) = (out.as_mut(), write_err.as_ref()) {
-                                match f.write_all(&self.buf[..n]) {
-                                    Ok(()) => written += n as u64,
-                                    Err(e) => write_err = Some(e),
-                                }
-                            }
-                            left -= n;
-                            self.bytes += n as u64;
+                        let len = u64::from(h.len);
+                        let file = out.as_mut().filter(|_| write_err.is_none());
+                        let writing = file.is_some();
+                        match self
+                            .s
+                            .receive_into(file, len, &mut self.buf)
+                            .map_err(ibackup_proto::error::ProtoError::Io)?
+                        {
+                            None if writing => written += len,
+                            None => {}
+                            Some(e) => write_err = Some(e),
                         }
+                        self.bytes += len;
                         self.progress();
                     }
                     mb2::CODE_SUCCESS => break true,

@@ -3,8 +3,11 @@
 //! Blocking and generic over the stream, like the rest of this crate's I/O
 //! helpers; the engine runs each session on its own thread.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsFd;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
 
@@ -15,15 +18,65 @@ use crate::frame;
 use crate::lockdown::{self, LockdownError, Request as LdRequest};
 use crate::pairing::PairRecord;
 use crate::plistx::DictExt;
+use crate::receive::{copy_through, WriteOutcome, SPLICE_MIN};
 use crate::tls::{self, TlsStream};
 use crate::usbmux::{self, DeviceRecord, MuxResult, Packet, Request, SocketAddress};
 
 /// A byte stream to usbmuxd or, after `Connect`, to a device port.
-pub trait Stream: Read + Write + Send {}
-impl Stream for TcpStream {}
+pub trait Stream: Read + Write + Send {
+    /// Take the next `len` bytes of the stream and write them to `out`, or
+    /// drop them when `out` is `None`. A failed write does not stop the
+    /// reading: it is returned once all `len` bytes are taken, so the
+    /// stream stays in step; `Err` is a failure to read. See
+    /// [`receive`](crate::receive) for how large blocks avoid a copy.
+    fn receive_into(
+        &mut self,
+        out: Option<&mut File>,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<WriteOutcome> {
+        copy_through(self, out, len, buf)
+    }
+}
+
+impl Stream for TcpStream {
+    #[cfg(target_os = "linux")]
+    fn receive_into(
+        &mut self,
+        out: Option<&mut File>,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<WriteOutcome> {
+        let s: &TcpStream = self;
+        crate::receive::splice::receive(s.as_fd(), &mut &*s, out, len, buf)
+    }
+}
+
 #[cfg(unix)]
-impl Stream for UnixStream {}
-impl Stream for Box<dyn Stream> {}
+impl Stream for UnixStream {
+    #[cfg(target_os = "linux")]
+    fn receive_into(
+        &mut self,
+        out: Option<&mut File>,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<WriteOutcome> {
+        let s: &UnixStream = self;
+        crate::receive::splice::receive(s.as_fd(), &mut &*s, out, len, buf)
+    }
+}
+
+impl Stream for Box<dyn Stream> {
+    fn receive_into(
+        &mut self,
+        out: Option<&mut File>,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<WriteOutcome> {
+        (**self).receive_into(out, len, buf)
+    }
+}
+
 impl<S: Stream> Stream for TlsStream<S> {}
 
 /// Buffers reads (many small headers arrive between file blocks); writes
@@ -55,7 +108,34 @@ impl<S: Read + Write> Write for BufStream<S> {
     }
 }
 
-impl<S: Stream> Stream for BufStream<S> {}
+impl<S: Stream> Stream for BufStream<S> {
+    /// What is already buffered goes first; a large remainder is taken by
+    /// the inner stream directly (on Linux, without a copy), a small one
+    /// through the buffer.
+    fn receive_into(
+        &mut self,
+        mut out: Option<&mut File>,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<WriteOutcome> {
+        let have = (self.inner.buffer().len() as u64).min(len) as usize;
+        let mut failed = None;
+        if have > 0 {
+            if let Some(f) = out.as_deref_mut() {
+                failed = f.write_all(&self.inner.buffer()[..have]).err();
+            }
+            self.inner.consume(have);
+        }
+        let rest = len - have as u64;
+        let out = if failed.is_none() { out } else { None };
+        let later = if rest >= SPLICE_MIN {
+            self.inner.get_mut().receive_into(out, rest, buf)?
+        } else {
+            copy_through(&mut self.inner, out, rest, buf)?
+        };
+        Ok(failed.or(later))
+    }
+}
 
 /// How the host reaches devices: through usbmuxd today ([`MuxClient`]),
 /// or directly over USB later. The engine sees only this.

@@ -17,6 +17,7 @@ pub mod lockdown;
 pub mod mb2;
 pub mod pairing;
 pub mod plistx;
+pub mod receive;
 pub mod services;
 pub mod tls;
 pub mod usbmux;

@@ -83,18 +83,27 @@ impl<S: Stream> Stream for TlsStream<S> {}
 /// pass straight through.
 pub struct BufStream<S: Read + Write> {
     inner: std::io::BufReader<S>,
+    /// The last block taken by `receive_into` was large, so the next is
+    /// likely large too: read only what is asked for (a block's header)
+    /// rather than filling the buffer with the block itself, which
+    /// `receive_into` can then take whole without a copy.
+    lean: bool,
 }
 
 impl<S: Read + Write> BufStream<S> {
     pub fn new(s: S) -> Self {
         BufStream {
             inner: std::io::BufReader::with_capacity(256 * 1024, s),
+            lean: false,
         }
     }
 }
 
 impl<S: Read + Write> Read for BufStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.lean && self.inner.buffer().is_empty() {
+            return self.inner.get_mut().read(buf);
+        }
         self.inner.read(buf)
     }
 }
@@ -128,6 +137,7 @@ impl<S: Stream> Stream for BufStream<S> {
         }
         let rest = len - have as u64;
         let out = if failed.is_none() { out } else { None };
+        self.lean = len >= SPLICE_MIN;
         let later = if rest >= SPLICE_MIN {
             self.inner.get_mut().receive_into(out, rest, buf)?
         } else {

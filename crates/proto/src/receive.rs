@@ -307,6 +307,37 @@ mod tests {
         }
     }
 
+    /// A file's blocks as the device sends them: a header, then the block,
+    /// large and small in turn, through the engine's buffered stream.
+    #[test]
+    fn headers_and_blocks_in_turn_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [1 << 20, 1 << 20, 70_000, 10, 3 << 20, 5, 65_536, 200_000, 1];
+        for (r, mut w) in pairs() {
+            let blocks: Vec<Vec<u8>> = sizes.iter().map(|&n| block(n)).collect();
+            let sent = blocks.clone();
+            let sender = thread::spawn(move || {
+                for (i, b) in sent.iter().enumerate() {
+                    w.write_all(&(i as u32).to_be_bytes()).unwrap();
+                    w.write_all(b).unwrap();
+                }
+                w.write_all(b"TAIL").unwrap();
+            });
+            let mut s: Box<dyn Stream> = Box::new(BufStream::new(r));
+            for (i, b) in blocks.iter().enumerate() {
+                assert_eq!(read4(s.as_mut()), (i as u32).to_be_bytes(), "header {i}");
+                let path = dir.path().join(format!("b{i}"));
+                let mut f = File::create(&path).unwrap();
+                let got = s.receive_into(Some(&mut f), b.len() as u64, &mut [0u8; 1000]);
+                assert!(got.unwrap().is_none());
+                drop(f);
+                assert!(std::fs::read(&path).unwrap() == *b, "block {i}");
+            }
+            assert_eq!(&read4(s.as_mut()), b"TAIL");
+            sender.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_block_without_a_file_is_read_and_dropped() {
         for (r, w) in pairs() {

@@ -39,32 +39,28 @@ pub trait Stream: Read + Write + Send {
     }
 }
 
-impl Stream for TcpStream {
-    #[cfg(target_os = "linux")]
-    fn receive_into(
-        &mut self,
-        out: Option<&mut File>,
-        len: u64,
-        buf: &mut [u8],
-    ) -> std::io::Result<WriteOutcome> {
-        let s: &TcpStream = self;
-        crate::receive::splice::receive(s.as_fd(), &mut &*s, out, len, buf)
-    }
+/// A plain socket: on Linux its large blocks are spliced
+/// ([`receive`](crate::receive)); elsewhere the trait's default reads them.
+macro_rules! socket_stream {
+    ($socket:ty) => {
+        impl Stream for $socket {
+            #[cfg(target_os = "linux")]
+            fn receive_into(
+                &mut self,
+                out: Option<&mut File>,
+                len: u64,
+                buf: &mut [u8],
+            ) -> std::io::Result<WriteOutcome> {
+                let s: &$socket = self;
+                crate::receive::splice::receive(s.as_fd(), &mut &*s, out, len, buf)
+            }
+        }
+    };
 }
 
+socket_stream!(TcpStream);
 #[cfg(unix)]
-impl Stream for UnixStream {
-    #[cfg(target_os = "linux")]
-    fn receive_into(
-        &mut self,
-        out: Option<&mut File>,
-        len: u64,
-        buf: &mut [u8],
-    ) -> std::io::Result<WriteOutcome> {
-        let s: &UnixStream = self;
-        crate::receive::splice::receive(s.as_fd(), &mut &*s, out, len, buf)
-    }
-}
+socket_stream!(UnixStream);
 
 impl Stream for Box<dyn Stream> {
     fn receive_into(

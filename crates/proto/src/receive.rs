@@ -267,6 +267,15 @@ mod tests {
         })
     }
 
+    /// The receiving end as the engine holds it (buffered) or bare.
+    fn engine_side(r: Box<dyn Stream>, buffered: bool) -> Box<dyn Stream> {
+        if buffered {
+            Box::new(BufStream::new(r))
+        } else {
+            r
+        }
+    }
+
     fn read4(s: &mut dyn Stream) -> [u8; 4] {
         let mut b = [0u8; 4];
         s.read_exact(&mut b).unwrap();
@@ -283,11 +292,7 @@ mod tests {
                 for (r, w) in pairs() {
                     let data = block(n);
                     let sender = send(w, data.clone(), None);
-                    let mut s: Box<dyn Stream> = if buffered {
-                        Box::new(BufStream::new(r))
-                    } else {
-                        r
-                    };
+                    let mut s = engine_side(r, buffered);
                     assert_eq!(&read4(s.as_mut()), b"HEAD");
                     let path = dir.path().join("f");
                     let mut f = File::create(&path).unwrap();
@@ -366,11 +371,7 @@ mod tests {
             for n in SIZES {
                 for (r, w) in pairs() {
                     let sender = send(w, block(n), None);
-                    let mut s: Box<dyn Stream> = if buffered {
-                        Box::new(BufStream::new(r))
-                    } else {
-                        r
-                    };
+                    let mut s = engine_side(r, buffered);
                     read4(s.as_mut());
                     let mut f = File::open(&path).unwrap();
                     let got = s
@@ -412,11 +413,7 @@ mod tests {
             for (r, w) in pairs() {
                 let n = 3 << 20;
                 let sender = send(w, block(n), Some(n / 2));
-                let mut s: Box<dyn Stream> = if buffered {
-                    Box::new(BufStream::new(r))
-                } else {
-                    r
-                };
+                let mut s = engine_side(r, buffered);
                 read4(s.as_mut());
                 let mut f = File::create(dir.path().join("f")).unwrap();
                 let got = s.receive_into(Some(&mut f), n as u64, &mut [0u8; 1000]);

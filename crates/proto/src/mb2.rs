@@ -236,6 +236,14 @@ impl<W: Write> FileStreamWriter<W> {
         self.block(CODE_SUCCESS, &[])
     }
 
+    /// The header of a data block of `len` bytes; the caller writes the
+    /// `len` bytes themselves next, to the same stream.
+    pub fn data_header(&mut self, len: usize) -> Result<()> {
+        self.w.write_all(&(len as u32 + 1).to_be_bytes())?;
+        self.w.write_all(&[CODE_FILE_DATA])?;
+        Ok(())
+    }
+
     pub fn error(&mut self, code: u8, message: &str) -> Result<()> {
         self.block(code, message.as_bytes())
     }

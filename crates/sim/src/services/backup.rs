@@ -870,9 +870,11 @@ fn stream(
             FileStreamWriter::new(&mut dl.conn).data_header(n as usize)?;
             if dl.conn.send_from(f, n, buf)? < n {
                 // The header promised n bytes: the stream cannot go on.
-                return Err(SimError::Protocol(format!(
-                    "{device_name} shrank while it was being sent"
-                )));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{device_name} shrank while it was being sent"),
+                )
+                .into());
             }
             left -= n;
         }
@@ -1426,6 +1428,65 @@ pub fn tempdir_in(state: &Path) -> Result<TempDir> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain file leaves the same bytes on the wire, and is counted in the
+    /// same blocks by the fault counters, whether the kernel sends its
+    /// blocks (nobody watches them) or they pass through the buffer
+    /// (something watches them, as the digest does).
+    #[cfg(unix)]
+    #[test]
+    fn a_plain_file_goes_out_the_same_by_either_path() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::device::DeviceConfig::new("U1", "Test")
+            .save(dir.path())
+            .unwrap();
+        let device = Device::open(dir.path(), 1).unwrap();
+        let path = dir.path().join("file");
+        for len in [0, 5, BLOCK, 2 * BLOCK + 77] {
+            std::fs::write(&path, (0..len).map(|i| (i % 253) as u8).collect::<Vec<_>>()).unwrap();
+            let wire = |watched: bool| -> (Vec<u8>, Vec<u64>, usize) {
+                let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let reader = std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    b.read_to_end(&mut got).unwrap();
+                    got
+                });
+                let mut dl = Dl {
+                    conn: crate::conn::Buffered::new(Box::new(a)),
+                    device: device.clone(),
+                    bytes_sent: 0,
+                    files_sent: 0,
+                };
+                let mut buf = vec![0u8; BLOCK];
+                let (mut blocks, mut seen) = (Vec::new(), 0);
+                let mut watch = |b: &[u8]| seen += b.len();
+                stream(
+                    &mut dl,
+                    ("dev", "backup"),
+                    &mut File::open(&path).unwrap(),
+                    None,
+                    &mut buf,
+                    &mut |_, n| {
+                        blocks.push(n);
+                        Ok(())
+                    },
+                    watched.then_some(&mut watch as Sink<'_>),
+                )
+                .unwrap();
+                dl.conn.flush().unwrap();
+                drop(dl);
+                (reader.join().unwrap(), blocks, seen)
+            };
+            let (direct, direct_blocks, _) = wire(false);
+            let (through, through_blocks, seen) = wire(true);
+            assert!(direct == through, "{len} bytes: the wire differs");
+            assert_eq!(direct_blocks, through_blocks);
+            assert_eq!(seen, len);
+            // Two names, one header per block, the bytes, the end marker.
+            let headers = len.div_ceil(BLOCK) * 5;
+            assert_eq!(direct.len(), (4 + 3) + (4 + 6) + headers + len + 5);
+        }
+    }
 
     /// Feed `pieces` to a [`Compare`] of a file holding `own`: whether every
     /// piece and the end matched, and what a divergence would have stored.

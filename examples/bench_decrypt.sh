@@ -42,7 +42,7 @@ import sys, collections, statistics
 path, nbytes, nfiles, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 runs = collections.defaultdict(list)
 for line in open(path):
-    name, secs, kb = line.split()
+    name, secs, kb, *_ = line.split()
     runs[name].append((float(secs), int(kb)))
 def med(n): return statistics.median(s for s, _ in runs[n])
 def rss(n): return max(k for _, k in runs[n]) / 1024

@@ -39,7 +39,7 @@ udid_of() { sed -n 's/^udid = "\(.*\)"/\1/p' "$1/device.toml"; }
 
 # steal: the CPU time the hypervisor has taken from this machine's CPUs so
 # far, in hundredths of a second (all CPUs; /proc/stat), 0 where unknown.
-steal() { awk '/^cpu /{print $9; f=1} END {if (!f) print 0}' /proc/stat 2>/dev/null || echo 0; }
+steal() { if [ -r /proc/stat ]; then awk '/^cpu /{print $9 + 0; exit}' /proc/stat; else echo 0; fi; }
 
 # measure NAME COMMAND...: run it, print "NAME seconds peak_kb steal_cs";
 # stop on failure. Seconds to the millisecond from the shell's clock (GNU

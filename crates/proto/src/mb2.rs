@@ -239,9 +239,7 @@ impl<W: Write> FileStreamWriter<W> {
     /// The header of a data block of `len` bytes; the caller writes the
     /// `len` bytes themselves next, to the same stream.
     pub fn data_header(&mut self, len: usize) -> Result<()> {
-        self.w.write_all(&(len as u32 + 1).to_be_bytes())?;
-        self.w.write_all(&[CODE_FILE_DATA])?;
-        Ok(())
+        self.header(CODE_FILE_DATA, len)
     }
 
     pub fn error(&mut self, code: u8, message: &str) -> Result<()> {
@@ -249,10 +247,15 @@ impl<W: Write> FileStreamWriter<W> {
     }
 
     fn block(&mut self, code: u8, payload: &[u8]) -> Result<()> {
-        self.w
-            .write_all(&(payload.len() as u32 + 1).to_be_bytes())?;
-        self.w.write_all(&[code])?;
+        self.header(code, payload.len())?;
         self.w.write_all(payload)?;
+        Ok(())
+    }
+
+    /// A block's length (its code and payload) and code.
+    fn header(&mut self, code: u8, payload_len: usize) -> Result<()> {
+        self.w.write_all(&(payload_len as u32 + 1).to_be_bytes())?;
+        self.w.write_all(&[code])?;
         Ok(())
     }
 

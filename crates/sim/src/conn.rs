@@ -247,6 +247,26 @@ mod tests {
         (rest, buf.iter().all(|&b| b == 0xA5))
     }
 
+    /// [`send_in_two`] through a socket whose far end `reader` collects
+    /// what arrives: all of it arrives in order, and on Linux the kernel
+    /// sent it.
+    fn send_through_socket(
+        conn: Box<dyn Conn>,
+        reader: std::thread::JoinHandle<Vec<u8>>,
+        f: &tempfile::NamedTempFile,
+        bytes: &[u8],
+        first: usize,
+    ) {
+        let (rest, untouched) = send_in_two(conn, f.path(), first as u64);
+        assert_eq!(rest, (bytes.len() - first) as u64);
+        assert_eq!(
+            untouched,
+            cfg!(target_os = "linux"),
+            "sendfile on Linux only"
+        );
+        check_received(&reader.join().unwrap(), bytes, first);
+    }
+
     fn check_received(got: &[u8], bytes: &[u8], first: usize) {
         assert_eq!(got.len(), 8 + bytes.len());
         assert_eq!(&got[..4], b"head");
@@ -268,14 +288,7 @@ mod tests {
             got
         });
         let conn = TcpStream::connect(addr).unwrap();
-        let (rest, untouched) = send_in_two(Box::new(conn), f.path(), first as u64);
-        assert_eq!(rest, (bytes.len() - first) as u64);
-        assert_eq!(
-            untouched,
-            cfg!(target_os = "linux"),
-            "sendfile on Linux only"
-        );
-        check_received(&reader.join().unwrap(), &bytes, first);
+        send_through_socket(Box::new(conn), reader, &f, &bytes, first);
     }
 
     #[cfg(unix)]
@@ -289,14 +302,7 @@ mod tests {
             b.read_to_end(&mut got).unwrap();
             got
         });
-        let (rest, untouched) = send_in_two(Box::new(a), f.path(), first as u64);
-        assert_eq!(rest, (bytes.len() - first) as u64);
-        assert_eq!(
-            untouched,
-            cfg!(target_os = "linux"),
-            "sendfile on Linux only"
-        );
-        check_received(&reader.join().unwrap(), &bytes, first);
+        send_through_socket(Box::new(a), reader, &f, &bytes, first);
     }
 
     /// A connection with no kernel path (as TLS): the bytes go through the

@@ -84,9 +84,14 @@ impl BackupDir {
             )));
         }
         if !root.is_dir() {
+            let (kind, what) = if root.exists() {
+                (std::io::ErrorKind::NotADirectory, "is not a folder")
+            } else {
+                (std::io::ErrorKind::NotFound, "does not exist")
+            };
             return Err(EngineError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("backup folder {} does not exist", root.display()),
+                kind,
+                format!("backup folder {} {what}", root.display()),
             )));
         }
         let meta = root.join(".ibackup");
@@ -812,6 +817,28 @@ mod tests {
         assert!(area.resolve("B/Manifest.db").is_err());
         assert!(area.resolve("A/../B/x").is_err());
         assert!(area.resolve_write("A/ab/x").is_err());
+    }
+
+    #[test]
+    fn a_missing_folder_or_a_file_is_named_for_what_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("nowhere");
+        let file = root.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        for (path, kind, says) in [
+            (&missing, std::io::ErrorKind::NotFound, "does not exist"),
+            (&file, std::io::ErrorKind::NotADirectory, "is not a folder"),
+        ] {
+            match BackupDir::open(path, "U1") {
+                Err(EngineError::Io(e)) => {
+                    assert_eq!(e.kind(), kind);
+                    assert!(e.to_string().ends_with(says), "{e}");
+                }
+                other => panic!("{path:?}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert_eq!(fs::read(&file).unwrap(), b"x", "the file is left alone");
+        assert!(!missing.exists(), "nothing is created");
     }
 
     #[test]

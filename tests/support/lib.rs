@@ -296,3 +296,33 @@ pub fn snapshot_state(backup: &Path) -> Option<String> {
         .as_string()
         .map(str::to_string)
 }
+
+/// A small filesystem (tmpfs) for a full-disk test; needs mount rights
+/// (root). `None`, with a SKIP line, where it cannot be mounted outside CI.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, megabytes: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            if std::env::var_os("CI").is_some() {
+                panic!("cannot mount a small tmpfs for the full-disk test");
+            }
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -515,35 +515,6 @@ fn a_killed_ibackup_leaves_the_last_backup_intact() {
     );
 }
 
-/// A small filesystem for the backup folder; needs mount rights (root).
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, megabytes: u32) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(at)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            if std::env::var_os("CI").is_some() {
-                panic!("cannot mount a small tmpfs for the full-disk test");
-            }
-            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

@@ -140,6 +140,31 @@ fn encryption_on_backup_extract_change_and_off() {
         "extract vs device",
     );
 
+    // A full disk under OUT is the disk's fault, not the backup's, though
+    // the bytes that did not fit were being decrypted when it filled.
+    if let Some(disk) = SmallDisk::mount(&host.root.path().join("small-disk"), 2) {
+        let before = hashes(&backup);
+        let to = disk.0.join("out");
+        let o = ib(
+            &host,
+            &["extract", p(&dir), "--to", p(&to)],
+            &[("IBACKUP_PASSWORD", "s3cret pw")],
+        );
+        assert_eq!(code(&o), Some(7), "{}", text(&o));
+        assert!(
+            text(&o).contains("The disk holding") && text(&o).contains("the backup is untouched"),
+            "{}",
+            text(&o)
+        );
+        assert!(
+            !device_tree(&to, &[])
+                .keys()
+                .any(|k| k.ends_with(".ibackup-part")),
+            "no partial file is left behind"
+        );
+        assert_eq!(hashes(&backup), before, "the backup is unchanged");
+    }
+
     // A wrong password: its own exit code, a clear sentence, nothing written.
     let wrong = host.root.path().join("wrong");
     let o = ib(

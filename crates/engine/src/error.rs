@@ -48,6 +48,13 @@ pub enum EngineError {
     Unsound(String),
     #[error("i/o error on the backup disk: {0}")]
     Io(#[from] std::io::Error),
+    /// Writing the output the user asked for (`extract --to OUT`) failed;
+    /// the backup is untouched.
+    #[error("cannot write {}: {source}", path.display())]
+    Output {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -80,6 +87,9 @@ impl From<ibackup_store::StoreError> for EngineError {
             ibackup_store::StoreError::Io(io) => EngineError::Io(io),
             ibackup_store::StoreError::WrongPassword => EngineError::WrongPassword,
             ibackup_store::StoreError::PasswordRequired => EngineError::PasswordRequired,
+            ibackup_store::StoreError::Output { path, source } => {
+                EngineError::Output { path, source }
+            }
             other => EngineError::Damaged(other.to_string()),
         }
     }

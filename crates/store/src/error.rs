@@ -16,6 +16,13 @@ pub enum StoreError {
     PasswordRequired,
     #[error("unsafe path {path:?}: {why}")]
     UnsafePath { path: String, why: &'static str },
+    /// Writing where the user asked for output failed; the backup itself
+    /// is fine.
+    #[error("cannot write {}: {source}", path.display())]
+    Output {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

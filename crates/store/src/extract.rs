@@ -3,8 +3,9 @@
 //! encrypted backups. Every path is checked before anything is written, so
 //! a backup naming a path that would leave OUT writes nothing at all.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,6 +40,39 @@ fn time(secs: i64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
+/// A failure writing below OUT (the backup is not at fault).
+fn output(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Output {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The file being written, remembering its own failure: a copy that fails
+/// is blamed on OUT (a full disk, say) when the write failed, and on the
+/// backup only when the read did, whatever the reader made of the error.
+struct Written {
+    file: File,
+    failed: Option<io::Error>,
+}
+
+impl Written {
+    fn note(&mut self, e: io::Error) -> io::Error {
+        let told = io::Error::new(e.kind(), e.to_string());
+        self.failed.get_or_insert(e);
+        told
+    }
+}
+
+impl Write for Written {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.note(e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.note(e))
+    }
+}
+
 /// One file: plaintext into a new file beside `to`, its time set, renamed
 /// into place.
 fn write_file(contents: Contents<'_>, row: &ManifestRow, to: &Path) -> Result<u64> {
@@ -46,21 +80,85 @@ fn write_file(contents: Contents<'_>, row: &ManifestRow, to: &Path) -> Result<u6
     part.push(".ibackup-part");
     let part = PathBuf::from(part);
     let _ = fs::remove_file(&part);
-    let f = File::options().write(true).create_new(true).open(&part)?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
+    // create_new: never through a link that happens to have this name.
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&part)
+        .map_err(output(to))?;
+    let mut w = BufWriter::with_capacity(1 << 20, Written { file, failed: None });
     let r = contents.read(row, &mut w);
-    let f = w.into_inner().map_err(|e| StoreError::Io(e.into_error()));
-    match (r, f) {
-        (Ok(n), Ok(f)) => {
-            f.set_modified(time(row.file.last_modified))?;
-            drop(f);
-            fs::rename(&part, to)?;
-            Ok(n)
+    let written = w.into_inner().map_err(|e| e.into_error());
+    let r = match (r, written) {
+        (Ok(n), Ok(Written { file, failed: None })) => file
+            .set_modified(time(row.file.last_modified))
+            .and_then(|()| {
+                drop(file);
+                fs::rename(&part, to)
+            })
+            .map(|()| n)
+            .map_err(output(to)),
+        (
+            _,
+            Ok(Written {
+                failed: Some(e), ..
+            }),
+        ) => Err(output(to)(e)),
+        (_, Err(e)) => Err(output(to)(e)),
+        (Err(e), Ok(_)) => Err(e),
+    };
+    if r.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    r
+}
+
+/// The folders below OUT, made as they are needed. Each one on the way is
+/// checked once: a symbolic link (left by an earlier extraction into the
+/// same OUT, from a backup that names one) or a file where a folder should
+/// be stops the extraction, so nothing is ever written through a link to
+/// somewhere outside OUT.
+struct Folders<'a> {
+    out: &'a Path,
+    known: HashSet<PathBuf>,
+}
+
+impl Folders<'_> {
+    fn make(&mut self, dir: &Path) -> Result<()> {
+        if self.known.contains(dir) {
+            return Ok(());
         }
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = fs::remove_file(&part);
-            Err(e)
+        let below = dir
+            .strip_prefix(self.out)
+            .map_err(|_| StoreError::UnsafePath {
+                path: dir.display().to_string(),
+                why: "outside the output folder",
+            })?;
+        let mut p = self.out.to_path_buf();
+        for part in below.components() {
+            p.push(part);
+            if self.known.contains(&p) {
+                continue;
+            }
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(output(&p)(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "a link or a file stands where a folder goes",
+                    )))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&p) {
+                    Ok(()) => {}
+                    // Made meanwhile: checked again on the next call.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return self.make(dir),
+                    Err(e) => return Err(output(&p)(e)),
+                },
+                Err(e) => return Err(output(&p)(e)),
+            }
+            self.known.insert(p.clone());
         }
+        Ok(())
     }
 }
 
@@ -75,7 +173,17 @@ pub fn extract(
     // Every row must be safe before the first byte lands (names only:
     // the records are decoded once, below).
     backup.index.db.check_names()?;
-    fs::create_dir_all(out)?;
+    if out.exists() && !out.is_dir() {
+        return Err(output(out)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it is not a folder",
+        )));
+    }
+    fs::create_dir_all(out).map_err(output(out))?;
+    let mut folders = Folders {
+        out,
+        known: HashSet::new(),
+    };
     let mut done = Extracted::default();
     let mut dirs = Vec::new();
     let mut links = Vec::new();
@@ -124,13 +232,13 @@ pub fn extract(
             let to = dest(out, &row.domain, &row.relative_path)?;
             match row.flags {
                 FLAG_DIRECTORY => {
-                    fs::create_dir_all(&to)?;
+                    folders.make(&to)?;
                     dirs.push((to, row.file.last_modified));
                 }
                 FLAG_SYMLINK => links.push((to, row.file.target.clone().unwrap_or_default())),
                 FLAG_FILE => {
                     if let Some(parent) = to.parent() {
-                        fs::create_dir_all(parent)?;
+                        folders.make(parent)?;
                     }
                     let _ = tx.send((row, to));
                     progress(files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
@@ -156,19 +264,20 @@ pub fn extract(
             continue;
         }
         if let Some(parent) = link.parent() {
-            fs::create_dir_all(parent)?;
+            folders.make(parent)?;
         }
         #[cfg(unix)]
-        {
-            std::os::unix::fs::symlink(&target, &link)?;
-            done.links += 1;
-        }
+        std::os::unix::fs::symlink(&target, &link).map_err(output(&link))?;
+        // Windows needs a privilege for symbolic links; keep the target as
+        // text (create_new: never through something already there).
         #[cfg(not(unix))]
-        {
-            // Windows needs a privilege for symbolic links; keep the target as text.
-            fs::write(&link, target.as_bytes())?;
-            done.links += 1;
-        }
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&link)
+            .and_then(|mut f| f.write_all(target.as_bytes()))
+            .map_err(output(&link))?;
+        done.links += 1;
     }
     // Deepest first: setting a folder's time after its contents are written.
     for (d, t) in dirs.iter().rev() {
@@ -245,6 +354,60 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"ok");
         let mtime = fs::metadata(&p).unwrap().modified().unwrap();
         assert_eq!(mtime, time(1_000_000_000));
+    }
+
+    #[test]
+    fn a_link_left_in_out_is_never_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Backup::open(&backup_with(t.path(), &[]), None).unwrap();
+        let out = t.path().join("out");
+        let elsewhere = t.path().join("elsewhere");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&elsewhere, out.join("HomeDomain")).unwrap();
+        #[cfg(not(unix))]
+        fs::write(out.join("HomeDomain"), b"a file in the way").unwrap();
+        match extract(&b, &Selection::default(), &out, &mut |_, _| {}) {
+            Err(StoreError::Output { path, source }) => {
+                assert_eq!(path, out.join("HomeDomain"));
+                assert_eq!(source.kind(), io::ErrorKind::NotADirectory);
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn out_that_is_a_file_is_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Backup::open(&backup_with(t.path(), &[]), None).unwrap();
+        let out = t.path().join("out");
+        fs::write(&out, b"mine").unwrap();
+        let r = extract(&b, &Selection::default(), &out, &mut |_, _| {});
+        assert!(
+            matches!(&r, Err(StoreError::Output { source, .. }) if source.kind() == io::ErrorKind::NotADirectory),
+            "{:?}",
+            r.map(|_| ())
+        );
+        assert_eq!(fs::read(&out).unwrap(), b"mine");
+    }
+
+    /// A write that fails is the output's failure, whatever the reader
+    /// made of it (the decrypting reader calls its errors "does not
+    /// decrypt").
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_write_is_remembered() {
+        let file = File::options().write(true).open("/dev/full").unwrap();
+        let mut w = BufWriter::with_capacity(16, Written { file, failed: None });
+        let e = w.write_all(&[0u8; 64]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let written = w.into_inner().map_err(|e| e.into_error()).unwrap();
+        assert_eq!(
+            written.failed.map(|e| e.kind()),
+            Some(io::ErrorKind::StorageFull)
+        );
     }
 
     #[test]

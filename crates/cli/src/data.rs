@@ -135,6 +135,25 @@ pub fn extract(
         other => other.into(),
     })?;
     let secs = started.elapsed().as_secs_f64();
+    if done.damaged > 0 {
+        // Everything readable is out; the exit code says not all of it was.
+        if cli.json {
+            println!(
+                "{}",
+                json!({"event": "extract", "ok": false, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "problems": done.problems})
+            );
+        } else {
+            for p in &done.problems {
+                eprintln!("problem: {p}");
+            }
+        }
+        return Err(EngineError::Unsound(format!(
+            "{} of its files are damaged or missing, listed above; {} others were extracted to {}",
+            done.damaged,
+            done.files,
+            to.display()
+        )));
+    }
     if cli.json {
         println!(
             "{}",

@@ -407,8 +407,9 @@ fn verify(
         Ok(())
     } else {
         Err(EngineError::Unsound(format!(
-            "{} problems in {}",
-            r.problems.len(),
+            "{} problem{} in {}",
+            r.problem_count,
+            if r.problem_count == 1 { "" } else { "s" },
             backup.display()
         )))
     }

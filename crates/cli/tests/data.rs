@@ -623,4 +623,46 @@ fn extract_and_ls_select_by_category_and_refuse_bad_names() {
         "{}",
         text(&o)
     );
+
+    // A content file gone from the backup: every other file comes out,
+    // the missing one is named, and the exit code says the backup is not
+    // whole.
+    let backup = dir.join(a);
+    let sub = std::fs::read_dir(&backup)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir() && d.file_name().unwrap().len() == 2)
+        .unwrap();
+    let victim = std::fs::read_dir(&sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&victim).unwrap();
+    let all = host.root.path().join("all");
+    let o = ib(&host, &["--json", "extract", p(&dir), "--to", p(&all)], &[]);
+    assert_eq!(code(&o), Some(9), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = lines.iter().find(|l| l["event"] == "extract").unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let victim_id = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        problems[0].as_str().unwrap().contains(victim_id),
+        "{problems:?}"
+    );
+    let extracted = device_tree(&all, &[])
+        .values()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    let listed = device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP)
+        .values()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    assert_eq!(extracted + 1, listed, "all but the missing file");
+    assert_eq!(report["files"], extracted as u64);
 }

@@ -15,6 +15,7 @@ use crate::manifest_db::ManifestRow;
 use crate::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use crate::paths::{check_domain, check_relative};
 use crate::reader::{Backup, Contents};
+use crate::verify::note;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
@@ -24,6 +25,12 @@ pub struct Extracted {
     pub bytes: u64,
     pub dirs: u64,
     pub links: u64,
+    /// Files the backup holds damaged or not at all (at most
+    /// `verify::MAX_LISTED`, then a count of the rest); everything else
+    /// was extracted.
+    pub problems: Vec<String>,
+    /// How many files had problems.
+    pub damaged: u64,
 }
 
 fn dest(out: &Path, domain: &str, path: &str) -> Result<PathBuf> {
@@ -54,6 +61,8 @@ fn output(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 struct Written {
     file: File,
     failed: Option<io::Error>,
+    /// Bytes the file took.
+    count: u64,
 }
 
 impl Written {
@@ -66,7 +75,9 @@ impl Written {
 
 impl Write for Written {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf).map_err(|e| self.note(e))
+        let n = self.file.write(buf).map_err(|e| self.note(e))?;
+        self.count += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush().map_err(|e| self.note(e))
@@ -74,8 +85,17 @@ impl Write for Written {
 }
 
 /// One file: plaintext into a new file beside `to`, its time set, renamed
-/// into place.
-fn write_file(contents: Contents<'_>, row: &ManifestRow, to: &Path) -> Result<u64> {
+/// into place; the bytes written (none when no file was made), and what
+/// was wrong with the file in the backup, if anything. A file the backup
+/// holds only part of (missing its end, or failing to decrypt part way) is
+/// extracted as far as it could be read, because that part may be all
+/// there is of it; the problem says so. Errors are the output's (they stop
+/// the extraction).
+fn write_file(
+    contents: Contents<'_>,
+    row: &ManifestRow,
+    to: &Path,
+) -> Result<(Option<u64>, Option<String>)> {
     let mut part = to.as_os_str().to_os_string();
     part.push(".ibackup-part");
     let part = PathBuf::from(part);
@@ -86,31 +106,67 @@ fn write_file(contents: Contents<'_>, row: &ManifestRow, to: &Path) -> Result<u6
         .create_new(true)
         .open(&part)
         .map_err(output(to))?;
-    let mut w = BufWriter::with_capacity(1 << 20, Written { file, failed: None });
-    let r = contents.read(row, &mut w);
-    let written = w.into_inner().map_err(|e| e.into_error());
-    let r = match (r, written) {
-        (Ok(n), Ok(Written { file, failed: None })) => file
-            .set_modified(time(row.file.last_modified))
-            .and_then(|()| {
-                drop(file);
-                fs::rename(&part, to)
-            })
-            .map(|()| n)
-            .map_err(output(to)),
-        (
-            _,
-            Ok(Written {
-                failed: Some(e), ..
-            }),
-        ) => Err(output(to)(e)),
-        (_, Err(e)) => Err(output(to)(e)),
-        (Err(e), Ok(_)) => Err(e),
+    let blank = Written {
+        file,
+        failed: None,
+        count: 0,
     };
-    if r.is_err() {
+    let mut w = BufWriter::with_capacity(1 << 20, blank);
+    let read = contents.read(row, &mut w);
+    let written = match w.into_inner().map_err(|e| e.into_error()) {
+        Ok(Written {
+            failed: Some(e), ..
+        })
+        | Err(e) => {
+            let _ = fs::remove_file(&part);
+            return Err(output(to)(e));
+        }
+        Ok(w) => w,
+    };
+    let name = format!("{}-{}", row.domain, row.relative_path);
+    // The reader's errors mostly name the file already.
+    let why = |e: StoreError| {
+        let s = match e {
+            StoreError::Record(s) => s,
+            StoreError::Io(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        if s.contains(&name) {
+            s
+        } else {
+            format!("{name}: {s}")
+        }
+    };
+    let problem = match read {
+        Err(e) if written.count == 0 => {
+            let _ = fs::remove_file(&part);
+            return Ok((None, Some(format!("not extracted: {}", why(e)))));
+        }
+        Err(e) => Some(format!(
+            "extracted only in part, its first {} bytes: {}",
+            written.count,
+            why(e)
+        )),
+        // An encrypted file's Size may be off (docs/backup-format-facts.md);
+        // its padding says where it ends.
+        Ok(n) if !contents.encrypted() && n != row.file.size => Some(format!(
+            "{name} is {n} bytes in the backup, the index says {}; extracted as it is",
+            row.file.size
+        )),
+        Ok(_) => None,
+    };
+    let Written { file, count, .. } = written;
+    let placed = file
+        .set_modified(time(row.file.last_modified))
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&part, to)
+        });
+    if let Err(e) = placed {
         let _ = fs::remove_file(&part);
+        return Err(output(to)(e));
     }
-    r
+    Ok((Some(count), problem))
 }
 
 /// The folders below OUT, made as they are needed. Each one on the way is
@@ -198,10 +254,11 @@ pub fn extract(
     let files = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let failed: Mutex<Option<StoreError>> = Mutex::new(None);
+    let problems: Mutex<(Vec<String>, u64)> = Mutex::new((Vec::new(), 0));
     let (tx, rx) = mpsc::sync_channel::<(ManifestRow, PathBuf)>(workers * 64);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| -> Result<()> {
-        let (rx, files, bytes, failed) = (&rx, &files, &bytes, &failed);
+        let (rx, files, bytes, failed, problems) = (&rx, &files, &bytes, &failed, &problems);
         for _ in 0..workers {
             scope.spawn(move || loop {
                 let job = rx.lock().expect("queue").recv();
@@ -212,9 +269,15 @@ pub fn extract(
                     continue;
                 }
                 match write_file(contents, &row, &to) {
-                    Ok(n) => {
-                        files.fetch_add(1, Ordering::Relaxed);
-                        bytes.fetch_add(n, Ordering::Relaxed);
+                    Ok((placed, problem)) => {
+                        if let Some(n) = placed {
+                            files.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        if let Some(p) = problem {
+                            let (list, total) = &mut *problems.lock().expect("problems");
+                            note(list, total, p);
+                        }
                     }
                     Err(e) => {
                         failed.lock().expect("error slot").get_or_insert(e);
@@ -255,6 +318,12 @@ pub fn extract(
     if let Some(e) = failed.into_inner().expect("error slot") {
         return Err(e);
     }
+    let (mut listed, total) = problems.into_inner().expect("problems");
+    if total > listed.len() as u64 {
+        listed.push(format!("… and {} more", total - listed.len() as u64));
+    }
+    done.problems = listed;
+    done.damaged = total;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();
     progress(done.files, done.bytes);
@@ -356,6 +425,98 @@ mod tests {
         assert_eq!(mtime, time(1_000_000_000));
     }
 
+    /// A backup of whole.txt, short.txt (the index says 100 bytes, 10 are
+    /// there) and gone.txt (no content file), each 100 bytes on the
+    /// device; with a password, its files are encrypted and short.txt
+    /// loses its last 16-byte block instead.
+    fn damaged_backup(root: &Path, password: Option<&str>) -> PathBuf {
+        use crate::crypto::{self, Keybag};
+        let b = root.join("D");
+        fs::create_dir_all(&b).unwrap();
+        let kb = password.map(|pw| Keybag::new_backup(pw, 1000, &mut rand::rngs::OsRng).unwrap());
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        for name in ["whole.txt", "short.txt", "gone.txt"] {
+            let body: Vec<u8> = (0..100u8).collect();
+            let mut stored = body.clone();
+            let mut file = MbFile {
+                relative_path: name.into(),
+                mode: S_IFREG | 0o644,
+                size: 100,
+                ..Default::default()
+            };
+            if let Some(kb) = &kb {
+                let key = [7u8; 32];
+                stored = crypto::encrypt(&key, &body);
+                file.encryption_key = Some(kb.wrap_key(3, &key).unwrap());
+            }
+            w.insert("HomeDomain", &file).unwrap();
+            match name {
+                "gone.txt" => continue,
+                "short.txt" if kb.is_some() => stored.truncate(stored.len() - 16),
+                "short.txt" => stored.truncate(10),
+                _ => {}
+            }
+            let id = file_id("HomeDomain", name);
+            fs::create_dir_all(b.join(&id[..2])).unwrap();
+            fs::write(b.join(&id[..2]).join(&id), stored).unwrap();
+        }
+        w.finish().unwrap();
+        match &kb {
+            Some(kb) => {
+                let plain = fs::read(b.join("Manifest.db")).unwrap();
+                crate::testing::seal_index(&b, kb, &plain, [6u8; 32]);
+            }
+            None => Value::Dictionary(plist::Dictionary::new())
+                .to_file_xml(b.join("Manifest.plist"))
+                .unwrap(),
+        }
+        b
+    }
+
+    #[test]
+    fn damaged_files_are_listed_and_everything_readable_comes_out() {
+        for password in [None, Some("pw")] {
+            let t = tempfile::tempdir().unwrap();
+            let b = Backup::open(&damaged_backup(t.path(), password), password).unwrap();
+            let out = t.path().join("out");
+            let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+            let body: Vec<u8> = (0..100u8).collect();
+            let home = out.join("HomeDomain");
+            assert_eq!(fs::read(home.join("whole.txt")).unwrap(), body);
+            // What there is of a damaged file may be all there is of it
+            // (encrypted, less its last block, which cannot be told from
+            // padding).
+            let part = if password.is_some() { 80 } else { 10 };
+            assert_eq!(fs::read(home.join("short.txt")).unwrap(), &body[..part]);
+            assert!(!home.join("gone.txt").exists());
+            let mut names: Vec<_> = fs::read_dir(&home)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["short.txt", "whole.txt"], "no part files left");
+            assert_eq!((done.files, done.damaged), (2, 2), "{password:?}");
+            assert_eq!(done.problems.len(), 2);
+            let short = if password.is_some() {
+                "extracted only in part, its first 80 bytes: HomeDomain-short.txt"
+            } else {
+                "HomeDomain-short.txt is 10 bytes in the backup, the index says 100"
+            };
+            assert!(
+                done.problems.iter().any(|p| p.starts_with(short)),
+                "{:?}",
+                done.problems
+            );
+            assert!(
+                done.problems
+                    .iter()
+                    .any(|p| p.starts_with("not extracted: ") && p.contains("HomeDomain-gone.txt")),
+                "{:?}",
+                done.problems
+            );
+        }
+    }
+
     #[test]
     fn a_link_left_in_out_is_never_written_through() {
         let t = tempfile::tempdir().unwrap();
@@ -400,7 +561,12 @@ mod tests {
     #[test]
     fn a_failed_write_is_remembered() {
         let file = File::options().write(true).open("/dev/full").unwrap();
-        let mut w = BufWriter::with_capacity(16, Written { file, failed: None });
+        let blank = Written {
+            file,
+            failed: None,
+            count: 0,
+        };
+        let mut w = BufWriter::with_capacity(16, blank);
         let e = w.write_all(&[0u8; 64]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         let written = w.into_inner().map_err(|e| e.into_error()).unwrap();

@@ -149,6 +149,11 @@ pub struct Contents<'a> {
 }
 
 impl Contents<'_> {
+    /// Whether the contents are encrypted (files come out decrypted).
+    pub fn encrypted(&self) -> bool {
+        self.keybag.is_some()
+    }
+
     /// Where a file's content is: `xx/<fileID>` (iOS 10 on) or flat (before).
     pub fn content_path(&self, file_id: &str) -> PathBuf {
         let nested = self.path.join(&file_id[..2]).join(file_id);
@@ -190,8 +195,12 @@ impl Contents<'_> {
             (Some(kb), Some(wrapped)) => {
                 let key = kb.unwrap_key(wrapped)?;
                 decrypt_stream(&key, &mut input, out).map_err(|e| {
+                    let why = match e {
+                        StoreError::Record(why) => why,
+                        other => other.to_string(),
+                    };
                     StoreError::Record(format!(
-                        "{}-{} does not decrypt: {e}",
+                        "{}-{} does not decrypt: {why}",
                         row.domain, row.relative_path
                     ))
                 })

@@ -18,8 +18,11 @@ pub struct Report {
     pub files: u64,
     pub bytes: u64,
     pub encrypted: bool,
-    /// Things that make the backup unusable or incomplete.
+    /// Things that make the backup unusable or incomplete (at most
+    /// MAX_LISTED of a kind, then a line with the count of the rest).
     pub problems: Vec<String>,
+    /// How many problems there are, listed or not.
+    pub problem_count: u64,
     /// Things worth knowing that do not (stray files, Size quirks).
     pub warnings: Vec<String>,
 }
@@ -31,9 +34,9 @@ impl Report {
 }
 
 /// At most this many problems are listed; the count says the rest.
-const MAX_LISTED: usize = 50;
+pub const MAX_LISTED: usize = 50;
 
-fn note(list: &mut Vec<String>, total: &mut u64, s: String) {
+pub(crate) fn note(list: &mut Vec<String>, total: &mut u64, s: String) {
     *total += 1;
     if list.len() < MAX_LISTED {
         list.push(s);
@@ -54,6 +57,7 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
     if !backup.is_dir() {
         r.problems
             .push(format!("{} is not a folder", backup.display()));
+        r.problem_count = 1;
         return Ok(r);
     }
     for name in ["Info.plist", "Manifest.plist", "Status.plist"] {
@@ -77,6 +81,7 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
         Err(StoreError::WrongPassword) => return Err(StoreError::WrongPassword),
         Err(e) => {
             r.problems.push(format!("Manifest.db cannot be read: {e}"));
+            r.problem_count = r.problems.len() as u64;
             return Ok(r);
         }
     };
@@ -147,6 +152,7 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
             n_warnings - warnings.len() as u64
         ));
     }
+    r.problem_count = r.problems.len() as u64 + n_problems;
     r.problems.extend(problems);
     r.warnings.extend(warnings);
     Ok(r)
@@ -291,6 +297,7 @@ mod tests {
             "{:?}",
             r.problems
         );
+        assert_eq!(r.problem_count, 2, "{:?}", r.problems);
         assert!(
             r.warnings.iter().any(|w| w.contains("stray")),
             "{:?}",
@@ -307,5 +314,29 @@ mod tests {
             .problems
             .iter()
             .any(|p| p.contains("Manifest.db cannot be read")));
+        assert_eq!(r.problem_count, 2, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn past_the_listed_problems_the_count_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let b = plain_backup(t.path());
+        std::fs::remove_file(b.join("Manifest.db")).unwrap();
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        let n = MAX_LISTED + 10;
+        for i in 0..n {
+            let file = MbFile {
+                relative_path: format!("gone-{i}"),
+                mode: S_IFREG | 0o644,
+                size: 1,
+                ..Default::default()
+            };
+            w.insert("HomeDomain", &file).unwrap();
+        }
+        w.finish().unwrap();
+        let r = verify(&b, None, t.path()).unwrap();
+        assert_eq!(r.problem_count, n as u64);
+        assert_eq!(r.problems.len(), MAX_LISTED + 1);
+        assert_eq!(r.problems.last().unwrap(), "… and 10 more problems");
     }
 }

@@ -328,8 +328,26 @@ fn backup_folder(cli: &Cli, dir: &Path, snap: &SnapshotArg) -> Result<PathBuf, E
     Ok(ibackup_engine::snapshots::find(root, &udid.to_string_lossy(), id)?.path)
 }
 
+/// DIR, as a folder that is there: a mistyped path or a disk that is not
+/// mounted is named as such.
+fn existing_folder(dir: &Path) -> Result<(), EngineError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(EngineError::Usage(format!(
+        "{} {}",
+        dir.display(),
+        if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        }
+    )))
+}
+
 /// The devices with backups in DIR (`-u` narrows to one).
 fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
+    existing_folder(dir)?;
     if let Some(u) = &cli.udid {
         return Ok(vec![u.clone()]);
     }
@@ -343,12 +361,7 @@ fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
 }
 
 fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
-    if !dir.is_dir() {
-        return Err(EngineError::Usage(format!(
-            "{} is not a folder",
-            dir.display()
-        )));
-    }
+    existing_folder(dir)?;
     if dir.join("Manifest.db").is_file() {
         return Ok(dir.to_path_buf());
     }

@@ -268,6 +268,21 @@ fn three_nights_three_snapshots_each_restores_its_night() {
         "no rules, nothing removed: {}",
         text(&o)
     );
+    // A mistyped folder (or a disk not mounted) is named, not a bare
+    // "No such file or directory".
+    let nowhere = host.root.path().join("not-mounted");
+    for args in [
+        &["snapshots", p(&nowhere)][..],
+        &["prune", p(&nowhere), "--keep-last", "1"],
+    ] {
+        let o = ib(&host, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("{} does not exist", nowhere.display())),
+            "{}",
+            text(&o)
+        );
+    }
     let o = ib(&host, &["prune", p(&dir), "--keep-last", "1"]);
     assert_ok(&o, "prune");
     let left = snapshots(&host, &dir);

@@ -69,11 +69,13 @@ fn cfg() -> &'static config::Config {
 
 /// DIR as given, else the configuration's `dir`.
 fn dir_or_config(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
-    d.clone().or_else(|| cfg().dir.clone()).ok_or_else(|| {
+    let dir = d.clone().or_else(|| cfg().dir.clone()).ok_or_else(|| {
         EngineError::Usage(
             "give the backup folder DIR (or set `dir` in the configuration file)".into(),
         )
-    })
+    })?;
+    existing_folder(&dir)?;
+    Ok(dir)
 }
 
 /// The device to use, waiting for it up to `--wait-for-device`.
@@ -328,20 +330,21 @@ fn backup_folder(cli: &Cli, dir: &Path, snap: &SnapshotArg) -> Result<PathBuf, E
     Ok(ibackup_engine::snapshots::find(root, &udid.to_string_lossy(), id)?.path)
 }
 
-/// DIR, as a folder that is there: a mistyped path or a disk that is not
-/// mounted is named as such.
+/// DIR, as a folder that is there: a mistyped path or a backup disk that
+/// is not mounted is named as such (exit 9, the backup folder unusable),
+/// before any device is touched.
 fn existing_folder(dir: &Path) -> Result<(), EngineError> {
     if dir.is_dir() {
         return Ok(());
     }
-    Err(EngineError::Usage(format!(
-        "{} {}",
-        dir.display(),
-        if dir.exists() {
-            "is not a folder"
-        } else {
-            "does not exist"
-        }
+    let (kind, what) = if dir.exists() {
+        (std::io::ErrorKind::NotADirectory, "is not a folder")
+    } else {
+        (std::io::ErrorKind::NotFound, "does not exist")
+    };
+    Err(EngineError::Io(std::io::Error::new(
+        kind,
+        format!("{} {what}", dir.display()),
     )))
 }
 

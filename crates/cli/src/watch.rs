@@ -24,12 +24,6 @@ pub fn run(
     keep: &KeepArgs,
     pw: &PasswordArgs,
 ) -> Result<(), EngineError> {
-    if !dir.is_dir() {
-        return Err(EngineError::Usage(format!(
-            "{} is not a folder",
-            dir.display()
-        )));
-    }
     let every = match every.or(cfg().every.as_deref()) {
         Some(e) => config::parse_duration(e)?,
         None => Duration::from_secs(24 * 3600),

@@ -276,7 +276,7 @@ fn three_nights_three_snapshots_each_restores_its_night() {
         &["prune", p(&nowhere), "--keep-last", "1"],
     ] {
         let o = ib(&host, args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(9), "{args:?}: {}", text(&o));
         assert!(
             text(&o).contains(&format!("{} does not exist", nowhere.display())),
             "{}",

@@ -134,6 +134,33 @@ impl BackupDir {
         self.root.join(".ibackup/old").join(&self.udid)
     }
 
+    /// A backup replaces `DIR/<UDID>` by renaming and keeps the previous
+    /// one as a snapshot whose untouched folders are relative links into
+    /// the new one. Were `DIR/<UDID>` a symbolic link to a folder elsewhere,
+    /// the link would become that snapshot and its relative links would
+    /// point nowhere: refuse before anything moves.
+    fn refuse_a_link(&self) -> Result<()> {
+        let committed = self.committed();
+        match fs::symlink_metadata(&committed) {
+            Ok(m) if m.file_type().is_symlink() => Err(EngineError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link; a backup replaces this folder, and through a link would break \
+                     the snapshot it keeps of the old one. Move the folder it points to into {} in its place, \
+                     or link {} itself instead",
+                    committed.display(),
+                    self.root.display(),
+                    self.root.display()
+                ),
+            ))),
+            Ok(m) if !m.is_dir() => Err(EngineError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a folder", committed.display()),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn recover(&self) -> Result<()> {
         if !self.committed().exists() && self.old().exists() {
             // A commit of an earlier version, interrupted between its renames.
@@ -160,6 +187,7 @@ impl BackupDir {
     /// [`BackupDir::prepare`]; `share: false` links every folder in the
     /// background even where folders could be shared.
     pub fn prepare_as(&self, link_previous: bool, share: bool) -> Result<()> {
+        self.refuse_a_link()?;
         self.ready()?;
         let staging = self.staging();
         remove_tree(&staging)?;
@@ -839,6 +867,33 @@ mod tests {
         }
         assert_eq!(fs::read(&file).unwrap(), b"x", "the file is left alone");
         assert!(!missing.exists(), "nothing is created");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_linked_device_folder_is_refused_before_anything_moves() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir_all(elsewhere.join("ab")).unwrap();
+        fs::write(elsewhere.join("ab/abcd"), b"x").unwrap();
+        fs::write(elsewhere.join("Manifest.db"), b"db").unwrap();
+        let dir = root.path().join("dir");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("U1")).unwrap();
+        let d = BackupDir::open(&dir, "U1").unwrap();
+        for link_previous in [true, false] {
+            match d.prepare(link_previous) {
+                Err(EngineError::Io(e)) => assert!(e.to_string().contains("symbolic link"), "{e}"),
+                other => panic!("{:?}", other),
+            }
+        }
+        assert!(fs::symlink_metadata(dir.join("U1"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(elsewhere.join("ab/abcd")).unwrap(), b"x");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 2);
+        assert!(!d.staging().exists(), "nothing staged");
     }
 
     #[test]

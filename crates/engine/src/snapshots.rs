@@ -455,6 +455,9 @@ pub fn commit(
     } else {
         None
     };
+    if prev.is_none() {
+        drop_links_to_a_missing_newest(root, udid)?;
+    }
     let id = id_for(info.date, &|id| taken(id) || prev.as_deref() == Some(id));
     let info = Info {
         id: id.clone(),
@@ -502,6 +505,42 @@ pub fn commit(
     replace_file(&newest_file(root, udid), id.as_bytes())?;
     fs::remove_file(pending_file(root, udid))?;
     Ok(info)
+}
+
+/// `DIR/<UDID>` is gone (deleted by hand, say, to start afresh) while
+/// history snapshots still link to folders that were in it. Those links
+/// lead nowhere now, and once the new backup takes its place they would
+/// lead into it, to other versions of the files under the old index. Drop
+/// them, and record each snapshot that lost folders as incomplete, so that
+/// `snapshots` and `verify` tell the truth about it.
+fn drop_links_to_a_missing_newest(root: &Path, udid: &str) -> Result<()> {
+    let d = dir(root, udid);
+    for h in history_ids(&d) {
+        let mut lost = 0u32;
+        for e in fs::read_dir(d.join(&h))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fs::read_link(e.path()).is_ok_and(|t| t == to_newest(udid, &name)) {
+                fs::remove_file(e.path())?;
+                lost += 1;
+            }
+        }
+        if lost == 0 {
+            continue;
+        }
+        log::warn!(
+            "snapshot {h} of {udid} lost {lost} content folders with the deleted {}",
+            root.join(udid).display()
+        );
+        let side = sidecar(root, udid, &h);
+        if let Some(info) = read_info(&side) {
+            let info = Info {
+                result: format!("incomplete: {lost} content folders were deleted with {udid}/"),
+                ..info
+            };
+            replace_file(&side, &serde_json::to_vec_pretty(&info).expect("json"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The commit's middle step: `prev` (the newest until now, just moved into
@@ -1246,6 +1285,42 @@ mod tests {
                 want(&e, "11", "22")
             ]
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_newest_deleted_by_hand_never_lends_its_successor_to_older_snapshots() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
+        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        let s2 = stage(root, &[("cd/y", b"22")]);
+        commit(root, "U", &s2, night(87_000), &["ab".to_string()]).unwrap();
+        assert_eq!(
+            fs::read_link(dir(root, "U").join(&a).join("ab")).unwrap(),
+            to_newest("U", "ab"),
+            "a's ab lives in the newest"
+        );
+        // The user deletes the newest to start afresh; the next backup is full.
+        fs::remove_dir_all(root.join("U")).unwrap();
+        let s3 = stage(root, &[("ab/x", b"111"), ("cd/y", b"222")]);
+        let c = commit(root, "U", &s3, night(90_000), &[]).unwrap().id;
+        let all = list(root, "U").unwrap();
+        let old = all.iter().find(|s| s.info.id == a).unwrap();
+        assert!(
+            !old.path.join("ab").exists(),
+            "a's ab was deleted; it must not read the new backup's"
+        );
+        assert_eq!(fs::read(old.path.join("cd/y")).unwrap(), b"2", "a's own cd");
+        assert!(
+            old.info.result.starts_with("incomplete"),
+            "{}",
+            old.info.result
+        );
+        let new = all.iter().find(|s| s.info.id == c).unwrap();
+        assert!(new.newest && new.info.result == "complete");
+        assert_eq!(fs::read(new.path.join("ab/x")).unwrap(), b"111");
+        links_are_one_step(root);
     }
 
     #[cfg(unix)]

@@ -439,6 +439,32 @@ fn selective_and_whole_restores_to_other_devices() {
     assert!(text(&o).contains("missing"), "{}", text(&o));
     assert!(device_tree(&d_fs, &[]).is_empty());
 
+    // The cable pulled part way through a restore: its own sentence and
+    // code, the device as it was, and the next run restores it whole.
+    edit_device(&host.devices[3], |c| {
+        c.fault_disconnect_after_files = Some(30)
+    });
+    let o = ib(
+        &host,
+        &["-u", d, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    assert_eq!(code(&o), Some(8), "{}", text(&o));
+    assert!(
+        text(&o).contains("connection to the device was lost"),
+        "{}",
+        text(&o)
+    );
+    assert!(device_tree(&d_fs, &[]).is_empty(), "nothing swapped in");
+    edit_device(&host.devices[3], |c| c.fault_disconnect_after_files = None);
+    let o = ib(
+        &host,
+        &["-u", d, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    assert_ok(&o, "restore after the cut");
+    assert_same_tree(&device_tree(&d_fs, &[]), &a_tree, "D reproduces A");
+
     assert_eq!(
         hashes(&dir.join(a)),
         before,

@@ -83,7 +83,9 @@ pub struct DeviceConfig {
     /// in one backup session.
     #[serde(default)]
     pub fault_disconnect_after_bytes: Option<u64>,
-    /// Drop the connection once this many files were sent in one session.
+    /// Drop the connection once this many files were sent in one session
+    /// (in a restore: once this many were received, as the next batch
+    /// streams in).
     #[serde(default)]
     pub fault_disconnect_after_files: Option<u64>,
     /// Pause this many milliseconds before sending each file (a slow

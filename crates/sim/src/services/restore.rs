@@ -166,6 +166,22 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
             }
         }
         let progress = (k * BATCH) as f64 * 100.0 / n_files as f64;
+        if let Some(limit) = c.fault_disconnect_after_files {
+            if (k * BATCH + batch.len()) as u64 > limit {
+                // Ask for the batch, then pull the cable while it streams:
+                // the host's writes fail part way. Nothing is swapped in.
+                dl.send(&DlMessage::DownloadFiles {
+                    paths: paths.clone(),
+                    progress,
+                })?;
+                std::io::Write::flush(&mut dl.conn)?;
+                crate::conn::Conn::cut(&dl.conn);
+                return Err(crate::error::SimError::Fault(format!(
+                    "disconnect after {} restored files",
+                    k * BATCH
+                )));
+            }
+        }
         receive_batch(dl, &paths, batch, progress)?;
         for (name, dest, f) in batch {
             if !dest.exists() {

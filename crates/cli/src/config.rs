@@ -24,6 +24,8 @@ pub struct Config {
     /// `--wait-for-device`, e.g. "10m".
     pub wait_for_device: Option<String>,
     pub trust_timeout: Option<u64>,
+    /// `--stall-timeout`, e.g. "30m".
+    pub stall_timeout: Option<String>,
     #[serde(default)]
     pub keep: KeepConfig,
     #[serde(default)]
@@ -159,6 +161,17 @@ mod tests {
         for bad in ["", "h", "10x", "5m3", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_example_in_the_nightly_docs_parses() {
+        let doc = include_str!("../../../docs/nightly.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        let c: Config = toml::from_str(&doc[start..end]).expect("the documented example");
+        assert_eq!(c.stall_timeout.as_deref(), Some("30m"));
+        assert_eq!(c.trust_timeout, Some(60));
+        assert_eq!(c.devices.len(), 2);
     }
 
     #[test]

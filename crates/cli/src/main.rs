@@ -45,6 +45,11 @@ struct Cli {
     /// Wait this long for the device to appear (e.g. 10m) instead of failing at once.
     #[arg(long, global = true, value_name = "DURATION")]
     wait_for_device: Option<String>,
+    /// Give up on a device that sends and takes nothing for this long (e.g.
+    /// 10m; 0 waits for ever). Default 30m: longer than any pause a phone
+    /// takes while it prepares a backup.
+    #[arg(long, global = true, value_name = "DURATION")]
+    stall_timeout: Option<String>,
     /// The configuration file (default: the platform's, see docs/nightly.md).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -58,6 +63,16 @@ struct Cli {
 impl Cli {
     fn trust(&self) -> Duration {
         Duration::from_secs(self.trust_timeout.unwrap_or(120))
+    }
+
+    /// `--stall-timeout`, else the configuration's, else 30 minutes; zero
+    /// is no limit.
+    fn stall(&self) -> Result<Option<Duration>, EngineError> {
+        let d = match &self.stall_timeout {
+            Some(s) => config::parse_duration(s)?,
+            None => Duration::from_secs(30 * 60),
+        };
+        Ok((!d.is_zero()).then_some(d))
     }
 }
 
@@ -527,7 +542,7 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
     if !cli.simulated {
         let addr = SocketAddress::from_env()
             .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
-        return Ok(MuxClient::new(addr));
+        return Ok(MuxClient::new(addr).with_stall_timeout(cli.stall()?));
     }
     let dir = std::env::var_os("IBACKUP_SIMULATED_DIR")
         .map(PathBuf::from)
@@ -549,7 +564,7 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
     let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
-    Ok(MuxClient::new(SocketAddress::Tcp(addr)))
+    Ok(MuxClient::new(SocketAddress::Tcp(addr)).with_stall_timeout(cli.stall()?))
 }
 
 fn run_backup(
@@ -884,6 +899,7 @@ fn main() -> ExitCode {
     let r = loaded.and_then(|c| {
         cli.trust_timeout = cli.trust_timeout.or(c.trust_timeout);
         cli.wait_for_device = cli.wait_for_device.take().or(c.wait_for_device.clone());
+        cli.stall_timeout = cli.stall_timeout.take().or(c.stall_timeout.clone());
         cli.log = cli.log.take().or(c.log_file.clone());
         passwords::set_fallback_file(c.password_file.clone());
         let _ = CONFIG.set(c);

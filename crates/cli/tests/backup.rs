@@ -217,9 +217,32 @@ fn a_cut_cable_leaves_the_last_backup_intact_and_the_next_run_succeeds() {
     assert_eq!(o.status.code(), Some(8), "{}", text(&o));
     assert_eq!(snapshot(&dir.join(a)), before);
 
+    // A device that goes silent without hanging up: given up after the
+    // stall timeout, like a pulled cable, instead of holding the backup
+    // (and the next night's) for ever.
+    edit_device(&host.devices[0], |c| {
+        c.fault_disconnect_after_files = None;
+        c.fault_stall_after_files = Some(50);
+    });
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "--stall-timeout", "2s", "backup", "--full"])
+            .arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert!(
+        text(&o).contains("went silent for longer than --stall-timeout")
+            && text(&o).contains("last backup is intact"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(&dir.join(a)), before);
+
     edit_device(&host.devices[0], |c| {
         c.fault_disconnect_after_bytes = None;
         c.fault_disconnect_after_files = None;
+        c.fault_stall_after_files = None;
     });
     assert_ok(
         &run({

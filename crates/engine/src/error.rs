@@ -59,11 +59,23 @@ pub enum EngineError {
     Protocol(String),
 }
 
+/// Why a connection was given up when the device went silent.
+pub const STALLED: &str = "the device went silent for longer than --stall-timeout";
+
 impl From<ProtoError> for EngineError {
     fn from(e: ProtoError) -> Self {
         match e {
             ProtoError::Closed => {
                 EngineError::ConnectionLost("the device closed the connection".into())
+            }
+            // The stall timeout (MuxClient::stall_timeout) ran out.
+            ProtoError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                EngineError::ConnectionLost(STALLED.into())
             }
             // Any I/O failure on a device stream is the connection going away.
             ProtoError::Io(io) => EngineError::ConnectionLost(io.to_string()),
@@ -96,3 +108,25 @@ impl From<ibackup_store::StoreError> for EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_timed_out_is_a_silent_device_and_other_failures_say_theirs() {
+        for kind in [std::io::ErrorKind::WouldBlock, std::io::ErrorKind::TimedOut] {
+            let e = EngineError::from(ProtoError::Io(std::io::Error::from(kind)));
+            assert!(
+                matches!(&e, EngineError::ConnectionLost(why) if why == STALLED),
+                "{e}"
+            );
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = EngineError::from(ProtoError::Io(reset));
+        assert!(
+            matches!(&e, EngineError::ConnectionLost(why) if why != STALLED),
+            "{e}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::os::fd::AsFd;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use plist::{Dictionary, Value};
 
@@ -188,6 +189,12 @@ impl Transport for MuxClient {
 pub struct MuxClient {
     pub addr: SocketAddress,
     pub prog_name: String,
+    /// How long a read or write on a connection (to usbmuxd, or through it
+    /// to the device) may wait before it fails with `TimedOut`: a device
+    /// that stops answering without hanging up must not hold a backup (and
+    /// its lock) for ever. `None` waits for ever. Plug events (`listen`)
+    /// never time out.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// An open `Listen` connection.
@@ -207,18 +214,37 @@ impl MuxClient {
         MuxClient {
             addr,
             prog_name: "ibackup".into(),
+            stall_timeout: None,
+        }
+    }
+
+    pub fn with_stall_timeout(self, stall_timeout: Option<Duration>) -> Self {
+        MuxClient {
+            stall_timeout,
+            ..self
         }
     }
 
     fn open(&self) -> Result<Box<dyn Stream>> {
+        self.open_waiting(self.stall_timeout)
+    }
+
+    fn open_waiting(&self, limit: Option<Duration>) -> Result<Box<dyn Stream>> {
         Ok(match &self.addr {
             SocketAddress::Tcp(a) => {
                 let s = TcpStream::connect(a)?;
                 let _ = s.set_nodelay(true);
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)?;
                 Box::new(s)
             }
             #[cfg(unix)]
-            SocketAddress::Unix(p) => Box::new(UnixStream::connect(p)?),
+            SocketAddress::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)?;
+                Box::new(s)
+            }
             #[cfg(not(unix))]
             SocketAddress::Unix(_) => {
                 return Err(ProtoError::protocol("Unix sockets need a Unix system"))
@@ -250,7 +276,7 @@ impl MuxClient {
     /// Subscribe to plug and unplug events (`Listen`). The connection stays
     /// open; read events with [`MuxEvents::next_event`].
     pub fn listen(&self) -> Result<MuxEvents> {
-        let mut s = self.open()?;
+        let mut s = self.open_waiting(None)?;
         let d = self.exchange(&mut s, &Request::Listen)?;
         Self::check(&Request::Listen, &d)?;
         Ok(MuxEvents { s })

@@ -88,6 +88,11 @@ pub struct DeviceConfig {
     /// streams in).
     #[serde(default)]
     pub fault_disconnect_after_files: Option<u64>,
+    /// Go silent after this many files of a backup: send nothing more and
+    /// keep the connection open until the host hangs up (a device that
+    /// stops answering without a disconnect).
+    #[serde(default)]
+    pub fault_stall_after_files: Option<u64>,
     /// Pause this many milliseconds before sending each file (a slow
     /// device, so a test can interrupt a backup mid-way).
     #[serde(default)]
@@ -160,6 +165,7 @@ impl DeviceConfig {
             backup_kdf_iterations: default_dpic(),
             fault_disconnect_after_bytes: None,
             fault_disconnect_after_files: None,
+            fault_stall_after_files: None,
             fault_slow_file_ms: None,
             fault_ignore_free_space: false,
             fault_refuse_backup: None,

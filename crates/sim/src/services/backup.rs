@@ -99,6 +99,28 @@ impl Dl {
             self.conn.flush()?;
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
+        if let (true, Some(limit)) = (new_file, c.fault_stall_after_files) {
+            if self.files_sent >= limit {
+                self.conn.flush()?;
+                // Silent, with the connection open, until the host gives up.
+                let mut b = [0u8; 1];
+                loop {
+                    match std::io::Read::read(&mut self.conn, &mut b) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+                return Err(SimError::Fault(format!("stalled after {limit} files")));
+            }
+        }
         if new_file {
             if let Some(limit) = c.fault_disconnect_after_files {
                 if self.files_sent >= limit {

@@ -135,12 +135,17 @@ pub fn extract(
         other => other.into(),
     })?;
     let secs = started.elapsed().as_secs_f64();
+    if !cli.json && !cli.quiet {
+        for r in &done.renamed {
+            eprintln!("note: {r}");
+        }
+    }
     if done.damaged > 0 {
         // Everything readable is out; the exit code says not all of it was.
         if cli.json {
             println!(
                 "{}",
-                json!({"event": "extract", "ok": false, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "problems": done.problems})
+                json!({"event": "extract", "ok": false, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "problems": done.problems, "renamed": done.renamed})
             );
         } else {
             for p in &done.problems {
@@ -157,7 +162,7 @@ pub fn extract(
     if cli.json {
         println!(
             "{}",
-            json!({"event": "result", "ok": true, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to})
+            json!({"event": "result", "ok": true, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "renamed": done.renamed})
         );
     } else if !cli.quiet {
         println!(

@@ -3,8 +3,9 @@
 //! encrypted backups. Every path is checked before anything is written, so
 //! a backup naming a path that would leave OUT writes nothing at all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -31,6 +32,10 @@ pub struct Extracted {
     pub problems: Vec<String>,
     /// How many files had problems.
     pub damaged: u64,
+    /// Files put under another name because OUT does not tell upper from
+    /// lower case and a file differing only in case took theirs (listed
+    /// like `problems`); nothing is lost.
+    pub renamed: Vec<String>,
 }
 
 fn dest(out: &Path, domain: &str, path: &str) -> Result<PathBuf> {
@@ -169,6 +174,77 @@ fn write_file(
     Ok((Some(count), problem))
 }
 
+/// Whether `dir` treats names that differ only in case as one (as macOS
+/// and Windows do by default), found by making a file and asking for it in
+/// capitals.
+fn folds_case(dir: &Path) -> bool {
+    let name = format!(".ibackup-case-probe-{}", std::process::id());
+    let probe = dir.join(&name);
+    if File::options()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .is_err()
+    {
+        return false;
+    }
+    let folds = fs::symlink_metadata(dir.join(name.to_uppercase())).is_ok();
+    let _ = fs::remove_file(&probe);
+    folds
+}
+
+/// The destinations given out so far, for an OUT that does not tell case
+/// apart: iOS does, so a backup may hold `IMG_1.JPG` and `img_1.jpg` side by
+/// side, and the second must not replace the first. Kept as hashes (of
+/// the path in lower case, and of the path itself), so that a backup of a
+/// million files costs a few megabytes here.
+#[derive(Default)]
+struct CaseTwins {
+    taken: HashMap<u64, u64>,
+}
+
+impl CaseTwins {
+    fn hash(s: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    }
+
+    /// Where `to` goes: `to`, or when a file differing from it only in
+    /// case came first, the first free `name (2).ext`, `name (3).ext`...
+    fn place(&mut self, to: PathBuf) -> (PathBuf, bool) {
+        let mut at = to.clone();
+        for n in 2u32.. {
+            let exact = at.to_string_lossy();
+            let folded = Self::hash(&exact.to_lowercase());
+            let exact = Self::hash(&exact);
+            match self.taken.get(&folded) {
+                Some(&same) if same == exact => return (at, false),
+                Some(_) => at = numbered(&to, n),
+                None => {
+                    // A name made up here is marked, so that a file the
+                    // backup really calls `name (2).ext` is not sent to it too.
+                    let moved = n > 2;
+                    self.taken
+                        .insert(folded, if moved { !exact } else { exact });
+                    return (at, moved);
+                }
+            }
+        }
+        unreachable!("a free name comes long before u32::MAX")
+    }
+}
+
+/// `dir/name (n).ext`.
+fn numbered(p: &Path, n: u32) -> PathBuf {
+    let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match p.extension() {
+        Some(ext) => format!("{stem} ({n}).{}", ext.to_string_lossy()),
+        None => format!("{stem} ({n})"),
+    };
+    p.with_file_name(name)
+}
+
 /// The folders below OUT, made as they are needed. Each one on the way is
 /// checked once: a symbolic link (left by an earlier extraction into the
 /// same OUT, from a backup that names one) or a file where a folder should
@@ -226,6 +302,18 @@ pub fn extract(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Extracted> {
+    extract_as(backup, sel, out, progress, None)
+}
+
+/// [`extract`]; `folds` says whether OUT tells case apart, when the
+/// caller knows (tests, on a disk that does).
+fn extract_as(
+    backup: &Backup,
+    sel: &Selection,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    folds: Option<bool>,
+) -> Result<Extracted> {
     // Every row must be safe before the first byte lands (names only:
     // the records are decoded once, below).
     backup.index.db.check_names()?;
@@ -240,6 +328,10 @@ pub fn extract(
         out,
         known: HashSet::new(),
     };
+    let mut twins = folds
+        .unwrap_or_else(|| folds_case(out))
+        .then(CaseTwins::default);
+    let (mut renamed, mut n_renamed) = (Vec::new(), 0u64);
     let mut done = Extracted::default();
     let mut dirs = Vec::new();
     let mut links = Vec::new();
@@ -292,7 +384,24 @@ pub fn extract(
             if !sel.matches(&row.domain, &row.relative_path) {
                 return Ok(());
             }
-            let to = dest(out, &row.domain, &row.relative_path)?;
+            let mut to = dest(out, &row.domain, &row.relative_path)?;
+            if let (Some(t), FLAG_FILE | FLAG_SYMLINK) = (twins.as_mut(), row.flags) {
+                let (at, moved) = t.place(to);
+                if moved {
+                    let below = at.strip_prefix(out).unwrap_or(&at).display().to_string();
+                    note(
+                        &mut renamed,
+                        &mut n_renamed,
+                        format!(
+                            "{}-{} is extracted as {below}: {} does not tell upper from lower case, and a file differing only in case has its name",
+                            row.domain,
+                            row.relative_path,
+                            out.display()
+                        ),
+                    );
+                }
+                to = at;
+            }
             match row.flags {
                 FLAG_DIRECTORY => {
                     folders.make(&to)?;
@@ -324,6 +433,10 @@ pub fn extract(
     }
     done.problems = listed;
     done.damaged = total;
+    if n_renamed > renamed.len() as u64 {
+        renamed.push(format!("… and {} more", n_renamed - renamed.len() as u64));
+    }
+    done.renamed = renamed;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();
     progress(done.files, done.bytes);
@@ -515,6 +628,82 @@ mod tests {
                 done.problems
             );
         }
+    }
+
+    #[test]
+    fn case_twins_get_numbered_names_on_a_disk_that_folds_case() {
+        let mut t = CaseTwins::default();
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(t.place(p("o/D/IMG.JPG")), (p("o/D/IMG.JPG"), false));
+        assert_eq!(t.place(p("o/D/img.jpg")), (p("o/D/img (2).jpg"), true));
+        assert_eq!(t.place(p("o/d/Img.jpg")), (p("o/d/Img (3).jpg"), true));
+        // The backup's own `img (2).jpg` is not sent where a twin went.
+        assert_eq!(
+            t.place(p("o/D/img (2).jpg")),
+            (p("o/D/img (2) (2).jpg"), true)
+        );
+        assert_eq!(t.place(p("o/D/other")), (p("o/D/other"), false));
+        assert_eq!(t.place(p("o/D/OTHER")), (p("o/D/OTHER (2)"), true));
+        assert_eq!(
+            t.place(p("o/D/IMG.JPG")),
+            (p("o/D/IMG.JPG"), false),
+            "the same row again"
+        );
+
+        // Through a whole extraction, told that OUT folds case.
+        let root = tempfile::tempdir().unwrap();
+        let b = root.path().join("B");
+        fs::create_dir_all(&b).unwrap();
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        for (name, body) in [("Notes.txt", &b"upper"[..]), ("notes.txt", b"lower")] {
+            let file = MbFile {
+                relative_path: name.into(),
+                mode: S_IFREG | 0o644,
+                size: body.len() as u64,
+                ..Default::default()
+            };
+            w.insert("HomeDomain", &file).unwrap();
+            let id = file_id("HomeDomain", name);
+            fs::create_dir_all(b.join(&id[..2])).unwrap();
+            fs::write(b.join(&id[..2]).join(&id), body).unwrap();
+        }
+        w.finish().unwrap();
+        Value::Dictionary(plist::Dictionary::new())
+            .to_file_xml(b.join("Manifest.plist"))
+            .unwrap();
+        let b = Backup::open(&b, None).unwrap();
+        let out = root.path().join("out");
+        let done = extract_as(&b, &Selection::default(), &out, &mut |_, _| {}, Some(true)).unwrap();
+        assert_eq!(
+            fs::read(out.join("HomeDomain/Notes.txt")).unwrap(),
+            b"upper"
+        );
+        assert_eq!(
+            fs::read(out.join("HomeDomain/notes (2).txt")).unwrap(),
+            b"lower"
+        );
+        assert_eq!((done.files, done.damaged), (2, 0));
+        assert_eq!(done.renamed.len(), 1, "{:?}", done.renamed);
+        assert!(
+            done.renamed[0]
+                .starts_with("HomeDomain-notes.txt is extracted as HomeDomain/notes (2).txt"),
+            "{:?}",
+            done.renamed
+        );
+        // A disk that tells case apart: both under their own names.
+        let out = root.path().join("out2");
+        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+        assert!(done.renamed.is_empty());
+        assert_eq!(
+            fs::read(out.join("HomeDomain/notes.txt")).unwrap(),
+            b"lower"
+        );
+        let mut names: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["HomeDomain"], "the probe file is gone");
     }
 
     #[test]

@@ -38,14 +38,53 @@ pub struct Extracted {
     pub renamed: Vec<String>,
 }
 
-fn dest(out: &Path, domain: &str, path: &str) -> Result<PathBuf> {
+/// Where a row goes below OUT, and whether a name had to change for the
+/// system (`windows`: the names Windows cannot hold, see [`windows_name`]).
+fn dest(out: &Path, domain: &str, path: &str, windows: bool) -> Result<(PathBuf, bool)> {
     check_domain(domain)?;
     check_relative(path)?;
-    let mut p = out.join(domain);
-    if !path.is_empty() {
-        p.push(path);
+    let mut changed = false;
+    let mut p = out.to_path_buf();
+    for part in std::iter::once(domain).chain(path.split('/').filter(|s| !s.is_empty())) {
+        if windows {
+            let name = windows_name(part);
+            changed |= name != part;
+            p.push(&*name);
+        } else {
+            p.push(part);
+        }
     }
-    Ok(p)
+    Ok((p, changed))
+}
+
+/// `name` as Windows can hold it: the characters it refuses in names
+/// (`<>:"/\|?*` and controls) become `_`, a name ending in a dot or a
+/// space gets a `_` after it, and a device name (`CON`, `nul.txt`,
+/// `COM1`...) one before it. iOS allows all of these.
+fn windows_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c < ' ' || "<>:\"/\\|?*".contains(c);
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_ascii_uppercase();
+    let device = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit());
+    let trailing = name.ends_with('.') || name.ends_with(' ');
+    if !device && !trailing && !name.contains(bad) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut fixed: String = name.chars().map(|c| if bad(c) { '_' } else { c }).collect();
+    if device {
+        fixed.insert(0, '_');
+    }
+    if trailing {
+        fixed.push('_');
+    }
+    std::borrow::Cow::Owned(fixed)
 }
 
 fn time(secs: i64) -> std::time::SystemTime {
@@ -384,7 +423,18 @@ fn extract_as(
             if !sel.matches(&row.domain, &row.relative_path) {
                 return Ok(());
             }
-            let mut to = dest(out, &row.domain, &row.relative_path)?;
+            let (mut to, changed) = dest(out, &row.domain, &row.relative_path, cfg!(windows))?;
+            if changed && row.flags != FLAG_DIRECTORY {
+                let below = to.strip_prefix(out).unwrap_or(&to).display().to_string();
+                note(
+                    &mut renamed,
+                    &mut n_renamed,
+                    format!(
+                        "{}-{} is extracted as {below}: Windows does not allow some of its name",
+                        row.domain, row.relative_path
+                    ),
+                );
+            }
             if let (Some(t), FLAG_FILE | FLAG_SYMLINK) = (twins.as_mut(), row.flags) {
                 let (at, moved) = t.place(to);
                 if moved {
@@ -628,6 +678,42 @@ mod tests {
                 done.problems
             );
         }
+    }
+
+    #[test]
+    fn names_windows_cannot_hold_are_changed_there_only() {
+        for (name, fixed) in [
+            ("IMG_0001.JPG", "IMG_0001.JPG"),
+            ("log 12:30:00.txt", "log 12_30_00.txt"),
+            ("a<b>c\"d|e?f*g\\h", "a_b_c_d_e_f_g_h"),
+            ("tab\there", "tab_here"),
+            ("ends with dot.", "ends with dot._"),
+            ("ends with space ", "ends with space _"),
+            ("CON", "_CON"),
+            ("nul.txt", "_nul.txt"),
+            ("com1", "_com1"),
+            ("LPT9.log", "_LPT9.log"),
+            ("COM10", "COM10"),
+            ("console", "console"),
+            ("CONFIG.sys", "CONFIG.sys"),
+        ] {
+            assert_eq!(windows_name(name), fixed, "{name:?}");
+        }
+        let out = Path::new("o");
+        let (p, changed) = dest(out, "AppDomain-x", "Library/12:30/AUX.db", true).unwrap();
+        assert_eq!(
+            p,
+            out.join("AppDomain-x")
+                .join("Library")
+                .join("12_30")
+                .join("_AUX.db")
+        );
+        assert!(changed);
+        let (p, changed) = dest(out, "AppDomain-x", "Library/12:30/AUX.db", false).unwrap();
+        assert_eq!(p, out.join("AppDomain-x/Library/12:30/AUX.db"));
+        assert!(!changed);
+        let (p, changed) = dest(out, "HomeDomain", "", true).unwrap();
+        assert_eq!((p, changed), (out.join("HomeDomain"), false));
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         Damaged(why) => (9, format!("The backup folder is damaged ({why}). Run `ibackup verify`, then `ibackup full`.")),
         Unsound(what) => (9, format!("The backup has problems ({what}). Make a new one with `ibackup full`; earlier backups are untouched.")),
         Io(err) => (9, format!("Cannot use the backup folder: {err}.")),
-        Output { path, source } if source.kind() == std::io::ErrorKind::StorageFull => (7, format!("The disk holding {} is full. Free space (or extract less with --only) and run again; the backup is untouched.", path.display())),
-        Output { path, source } => (16, format!("Cannot write {} ({source}). Extract into a folder you can write to; the backup is untouched.", path.display())),
+        Output { path, source } if source.kind() == std::io::ErrorKind::StorageFull => (7, format!("The disk holding {} is full. Free space and run again; the backup is untouched.", path.display())),
+        Output { path, source } => (16, format!("Cannot write {} ({source}). Choose a folder you can write to; the backup is untouched.", path.display())),
         WrongPassword => (13, "Wrong backup password; nothing was written. A forgotten password cannot be recovered: on the device, Settings > General > Transfer or Reset iPhone > Reset > Reset All Settings removes it, and later backups use a new one.".into()),
         Protocol(why) => (1, format!("Unexpected answer from the device: {why}. Run again; if it keeps happening, report it with RUST_LOG=debug output.")),
     }

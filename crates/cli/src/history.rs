@@ -51,6 +51,37 @@ pub fn list(cli: &Cli, dir: &Path, udids: &[String]) -> Result<(), EngineError> 
     Ok(())
 }
 
+/// Copy `folder` to `to` (made here) as hard links, or copies where links
+/// cannot be made (another disk); (files, whether all were linked).
+/// Failures to write are the output's.
+fn copy_tree(folder: &Path, to: &Path) -> Result<(u64, bool), EngineError> {
+    let output = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Output { path, source }
+    };
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(output(to))?;
+    }
+    let (mut files, mut linked) = (0u64, true);
+    // An older snapshot's unchanged folders are links to a later one's:
+    // followed, so OUT gets real folders.
+    for e in walkdir::WalkDir::new(folder).follow_links(true) {
+        let e = e.map_err(|e| EngineError::Io(e.into()))?;
+        let rel = e.path().strip_prefix(folder).expect("below folder");
+        let dest = to.join(rel);
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).map_err(output(&dest))?;
+        } else if e.file_type().is_file() {
+            if std::fs::hard_link(e.path(), &dest).is_err() {
+                linked = false;
+                std::fs::copy(e.path(), &dest).map_err(output(&dest))?;
+            }
+            files += 1;
+        }
+    }
+    Ok((files, linked))
+}
+
 /// Copy a snapshot to OUT/<UDID>/ as hard links (copies across disks).
 pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError> {
     // The newest is DIR/<UDID>; older ones DIR/.ibackup/snapshots/<UDID>/<ID>.
@@ -75,23 +106,31 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
             to.display()
         )));
     }
-    let (mut files, mut linked) = (0u64, true);
-    // An older snapshot's unchanged folders are links to a later one's:
-    // followed, so OUT gets real folders.
-    for e in walkdir::WalkDir::new(folder).follow_links(true) {
-        let e = e.map_err(|e| EngineError::Io(e.into()))?;
-        let rel = e.path().strip_prefix(folder).expect("below folder");
-        let dest = to.join(rel);
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dest)?;
-        } else if e.file_type().is_file() {
-            if std::fs::hard_link(e.path(), &dest).is_err() {
-                linked = false;
-                std::fs::copy(e.path(), &dest)?;
-            }
-            files += 1;
-        }
+    if out.exists() && !out.is_dir() {
+        return Err(EngineError::Output {
+            path: out.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a folder"),
+        });
     }
+    // Built beside its place and renamed into it when whole, so that a
+    // failed checkout (a full disk) leaves nothing that looks complete.
+    let part = out.join(format!("{udid}.ibackup-part"));
+    let built = copy_tree(folder, &part);
+    let built = built.and_then(|n| {
+        std::fs::rename(&part, &to)
+            .map(|()| n)
+            .map_err(|source| EngineError::Output {
+                path: to.clone(),
+                source,
+            })
+    });
+    let (files, linked) = match built {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&part);
+            return Err(e);
+        }
+    };
     if !cli.quiet && !cli.json {
         println!(
             "Checked out {files} files to {} ({}).",

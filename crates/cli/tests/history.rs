@@ -156,6 +156,21 @@ fn three_nights_three_snapshots_each_restores_its_night() {
             .any(|e| e.file_type().unwrap().is_symlink()),
         "an old snapshot shares the folders no night changed"
     );
+    // A checkout onto a disk too small for its copies (hard links cannot
+    // cross disks): the disk's fault, and nothing left that looks whole.
+    if let Some(disk) = SmallDisk::mount(&host.root.path().join("small-disk"), 2) {
+        let o = ib(
+            &host,
+            &["checkout", "--snapshot", &ids[0], p(&dir), p(&disk.0)],
+        );
+        assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+        assert!(text(&o).contains("The disk holding"), "{}", text(&o));
+        assert_eq!(
+            std::fs::read_dir(&disk.0).unwrap().count(),
+            0,
+            "no partial checkout is left"
+        );
+    }
     let out = host.root.path().join("checkout");
     let o = ib(
         &host,

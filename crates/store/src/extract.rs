@@ -32,9 +32,10 @@ pub struct Extracted {
     pub problems: Vec<String>,
     /// How many files had problems.
     pub damaged: u64,
-    /// Files put under another name because OUT does not tell upper from
-    /// lower case and a file differing only in case took theirs (listed
-    /// like `problems`); nothing is lost.
+    /// Files put under another name (listed like `problems`): OUT does not
+    /// tell upper from lower case and a file differing only in case took
+    /// theirs, or (on Windows) the system cannot hold the name. Nothing is
+    /// lost.
     pub renamed: Vec<String>,
 }
 

@@ -190,7 +190,8 @@ pub struct MuxClient {
     pub addr: SocketAddress,
     pub prog_name: String,
     /// How long a read or write on a connection (to usbmuxd, or through it
-    /// to the device) may wait before it fails with `TimedOut`: a device
+    /// to the device) may wait before it fails (`WouldBlock` or
+    /// `TimedOut`, as the system reports it): a device
     /// that stops answering without hanging up must not hold a backup (and
     /// its lock) for ever. `None` waits for ever. Plug events (`listen`)
     /// never time out.

@@ -171,6 +171,19 @@ fn three_nights_three_snapshots_each_restores_its_night() {
             "no partial checkout is left"
         );
     }
+    // Into the snapshot itself (a copy that would never end), or an
+    // extraction into the backup it reads: refused, nothing written.
+    let newest = dir.join(a);
+    let inside = newest.join("out");
+    for args in [
+        vec!["checkout", p(&dir), p(&inside)],
+        vec!["extract", p(&dir), "--to", p(&inside)],
+    ] {
+        let o = ib(&host, &args);
+        assert_eq!(o.status.code(), Some(16), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("inside the"), "{}", text(&o));
+        assert!(!inside.exists());
+    }
     let out = host.root.path().join("checkout");
     let o = ib(
         &host,

@@ -363,6 +363,12 @@ fn extract_as(
             "it is not a folder",
         )));
     }
+    if crate::paths::is_inside(out, &backup.path) {
+        return Err(output(out)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is inside the backup being read; choose a folder outside it",
+        )));
+    }
     fs::create_dir_all(out).map_err(output(out))?;
     let mut folders = Folders {
         out,
@@ -813,6 +819,25 @@ mod tests {
             other => panic!("{:?}", other.map(|_| ())),
         }
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn out_inside_the_backup_is_refused_before_anything_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let path = backup_with(t.path(), &[]);
+        let b = Backup::open(&path, None).unwrap();
+        let before = fs::read_dir(&path).unwrap().count();
+        let r = extract(&b, &Selection::default(), &path.join("out"), &mut |_, _| {});
+        assert!(
+            matches!(&r, Err(StoreError::Output { source, .. }) if source.kind() == io::ErrorKind::InvalidInput),
+            "{:?}",
+            r.map(|_| ())
+        );
+        assert_eq!(
+            fs::read_dir(&path).unwrap().count(),
+            before,
+            "nothing added to the backup"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use sha1::{Digest, Sha1};
 
 use crate::error::{Result, StoreError};
+use std::path::{Path, PathBuf};
 
 /// `SHA1(domain + "-" + relativePath)` in lowercase hex: the file's name in
 /// the backup (`xx/<fileID>`).
@@ -70,6 +71,43 @@ pub fn check_domain(domain: &str) -> Result<()> {
     check_relative(domain)
 }
 
+/// Whether `path` (which need not exist yet) is `folder` or lies inside it,
+/// links and `..` resolved: an output written there would change what is
+/// being read, or (a copy of a folder into itself) never end.
+pub fn is_inside(path: &Path, folder: &Path) -> bool {
+    let Ok(folder) = std::fs::canonicalize(folder) else {
+        return false;
+    };
+    // The deepest part of `path` that exists, resolved, and the rest as given.
+    let mut base = path.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(c) = std::fs::canonicalize(&base) {
+            break c;
+        }
+        match (base.parent(), base.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last.as_os_str().to_os_string());
+                base = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return false,
+        }
+    };
+    let mut full = resolved;
+    for part in rest.iter().rev() {
+        if part == ".." {
+            full.pop();
+        } else if part != "." {
+            full.push(part);
+        }
+    }
+    full.starts_with(&folder)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +150,27 @@ mod tests {
         assert!(check_domain("HomeDomain").is_ok());
         for d in ["", "a/b", "..", "SysContainerDomain-../../../var"] {
             assert!(check_domain(d).is_err(), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn inside_is_judged_with_links_and_missing_parts_resolved() {
+        let t = tempfile::tempdir().unwrap();
+        let b = t.path().join("backups/U");
+        std::fs::create_dir_all(&b).unwrap();
+        assert!(is_inside(&b, &b));
+        assert!(is_inside(&b.join("out/deeper"), &b), "not there yet");
+        assert!(is_inside(&t.path().join("backups/x/../U/out"), &b));
+        assert!(!is_inside(&t.path().join("backups/out"), &b));
+        assert!(
+            !is_inside(&t.path().join("backups/U2"), &b),
+            "a sibling named alike"
+        );
+        assert!(!is_inside(&t.path().join("out"), &b));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&b, t.path().join("link")).unwrap();
+            assert!(is_inside(&t.path().join("link/out"), &b));
         }
     }
 }

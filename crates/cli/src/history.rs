@@ -106,21 +106,7 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
             to.display()
         )));
     }
-    if out.exists() && !out.is_dir() {
-        return Err(EngineError::Output {
-            path: out.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a folder"),
-        });
-    }
-    if ibackup_store::paths::is_inside(out, folder) {
-        return Err(EngineError::Output {
-            path: out.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "it is inside the snapshot being checked out; choose a folder outside it",
-            ),
-        });
-    }
+    ibackup_store::extract::usable_output(out, folder)?;
     // Built beside its place and renamed into it when whole, so that a
     // failed checkout (a full disk) leaves nothing that looks complete.
     let part = out.join(format!("{udid}.ibackup-part"));

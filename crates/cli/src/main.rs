@@ -89,7 +89,8 @@ fn dir_or_config(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
             "give the backup folder DIR (or set `dir` in the configuration file)".into(),
         )
     })?;
-    existing_folder(&dir)?;
+    // Before any device is touched: exit 9, the backup folder unusable.
+    ibackup_engine::staging::existing_folder(&dir)?;
     Ok(dir)
 }
 
@@ -345,27 +346,8 @@ fn backup_folder(cli: &Cli, dir: &Path, snap: &SnapshotArg) -> Result<PathBuf, E
     Ok(ibackup_engine::snapshots::find(root, &udid.to_string_lossy(), id)?.path)
 }
 
-/// DIR, as a folder that is there: a mistyped path or a backup disk that
-/// is not mounted is named as such (exit 9, the backup folder unusable),
-/// before any device is touched.
-fn existing_folder(dir: &Path) -> Result<(), EngineError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let (kind, what) = if dir.exists() {
-        (std::io::ErrorKind::NotADirectory, "is not a folder")
-    } else {
-        (std::io::ErrorKind::NotFound, "does not exist")
-    };
-    Err(EngineError::Io(std::io::Error::new(
-        kind,
-        format!("{} {what}", dir.display()),
-    )))
-}
-
 /// The devices with backups in DIR (`-u` narrows to one).
 fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
-    existing_folder(dir)?;
     if let Some(u) = &cli.udid {
         return Ok(vec![u.clone()]);
     }
@@ -379,7 +361,6 @@ fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
 }
 
 fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
-    existing_folder(dir)?;
     if dir.join("Manifest.db").is_file() {
         return Ok(dir.to_path_buf());
     }
@@ -733,7 +714,8 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             return history::list(cli, &dir, &devices_in(cli, &dir)?);
         }
         Cmd::Checkout { dir, out, snap } => {
-            return history::checkout(cli, &backup_folder(cli, dir, snap)?, out)
+            ibackup_engine::staging::existing_folder(dir)?;
+            return history::checkout(cli, &backup_folder(cli, dir, snap)?, out);
         }
         Cmd::Prune { dir, keep, dry_run } => {
             let dir = dir_or_config(dir)?;

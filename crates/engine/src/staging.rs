@@ -67,6 +67,23 @@ impl Linking {
     }
 }
 
+/// `dir`, as a folder that is there; else an error naming it as missing or
+/// as not a folder (a mistyped path, a backup disk that is not mounted).
+pub fn existing_folder(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let (kind, what) = if dir.exists() {
+        (std::io::ErrorKind::NotADirectory, "is not a folder")
+    } else {
+        (std::io::ErrorKind::NotFound, "does not exist")
+    };
+    Err(std::io::Error::new(
+        kind,
+        format!("{} {what}", dir.display()),
+    ))
+}
+
 /// The I/O kind of an error, for a failure that is told again later.
 fn io_kind(e: &EngineError) -> std::io::ErrorKind {
     match e {
@@ -83,17 +100,7 @@ impl BackupDir {
                 "unusable device identifier {udid:?}"
             )));
         }
-        if !root.is_dir() {
-            let (kind, what) = if root.exists() {
-                (std::io::ErrorKind::NotADirectory, "is not a folder")
-            } else {
-                (std::io::ErrorKind::NotFound, "does not exist")
-            };
-            return Err(EngineError::Io(std::io::Error::new(
-                kind,
-                format!("backup folder {} {what}", root.display()),
-            )));
-        }
+        existing_folder(root)?;
         let meta = root.join(".ibackup");
         for sub in ["staging", "locks", "snapshots"] {
             fs::create_dir_all(meta.join(sub))?;

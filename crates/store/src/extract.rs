@@ -16,7 +16,7 @@ use crate::manifest_db::ManifestRow;
 use crate::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use crate::paths::{check_domain, check_relative};
 use crate::reader::{Backup, Contents};
-use crate::verify::note;
+use crate::verify::{and_more, note};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
@@ -90,6 +90,25 @@ fn windows_name(name: &str) -> std::borrow::Cow<'_, str> {
 
 fn time(secs: i64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// Whether `out` can take what is read from the backup folder `reading`:
+/// a folder or nothing yet, and not inside `reading` (where writing would
+/// change what is read, or a copy meet itself). Nothing is written.
+pub fn usable_output(out: &Path, reading: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(output(out)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it is not a folder",
+        )));
+    }
+    if crate::paths::is_inside(out, reading) {
+        return Err(output(out)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is inside the backup being read; choose a folder outside it",
+        )));
+    }
+    Ok(())
 }
 
 /// A failure writing below OUT (the backup is not at fault).
@@ -357,18 +376,7 @@ fn extract_as(
     // Every row must be safe before the first byte lands (names only:
     // the records are decoded once, below).
     backup.index.db.check_names()?;
-    if out.exists() && !out.is_dir() {
-        return Err(output(out)(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "it is not a folder",
-        )));
-    }
-    if crate::paths::is_inside(out, &backup.path) {
-        return Err(output(out)(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "it is inside the backup being read; choose a folder outside it",
-        )));
-    }
+    usable_output(out, &backup.path)?;
     fs::create_dir_all(out).map_err(output(out))?;
     let mut folders = Folders {
         out,
@@ -485,14 +493,10 @@ fn extract_as(
         return Err(e);
     }
     let (mut listed, total) = problems.into_inner().expect("problems");
-    if total > listed.len() as u64 {
-        listed.push(format!("… and {} more", total - listed.len() as u64));
-    }
+    and_more(&mut listed, total, "");
     done.problems = listed;
     done.damaged = total;
-    if n_renamed > renamed.len() as u64 {
-        renamed.push(format!("… and {} more", n_renamed - renamed.len() as u64));
-    }
+    and_more(&mut renamed, n_renamed, "");
     done.renamed = renamed;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();

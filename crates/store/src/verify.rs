@@ -43,6 +43,13 @@ pub(crate) fn note(list: &mut Vec<String>, total: &mut u64, s: String) {
     }
 }
 
+/// Close a list [`note`] filled: a last line counts what it left out.
+pub(crate) fn and_more(list: &mut Vec<String>, total: u64, what: &str) {
+    if total > list.len() as u64 {
+        list.push(format!("… and {} more{what}", total - list.len() as u64));
+    }
+}
+
 fn dict(path: &Path) -> std::result::Result<plist::Dictionary, String> {
     match Value::from_file(path) {
         Ok(Value::Dictionary(d)) => Ok(d),
@@ -140,18 +147,8 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
             }
         }
     }
-    if n_problems > problems.len() as u64 {
-        problems.push(format!(
-            "… and {} more problems",
-            n_problems - problems.len() as u64
-        ));
-    }
-    if n_warnings > warnings.len() as u64 {
-        warnings.push(format!(
-            "… and {} more warnings",
-            n_warnings - warnings.len() as u64
-        ));
-    }
+    and_more(&mut problems, n_problems, " problems");
+    and_more(&mut warnings, n_warnings, " warnings");
     r.problem_count = r.problems.len() as u64 + n_problems;
     r.problems.extend(problems);
     r.warnings.extend(warnings);

@@ -27,6 +27,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         Output { path, source } if source.kind() == std::io::ErrorKind::StorageFull => (7, format!("The disk holding {} is full. Free space and run again; the backup is untouched.", path.display())),
         Output { path, source } => (16, format!("Cannot write {} ({source}). Choose a folder you can write to; the backup is untouched.", path.display())),
         WrongPassword => (13, "Wrong backup password; nothing was written. A forgotten password cannot be recovered: on the device, Settings > General > Transfer or Reset iPhone > Reset > Reset All Settings removes it, and later backups use a new one.".into()),
+        Interrupted(left) => (130, format!("Interrupted by Ctrl-C or a stop signal before the end: {left}.")),
         Protocol(why) => (1, format!("Unexpected answer from the device: {why}. Run again; if it keeps happening, report it with RUST_LOG=debug output.")),
     }
 }

@@ -18,6 +18,7 @@ mod data;
 mod exit;
 mod history;
 mod passwords;
+mod stop;
 mod watch;
 
 /// Back up and restore iPhones and iPads over USB.
@@ -857,19 +858,28 @@ pub(crate) fn log_line(cli: &Cli, line: &str) {
     }
 }
 
-fn log_result(cli: &Cli, r: &Result<(), EngineError>) {
+/// Log, print (and as JSON when asked) a command's failure; its exit code.
+pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
+    let (code, sentence) = exit::describe(e);
     let what = command_name(cli);
     let udid = cli.udid.as_deref().unwrap_or("-");
-    match r {
-        Ok(()) => log_line(cli, &format!("{what} {udid} ok")),
-        Err(e) => {
-            let (code, sentence) = exit::describe(e);
-            log_line(
-                cli,
-                &format!("{what} {udid} failed (exit {code}): {sentence}"),
-            );
-        }
+    let how = if matches!(e, EngineError::Interrupted(_)) {
+        "interrupted"
+    } else {
+        "failed"
+    };
+    log_line(
+        cli,
+        &format!("{what} {udid} {how} (exit {code}): {sentence}"),
+    );
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": false, "exit_code": code, "error": sentence})
+        );
     }
+    eprintln!("ibackup: {sentence}");
+    code
 }
 
 fn main() -> ExitCode {
@@ -878,28 +888,32 @@ fn main() -> ExitCode {
         .init();
     let mut cli = Cli::parse();
     let loaded = config::Config::load(cli.config.as_deref());
-    let r = loaded.and_then(|c| {
+    let r = loaded.map(|c| {
         cli.trust_timeout = cli.trust_timeout.or(c.trust_timeout);
         cli.wait_for_device = cli.wait_for_device.take().or(c.wait_for_device.clone());
         cli.stall_timeout = cli.stall_timeout.take().or(c.stall_timeout.clone());
         cli.log = cli.log.take().or(c.log_file.clone());
         passwords::set_fallback_file(c.password_file.clone());
         let _ = CONFIG.set(c);
-        run(&cli)
     });
-    log_result(&cli, &r);
+    // The signal handler reports for the command too.
+    let cli: &'static Cli = Box::leak(Box::new(cli));
+    stop::install(cli);
+    let r = r
+        .and_then(|()| run(cli))
+        .map_err(|e| e.after_stop(stop::left_by(&cli.cmd)));
     match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let (code, sentence) = exit::describe(&e);
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"event": "result", "ok": false, "exit_code": code, "error": sentence})
-                );
-            }
-            eprintln!("ibackup: {sentence}");
-            ExitCode::from(code)
+        Ok(()) => {
+            log_line(
+                cli,
+                &format!(
+                    "{} {} ok",
+                    command_name(cli),
+                    cli.udid.as_deref().unwrap_or("-")
+                ),
+            );
+            ExitCode::SUCCESS
         }
+        Err(e) => ExitCode::from(report_failure(cli, &e)),
     }
 }

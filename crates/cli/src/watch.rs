@@ -122,8 +122,13 @@ pub fn run(
         ),
         Note::Failed(u, e) => {
             let (code, sentence) = exit::describe(&e);
+            let how = if matches!(e, EngineError::Interrupted(_)) {
+                "interrupted"
+            } else {
+                "failed"
+            };
             say(
-                format!("{u}: backup failed (exit {code}): {sentence}"),
+                format!("{u}: backup {how} (exit {code}): {sentence}"),
                 json!({"event": "backup_failed", "udid": u, "exit_code": code, "error": sentence}),
             )
         }
@@ -134,7 +139,16 @@ pub fn run(
     };
     // Progress of a running backup goes to the log lines only when asked.
     let mut report = Report::new(cli.json, true);
-    watch::run(mux, dir, &opts, &options_for, &mut note, &mut report)
+    watch::run(mux, dir, &opts, &options_for, &mut note, &mut report);
+    // Asked to stop (systemctl stop, Ctrl-C): the watcher's normal end.
+    let text = "watch stopped".to_string();
+    if cli.json {
+        println!("{}", json!({"event": "stopped"}));
+    } else if !cli.quiet {
+        eprintln!("{text}");
+    }
+    log_line(cli, &text);
+    Ok(())
 }
 
 fn human_duration(d: Duration) -> String {

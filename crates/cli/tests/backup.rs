@@ -538,6 +538,134 @@ fn a_killed_ibackup_leaves_the_last_backup_intact() {
     );
 }
 
+#[cfg(unix)]
+/// Start `c` and wait until the staging folder of `udid` under `dir` fills
+/// (the backup is receiving files).
+fn started_receiving(mut c: Command, dir: &Path, udid: &str) -> std::process::Child {
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = dir.join(".ibackup/staging").join(udid);
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) < 20 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the backup never started receiving"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child
+}
+
+#[cfg(unix)]
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid, which it has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_or_a_stop_signal_ends_a_backup_cleanly_with_a_report() {
+    let host = SimHost::start(&[(Profile::Small, 183)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let log = host.root.path().join("ibackup.log");
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "first backup",
+    );
+    let before = snapshot(&dir.join(a));
+    edit_device(&host.devices[0], |c| c.fault_slow_file_ms = Some(2));
+    let staging = dir.join(".ibackup/staging").join(a);
+    // Ctrl-C at a terminal; then SIGTERM (systemctl stop), with --json.
+    for (sig, json) in [(libc::SIGINT, false), (libc::SIGTERM, true)] {
+        let mut c = ibackup(&host);
+        c.arg("--log").arg(&log);
+        if json {
+            c.arg("--json");
+        }
+        c.args(["-u", a, "full"]).arg(&dir);
+        let child = started_receiving(c, &dir, a);
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let said = text(&o);
+        assert_eq!(o.status.code(), Some(130), "signal {sig}: {said}");
+        assert!(
+            said.contains("Interrupted by Ctrl-C or a stop signal")
+                && said.contains("the last backup is intact"),
+            "{said}"
+        );
+        assert!(
+            !staging.exists(),
+            "signal {sig}: what this run staged is gone, not left for the next run"
+        );
+        assert_eq!(
+            snapshot(&dir.join(a)),
+            before,
+            "signal {sig}: the committed backup is byte for byte unchanged"
+        );
+        if json {
+            let last = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .map(str::to_string)
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&last).expect(&last);
+            assert_eq!(v["event"], "result");
+            assert_eq!(v["exit_code"], 130);
+        }
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged
+            .matches(&format!("full {a} interrupted (exit 130)"))
+            .count(),
+        2,
+        "{logged}"
+    );
+    // A watcher stopped mid-backup: the backup is dropped the same way,
+    // and the watcher's end is a normal one (exit 0), as a service's is.
+    let fresh = host.path("watched");
+    let mut c = ibackup(&host);
+    c.arg("--log").arg(&log).arg("watch").arg(&fresh);
+    let child = started_receiving(c, &fresh, a);
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("{a}: backup interrupted (exit 130)"))
+            && logged.contains("watch stopped"),
+        "{logged}"
+    );
+    assert!(!fresh.join(".ibackup/staging").join(a).exists());
+    assert!(!fresh.join(a).exists(), "nothing half-made is committed");
+    edit_device(&host.devices[0], |c| c.fault_slow_file_ms = None);
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "backup"]).arg(&dir);
+            c
+        }),
+        "next run",
+    );
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
+        "after interrupted runs",
+    );
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

@@ -57,6 +57,39 @@ pub enum EngineError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Stopped on request (Ctrl-C, a stop signal) before the end; the
+    /// text says what that left (see [`stopped`]).
+    #[error("interrupted: {0}")]
+    Interrupted(&'static str),
+}
+
+/// What an interrupted command left, for [`EngineError::Interrupted`].
+pub mod stopped {
+    pub const BACKUP: &str =
+        "nothing from this run was kept and the last backup is intact. Run it again to back up";
+    pub const RESTORE: &str = "the restore did not finish; the backup is untouched. Run it again";
+    pub const ENCRYPTION: &str =
+        "run `ibackup info` to see whether the device's encryption setting changed";
+    pub const OTHER: &str = "run it again";
+}
+
+impl EngineError {
+    /// `self`, or [`EngineError::Interrupted`] when a stop was asked for
+    /// ([`ibackup_proto::interrupt::STOP`]): the failures a stop causes
+    /// (a hung-up connection, a refused new one) are its doing. A full
+    /// disk or an unwritable output is still worth saying.
+    pub fn after_stop(self, what_it_left: &'static str) -> Self {
+        if ibackup_proto::interrupt::STOP.requested()
+            && !matches!(
+                self,
+                EngineError::DiskFull { .. } | EngineError::Output { .. }
+            )
+        {
+            EngineError::Interrupted(what_it_left)
+        } else {
+            self
+        }
+    }
 }
 
 /// Why a connection was given up when the device went silent.

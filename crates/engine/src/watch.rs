@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ibackup_proto::host::MuxClient;
+use ibackup_proto::interrupt::STOP;
 use ibackup_proto::usbmux::{DeviceRecord, MuxEvent};
 
 use crate::backup::{self, Events, Options, Outcome};
@@ -66,7 +67,8 @@ enum Heard {
     Lost(String),
 }
 
-/// Run until the process is stopped.
+/// Run until a stop is asked for ([`STOP`]): a backup under way then
+/// ends as an interrupted one, and this returns.
 pub fn run(
     mux: &MuxClient,
     root: &Path,
@@ -74,14 +76,15 @@ pub fn run(
     options_for: &dyn Fn(&str) -> Option<Options>,
     note: &mut dyn FnMut(Note),
     events: &mut dyn Events,
-) -> ! {
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let listener = match mux.listen() {
             Ok(l) => l,
+            Err(_) if STOP.requested() => return,
             Err(e) => {
                 note(Note::UsbmuxdLost(e.to_string()));
-                std::thread::sleep(backoff);
+                pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
@@ -114,6 +117,9 @@ pub fn run(
             failed_at: HashMap::new(),
         };
         loop {
+            if STOP.requested() {
+                return;
+            }
             match rx.recv_timeout(opts.recheck) {
                 Ok(Heard::Event(MuxEvent::Attached(d))) => {
                     note(Note::Attached(d.udid.clone()));
@@ -128,6 +134,12 @@ pub fn run(
                     }
                 }
                 Ok(Heard::Event(MuxEvent::Other(_))) => {}
+                // The stop hung the listener up: not news.
+                Ok(Heard::Lost(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
+                    if STOP.requested() =>
+                {
+                    return
+                }
                 Ok(Heard::Lost(why)) => {
                     note(Note::UsbmuxdLost(why));
                     break;
@@ -145,7 +157,19 @@ pub fn run(
                 }
             }
         }
-        std::thread::sleep(backoff);
+        pause(backoff);
+    }
+}
+
+/// Sleep for `d`, or less when a stop is asked for.
+fn pause(d: Duration) {
+    let until = Instant::now() + d;
+    while !STOP.requested() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
@@ -217,7 +241,10 @@ impl Watcher<'_> {
             }
             Err(e) => {
                 failed_at.insert(d.udid.clone(), Instant::now());
-                note(Note::Failed(d.udid.clone(), e));
+                note(Note::Failed(
+                    d.udid.clone(),
+                    e.after_stop(crate::error::stopped::BACKUP),
+                ));
             }
         }
     }

@@ -16,6 +16,7 @@ use plist::{Dictionary, Value};
 
 use crate::error::{ProtoError, Result};
 use crate::frame;
+use crate::interrupt::STOP;
 use crate::lockdown::{self, LockdownError, Request as LdRequest};
 use crate::pairing::PairRecord;
 use crate::plistx::DictExt;
@@ -237,14 +238,14 @@ impl MuxClient {
                 let _ = s.set_nodelay(true);
                 s.set_read_timeout(limit)?;
                 s.set_write_timeout(limit)?;
-                Box::new(s)
+                Box::new(STOP.watch(s)?)
             }
             #[cfg(unix)]
             SocketAddress::Unix(p) => {
                 let s = UnixStream::connect(p)?;
                 s.set_read_timeout(limit)?;
                 s.set_write_timeout(limit)?;
-                Box::new(s)
+                Box::new(STOP.watch(s)?)
             }
             #[cfg(not(unix))]
             SocketAddress::Unix(_) => {

@@ -13,6 +13,7 @@ pub mod devicelink;
 pub mod error;
 pub mod frame;
 pub mod host;
+pub mod interrupt;
 pub mod lockdown;
 pub mod mb2;
 pub mod pairing;

@@ -1,0 +1,97 @@
+//! Ctrl-C and stop signals (SIGINT, SIGTERM from `systemctl stop` or a
+//! shutdown, SIGHUP; Ctrl-C and Ctrl-Break on Windows).
+//!
+//! A command that talks to a device stops the way it would after a pulled
+//! cable: every connection is hung up ([`STOP`]), the engine drops what
+//! this run staged and releases its lock, and the command ends with its
+//! usual report, log line and exit code (130, "interrupted"). If that
+//! takes longer than [`GRACE`], or a second signal comes, the process ends
+//! at once, which is still safe: what was staged is cleared by the next
+//! run. A command that only reads or writes local files (`verify`,
+//! `extract`, `prune`, ...) ends at once: each of them already survives
+//! being killed.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ibackup_engine::error::stopped;
+use ibackup_engine::EngineError;
+use ibackup_proto::interrupt::STOP;
+
+use crate::{Cli, Cmd};
+
+/// How long a device command may take to wind down after a signal.
+const GRACE: Duration = Duration::from_secs(30);
+
+struct Plan {
+    cli: &'static Cli,
+    /// Whether the command winds down (device commands) or ends at once.
+    wind_down: bool,
+    /// What an interrupted run of it leaves ([`stopped`]).
+    left: &'static str,
+}
+
+static PLAN: OnceLock<Plan> = OnceLock::new();
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+/// What an interruption of `cmd` leaves, for its message.
+pub fn left_by(cmd: &Cmd) -> &'static str {
+    match cmd {
+        Cmd::Full { .. } | Cmd::Backup { .. } | Cmd::Watch { .. } => stopped::BACKUP,
+        Cmd::Restore { .. } => stopped::RESTORE,
+        Cmd::Encryption { .. } => stopped::ENCRYPTION,
+        _ => stopped::OTHER,
+    }
+}
+
+/// Whether `cmd` talks to a device (and so winds down on a signal).
+fn talks_to_a_device(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Verify { .. }
+            | Cmd::Ls { .. }
+            | Cmd::Extract { .. }
+            | Cmd::Snapshots { .. }
+            | Cmd::Checkout { .. }
+            | Cmd::Prune { .. }
+    )
+}
+
+/// Handle the stop signals for the rest of the run of `cli`'s command.
+pub fn install(cli: &'static Cli) {
+    let _ = PLAN.set(Plan {
+        cli,
+        wind_down: talks_to_a_device(&cli.cmd),
+        left: left_by(&cli.cmd),
+    });
+    if let Err(e) = ctrlc::set_handler(on_signal) {
+        log::warn!("Ctrl-C will end ibackup without its report: {e}");
+    }
+}
+
+fn on_signal() {
+    let Some(plan) = PLAN.get() else {
+        std::process::exit(130)
+    };
+    let n = SIGNALS.fetch_add(1, Ordering::SeqCst) + 1;
+    if !plan.wind_down || n > 1 {
+        end_now(plan);
+    }
+    if !plan.cli.quiet && !plan.cli.json {
+        eprintln!("\nibackup: stopping; press Ctrl-C again to end at once");
+    }
+    STOP.hang_up_all();
+    std::thread::spawn(|| {
+        std::thread::sleep(GRACE);
+        if let Some(plan) = PLAN.get() {
+            end_now(plan);
+        }
+    });
+}
+
+/// Report the interruption as the command's failure and exit.
+fn end_now(plan: &Plan) -> ! {
+    let code = crate::report_failure(plan.cli, &EngineError::Interrupted(plan.left));
+    std::process::exit(code.into())
+}

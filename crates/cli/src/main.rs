@@ -878,7 +878,10 @@ pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
             json!({"event": "result", "ok": false, "exit_code": code, "error": sentence})
         );
     }
-    eprintln!("ibackup: {sentence}");
+    // Not eprintln: a terminal closed under a run (SIGHUP) must not turn
+    // the report into a panic.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ibackup: {sentence}");
     code
 }
 

@@ -11,6 +11,7 @@
 //! `extract`, `prune`, ...) ends at once: each of them already survives
 //! being killed.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -78,10 +79,14 @@ fn on_signal() {
     if !plan.wind_down || n > 1 {
         end_now(plan);
     }
-    if !plan.cli.quiet && !plan.cli.json {
-        eprintln!("\nibackup: stopping; press Ctrl-C again to end at once");
-    }
     STOP.hang_up_all();
+    if !plan.cli.quiet && !plan.cli.json {
+        // Not eprintln: after a hang-up (SIGHUP) the terminal may be gone.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nibackup: stopping; press Ctrl-C again to end at once"
+        );
+    }
     std::thread::spawn(|| {
         std::thread::sleep(GRACE);
         if let Some(plan) = PLAN.get() {

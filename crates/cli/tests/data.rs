@@ -464,6 +464,48 @@ fn selective_and_whole_restores_to_other_devices() {
     );
     assert_ok(&o, "restore after the cut");
     assert_same_tree(&device_tree(&d_fs, &[]), &a_tree, "D reproduces A");
+    #[cfg(unix)]
+    {
+        // Ctrl-C while the files go over: its own sentence and code, and
+        // the device as it was (the restore is swapped in only at the end).
+        std::fs::remove_dir_all(&d_fs).unwrap();
+        std::fs::create_dir_all(&d_fs).unwrap();
+        edit_device(&host.devices[3], |c| c.fault_slow_file_ms = Some(5));
+        let mut child = ibackup(&host)
+            .args(["-u", d, "restore", "--source", a, "--no-reboot", p(&dir)])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            said += &line;
+            said += "\n";
+            if line.contains("sending the whole backup") {
+                break;
+            }
+        }
+        assert!(said.contains("sending the whole backup"), "{said}");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        for line in lines {
+            said += &line.unwrap();
+            said += "\n";
+        }
+        assert_eq!(child.wait().unwrap().code(), Some(130), "{said}");
+        assert!(
+            said.contains("Interrupted by Ctrl-C") && said.contains("the restore did not finish"),
+            "{said}"
+        );
+        assert!(
+            device_tree(&d_fs, &[]).is_empty(),
+            "an interrupted restore swaps nothing in"
+        );
+        edit_device(&host.devices[3], |c| c.fault_slow_file_ms = None);
+    }
 
     assert_eq!(
         hashes(&dir.join(a)),

@@ -182,6 +182,10 @@ pub fn restore(dl: &mut Dl, req: &Mb2Request) -> Result<()> {
                 )));
             }
         }
+        if let Some(ms) = c.fault_slow_file_ms {
+            // A slow device: the batch's time, before asking for it.
+            std::thread::sleep(std::time::Duration::from_millis(ms * batch.len() as u64));
+        }
         receive_batch(dl, &paths, batch, progress)?;
         for (name, dest, f) in batch {
             if !dest.exists() {

@@ -326,3 +326,61 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// An exFAT disk (a file image, through FUSE), as a USB drive shared with
+/// macOS and Windows is usually formatted: no hard links, no symbolic
+/// links. Needs root, a loop device and /dev/fuse, with exfatprogs and
+/// exfat-fuse installed (`.ci/run` installs them). `None`, with a SKIP
+/// line, where that is not so outside CI.
+pub struct ExfatDisk {
+    pub path: PathBuf,
+    loop_device: String,
+}
+
+impl ExfatDisk {
+    pub fn mount(at: &Path, megabytes: u32) -> Option<ExfatDisk> {
+        let image = at.with_extension("img");
+        std::fs::create_dir_all(at).unwrap();
+        let sh = |cmd: &mut Command| -> Option<String> {
+            let o = cmd.output().ok()?;
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let made = std::fs::File::create(&image)
+            .and_then(|f| f.set_len(u64::from(megabytes) << 20))
+            .is_ok()
+            && sh(Command::new("mkfs.exfat").arg(&image)).is_some();
+        let loop_device = made
+            .then(|| sh(Command::new("losetup").args(["-f", "--show"]).arg(&image)))
+            .flatten();
+        let mounted = loop_device
+            .as_ref()
+            .is_some_and(|dev| sh(Command::new("mount.exfat-fuse").arg(dev).arg(at)).is_some());
+        if !mounted {
+            if let Some(dev) = &loop_device {
+                let _ = Command::new("losetup").args(["-d", dev]).status();
+            }
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "cannot mount an exFAT disk (exfatprogs, exfat-fuse, a loop device, /dev/fuse)"
+                );
+            }
+            eprintln!("SKIP: cannot mount an exFAT disk here");
+            return None;
+        }
+        Some(ExfatDisk {
+            path: at.to_path_buf(),
+            loop_device: loop_device.unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for ExfatDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_device])
+            .status();
+    }
+}

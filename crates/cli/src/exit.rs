@@ -14,7 +14,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         TrustDenied => (5, "The device refused to trust this computer (Don't Trust was tapped). Unplug and reconnect it, then tap Trust.".into()),
         Locked => (6, "The device is locked. Unlock it with its passcode and run again.".into()),
         ConnectionLost(why) => (8, format!("The connection to the device was lost ({why}). The last backup is intact; reconnect and run again.")),
-        DiskFull { needed } => (7, format!("The backup disk is full. Free at least {} and run again; the last backup is intact.", human(*needed))),
+        DiskFull { needed } => (7, format!("The backup disk is full. Free at least {} (`ibackup prune` removes old snapshots) and run again; the last backup is intact.", human(*needed))),
         DeviceRefused { code, description } => (10, format!("The device refused: {description} (error {code}).")),
         PasswordRequired => (13, "This backup is encrypted: give its password in IBACKUP_PASSWORD or with --password-file FILE. Nothing was written.".into()),
         FindMy => (14, "Find My is on on the target device. Turn it off there (Settings > [your name] > Find My > Find My iPhone) and run again.".into()),
@@ -23,6 +23,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         Busy(lock) => (11, format!("Another backup of this device is already running (lock {lock}). Wait for it to finish.")),
         Damaged(why) => (9, format!("The backup folder is damaged ({why}). Run `ibackup verify`, then `ibackup full`.")),
         Unsound(what) => (9, format!("The backup has problems ({what}). Make a new one with `ibackup full`; earlier backups are untouched.")),
+        Io(err) if err.kind() == std::io::ErrorKind::StorageFull => (7, format!("The backup disk is full ({err}). Free space (`ibackup prune` removes old snapshots) and run again; the last backup is intact.")),
         Io(err) => (9, format!("Cannot use the backup folder: {err}.")),
         Output { path, source } if source.kind() == std::io::ErrorKind::StorageFull => (7, format!("The disk holding {} is full. Free space and run again; the backup is untouched.", path.display())),
         Output { path, source } => (16, format!("Cannot write {} ({source}). Choose a folder you can write to; the backup is untouched.", path.display())),
@@ -37,5 +38,32 @@ fn human(n: u64) -> String {
         format!("{:.1} GB", n as f64 / 1e9)
     } else {
         format!("{:.0} MB", (n as f64 / 1e6).max(1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_exit_7_wherever_it_is_met_and_other_io_failures_9() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let (code, sentence) = describe(&EngineError::Io(full));
+        assert_eq!(code, 7, "{sentence}");
+        assert!(sentence.contains("disk is full") && sentence.contains("intact"));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(describe(&EngineError::Io(denied)).0, 9);
+        let (code, sentence) = describe(&EngineError::DiskFull { needed: 3 << 30 });
+        assert_eq!(code, 7);
+        assert!(sentence.contains("3.2 GB"), "{sentence}");
+    }
+
+    #[test]
+    fn an_interruption_is_130_and_says_what_it_left() {
+        let (code, sentence) = describe(&EngineError::Interrupted(
+            ibackup_engine::error::stopped::RESTORE,
+        ));
+        assert_eq!(code, 130);
+        assert!(sentence.contains("restore did not finish"), "{sentence}");
     }
 }

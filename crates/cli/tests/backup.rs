@@ -666,6 +666,95 @@ fn ctrl_c_or_a_stop_signal_ends_a_backup_cleanly_with_a_report() {
     );
 }
 
+/// A USB drive formatted exFAT (shared with a Mac or a PC): no links of
+/// either kind, so continuing a backup copies it and every snapshot takes
+/// its full size. The user is told; a copy that cannot fit is refused
+/// before it starts, as a full disk with the space needed, leaving nothing
+/// behind; pruning makes room.
+#[cfg(unix)]
+#[test]
+fn an_exfat_disk_works_says_what_it_costs_and_refuses_a_copy_that_cannot_fit() {
+    let host = SimHost::start(&[(Profile::Small, 193)], |_, _| {});
+    let a = &host.udids[0];
+    let Some(disk) = ExfatDisk::mount(&host.root.path().join("exfat"), 512) else {
+        return;
+    };
+    let dir = disk.path.join("backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    let backup = |how: &str| {
+        run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, how]).arg(&dir);
+            c
+        })
+    };
+    let o = backup("full");
+    assert_ok(&o, "a full backup onto exFAT");
+    assert!(
+        text(&o).contains("this disk has no hard links"),
+        "{}",
+        text(&o)
+    );
+    assert_ok(&backup("backup"), "an incremental one, a copy of the first");
+    let free = || fs_free(&disk.path);
+    let (before, free_before) = (snapshot(&dir.join(a)), free());
+    let o = backup("backup");
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{t}");
+    assert!(
+        t.contains("disk is full") && t.contains("Free at least") && t.contains("ibackup prune"),
+        "{t}"
+    );
+    assert_eq!(snapshot(&dir.join(a)), before, "the last backup is intact");
+    assert!(!dir.join(".ibackup/staging").join(a).exists());
+    assert!(
+        free() + (1 << 20) >= free_before,
+        "nothing was left taking space: {} then {}",
+        free_before,
+        free()
+    );
+    let snaps = run({
+        let mut c = ibackup(&host);
+        c.args(["snapshots"]).arg(&dir);
+        c
+    });
+    assert_eq!(
+        text(&snaps).matches("complete").count(),
+        2,
+        "{}",
+        text(&snaps)
+    );
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["prune", "--keep-last", "1"]).arg(&dir);
+            c
+        }),
+        "prune",
+    );
+    assert_ok(&backup("backup"), "room again after pruning");
+    assert_same_tree(
+        &backup_tree(&dir.join(a)),
+        &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
+        "the backup on exFAT",
+    );
+}
+
+/// Bytes free on the disk holding `p`.
+#[cfg(unix)]
+fn fs_free(p: &Path) -> u64 {
+    let o = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer")
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

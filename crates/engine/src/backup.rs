@@ -609,6 +609,13 @@ pub fn run(
     let was_filtered = filtered_marker(root, &device.udid).exists();
     let full = opts.full || !has_previous || was_filtered;
     let t0 = std::time::Instant::now();
+    if !crate::staging::can_link_files(&root.join(".ibackup/staging")) {
+        events.step(
+            "this disk has no hard links (FAT or exFAT?): continuing a backup copies the last one, \
+             and every snapshot takes its full size; on a disk formatted ext4, APFS or NTFS \
+             snapshots share unchanged files",
+        );
+    }
     dir.prepare(!full)?;
     let apps = crate::sync::user_apps(&mut session, mux).unwrap_or_else(|e| {
         log::warn!("could not list the apps for Info.plist: {e}");
@@ -674,8 +681,12 @@ pub fn run(
     match result {
         Ok(mut outcome) => {
             let t0 = std::time::Instant::now();
-            dir.ready()?;
-            verify_staged(&dir.staging())?;
+            // Not committable (a copy that ran out of space, a device that
+            // did not finish): what was staged goes, as after any failure.
+            if let Err(e) = dir.ready().and_then(|()| verify_staged(&dir.staging())) {
+                dir.abandon();
+                return Err(e);
+            }
             let marker = filtered_marker(root, &device.udid);
             if !opts.selection.is_all() {
                 events.step("keeping only the chosen categories");

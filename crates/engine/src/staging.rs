@@ -231,6 +231,25 @@ impl BackupDir {
                 Linking::OnDemand(folders.into_iter().collect(), 0, Default::default());
             return Ok(());
         }
+        if !can_link_files(staging.parent().unwrap_or(&staging)) {
+            // FAT, exFAT: the "links" are copies of the whole backup. Say
+            // so now if they cannot fit, not when the disk is full.
+            let (files, bytes) = match recorded {
+                Some(c) => (c.files, c.bytes),
+                None => snapshots::count_content(&committed),
+            };
+            // Each file's last cluster is part empty: up to one each
+            // (32 KB on a large exFAT disk, which adds up over small files).
+            let cluster = fs4::allocation_granularity(&staging).unwrap_or(4096);
+            let want = bytes.saturating_add(files.saturating_mul(cluster));
+            let free = fs4::available_space(&staging).unwrap_or(u64::MAX);
+            if want > free {
+                remove_tree(&staging)?;
+                return Err(EngineError::DiskFull {
+                    needed: want - free,
+                });
+            }
+        }
         self.set_counts(recorded);
         let handle = std::thread::spawn(move || {
             let t0 = std::time::Instant::now();
@@ -783,6 +802,20 @@ fn can_link_folders(dir: &Path) -> bool {
 #[cfg(not(unix))]
 fn can_link_folders(_dir: &Path) -> bool {
     false
+}
+
+/// Whether the disk holding `dir` has hard links (FAT and exFAT do not:
+/// there, continuing a backup copies it).
+pub fn can_link_files(dir: &Path) -> bool {
+    let (probe, twin) = (
+        dir.join(".ibackup-file-probe"),
+        dir.join(".ibackup-file-probe-2"),
+    );
+    let _ = fs::remove_file(&twin);
+    let ok = fs::write(&probe, b"").is_ok() && fs::hard_link(&probe, &twin).is_ok();
+    let _ = fs::remove_file(&probe);
+    let _ = fs::remove_file(&twin);
+    ok
 }
 
 /// Do two files hold the same bytes? Reads both, stopping at the first difference.

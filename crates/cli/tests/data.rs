@@ -734,3 +734,55 @@ fn extract_and_ls_select_by_category_and_refuse_bad_names() {
     assert_eq!(extracted + 1, listed, "all but the missing file");
     assert_eq!(report["files"], extracted as u64);
 }
+
+/// Extracting onto a USB drive formatted exFAT, as one shared with a Mac
+/// or a PC is: it refuses `:` and `?` in names, folds case, and has no
+/// symbolic links, on every system. Every file still comes out, each
+/// change of name is said, and the exit is 0.
+#[cfg(unix)]
+#[test]
+fn extract_onto_an_exfat_disk_keeps_every_file_and_says_what_it_renamed() {
+    let host = SimHost::start(&[(Profile::Empty, 611)], |_, _| {});
+    let a = &host.udids[0];
+    let fs = host.devices[0].join("fs/HomeDomain/Library");
+    std::fs::create_dir_all(fs.join("Logs")).unwrap();
+    std::fs::write(fs.join("Logs/log 12:30:00.txt"), b"colons").unwrap();
+    std::fs::write(fs.join("Logs/what?.txt"), b"question").unwrap();
+    std::fs::write(fs.join("IMG.JPG"), b"upper").unwrap();
+    std::fs::write(fs.join("img.jpg"), b"lower").unwrap();
+    std::os::unix::fs::symlink("/var/mobile/Library/elsewhere", fs.join("link")).unwrap();
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
+    let Some(disk) = ExfatDisk::mount(&host.root.path().join("exfat"), 64) else {
+        return;
+    };
+    let out = disk.path.join("out");
+    let o = ib(&host, &["extract", p(&dir), "--to", p(&out)], &[]);
+    assert_ok(&o, "extract onto exFAT");
+    let t = text(&o);
+    let lib = out.join("HomeDomain/Library");
+    for (name, body) in [
+        ("Logs/log 12_30_00.txt", &b"colons"[..]),
+        ("Logs/what_.txt", b"question"),
+        ("link", b"/var/mobile/Library/elsewhere"),
+    ] {
+        assert_eq!(std::fs::read(lib.join(name)).unwrap(), body, "{name}\n{t}");
+    }
+    // Case twins: both kept, one under a numbered name.
+    let mut twins: Vec<Vec<u8>> = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    twins.sort();
+    assert_eq!(twins, [b"lower".to_vec(), b"upper".to_vec()], "{t}");
+    for said in [
+        "log 12:30:00.txt is extracted as HomeDomain/Library/Logs/log 12_30_00.txt",
+        "what?.txt is extracted as HomeDomain/Library/Logs/what_.txt",
+        "does not tell upper from lower case",
+        "is a symbolic link to /var/mobile/Library/elsewhere",
+    ] {
+        assert!(t.contains(said), "{said:?} missing from:\n{t}");
+    }
+}

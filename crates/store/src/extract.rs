@@ -34,8 +34,8 @@ pub struct Extracted {
     pub damaged: u64,
     /// Files put under another name (listed like `problems`): OUT does not
     /// tell upper from lower case and a file differing only in case took
-    /// theirs, or (on Windows) the system cannot hold the name. Nothing is
-    /// lost.
+    /// theirs, or it cannot hold the name (Windows, FAT, exFAT). Nothing
+    /// is lost.
     pub renamed: Vec<String>,
 }
 
@@ -252,6 +252,24 @@ fn folds_case(dir: &Path) -> bool {
     folds
 }
 
+/// Whether `dir` refuses names Windows refuses (FAT and exFAT do, on
+/// every system), found by making a file with a `:` and a `?` in its name.
+/// A folder where nothing can be made says no: writing there fails anyway.
+fn refuses_windows_names(dir: &Path) -> bool {
+    let plain = dir.join(format!(".ibackup-name-probe-{}", std::process::id()));
+    let odd = dir.join(format!(".ibackup-name-probe-{}-a:b?", std::process::id()));
+    let make = |p: &Path| File::options().write(true).create_new(true).open(p).is_ok();
+    if !make(&plain) {
+        return false;
+    }
+    let _ = fs::remove_file(&plain);
+    if make(&odd) {
+        let _ = fs::remove_file(&odd);
+        return false;
+    }
+    true
+}
+
 /// The destinations given out so far, for an OUT that does not tell case
 /// apart: iOS does, so a backup may hold `IMG_1.JPG` and `img_1.jpg` side by
 /// side, and the second must not replace the first. Kept as hashes (of
@@ -361,17 +379,19 @@ pub fn extract(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Extracted> {
-    extract_as(backup, sel, out, progress, None)
+    extract_as(backup, sel, out, progress, None, None)
 }
 
-/// [`extract`]; `folds` says whether OUT tells case apart, when the
-/// caller knows (tests, on a disk that does).
+/// [`extract`]; `folds` says whether OUT tells case apart, and `windows`
+/// whether it refuses the names Windows does, when the caller knows
+/// (tests); else OUT is asked.
 fn extract_as(
     backup: &Backup,
     sel: &Selection,
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
     folds: Option<bool>,
+    windows: Option<bool>,
 ) -> Result<Extracted> {
     // Every row must be safe before the first byte lands (names only:
     // the records are decoded once, below).
@@ -385,6 +405,7 @@ fn extract_as(
     let mut twins = folds
         .unwrap_or_else(|| folds_case(out))
         .then(CaseTwins::default);
+    let windows = windows.unwrap_or_else(|| cfg!(windows) || refuses_windows_names(out));
     let (mut renamed, mut n_renamed) = (Vec::new(), 0u64);
     let mut done = Extracted::default();
     let mut dirs = Vec::new();
@@ -438,15 +459,17 @@ fn extract_as(
             if !sel.matches(&row.domain, &row.relative_path) {
                 return Ok(());
             }
-            let (mut to, changed) = dest(out, &row.domain, &row.relative_path, cfg!(windows))?;
+            let (mut to, changed) = dest(out, &row.domain, &row.relative_path, windows)?;
             if changed && row.flags != FLAG_DIRECTORY {
                 let below = to.strip_prefix(out).unwrap_or(&to).display().to_string();
                 note(
                     &mut renamed,
                     &mut n_renamed,
                     format!(
-                        "{}-{} is extracted as {below}: Windows does not allow some of its name",
-                        row.domain, row.relative_path
+                        "{}-{} is extracted as {below}: {} does not allow some of its name (as Windows, FAT and exFAT do not)",
+                        row.domain,
+                        row.relative_path,
+                        out.display()
                     ),
                 );
             }
@@ -496,8 +519,6 @@ fn extract_as(
     and_more(&mut listed, total, "");
     done.problems = listed;
     done.damaged = total;
-    and_more(&mut renamed, n_renamed, "");
-    done.renamed = renamed;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();
     progress(done.files, done.bytes);
@@ -510,18 +531,33 @@ fn extract_as(
             folders.make(parent)?;
         }
         #[cfg(unix)]
-        std::os::unix::fs::symlink(&target, &link).map_err(output(&link))?;
-        // Windows needs a privilege for symbolic links; keep the target as
-        // text (create_new: never through something already there).
+        let made = std::os::unix::fs::symlink(&target, &link);
+        // Windows needs a privilege for symbolic links.
         #[cfg(not(unix))]
-        File::options()
-            .write(true)
-            .create_new(true)
-            .open(&link)
-            .and_then(|mut f| f.write_all(target.as_bytes()))
-            .map_err(output(&link))?;
+        let made: io::Result<()> = Err(io::ErrorKind::Unsupported.into());
+        if made.is_err() {
+            // No links here (Windows; FAT and exFAT anywhere): the target
+            // as text (create_new: never through something already there).
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(&link)
+                .and_then(|mut f| f.write_all(target.as_bytes()))
+                .map_err(output(&link))?;
+            let below = link.strip_prefix(out).unwrap_or(&link).display();
+            note(
+                &mut renamed,
+                &mut n_renamed,
+                format!(
+                    "{below} is a symbolic link to {target} in the backup; {} cannot hold one, so it is a file holding that path",
+                    out.display()
+                ),
+            );
+        }
         done.links += 1;
     }
+    and_more(&mut renamed, n_renamed, "");
+    done.renamed = renamed;
     // Deepest first: setting a folder's time after its contents are written.
     for (d, t) in dirs.iter().rev() {
         if let Ok(f) = File::open(d) {
@@ -770,7 +806,15 @@ mod tests {
             .unwrap();
         let b = Backup::open(&b, None).unwrap();
         let out = root.path().join("out");
-        let done = extract_as(&b, &Selection::default(), &out, &mut |_, _| {}, Some(true)).unwrap();
+        let done = extract_as(
+            &b,
+            &Selection::default(),
+            &out,
+            &mut |_, _| {},
+            Some(true),
+            Some(false),
+        )
+        .unwrap();
         assert_eq!(
             fs::read(out.join("HomeDomain/Notes.txt")).unwrap(),
             b"upper"

@@ -15,6 +15,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         Locked => (6, "The device is locked. Unlock it with its passcode and run again.".into()),
         ConnectionLost(why) => (8, format!("The connection to the device was lost ({why}). The last backup is intact; reconnect and run again.")),
         DiskFull { needed } => (7, format!("The backup disk is full. Free at least {} (`ibackup prune` removes old snapshots) and run again; the last backup is intact.", human(*needed))),
+        TargetTooOld { backup, target } => (10, format!("This backup was made on iOS {backup} and the target device runs iOS {target}; a device cannot restore a backup from a newer iOS. Update the target (Settings > General > Software Update) and run again. Nothing was sent.")),
         DeviceRefused { code, description } => (10, format!("The device refused: {description} (error {code}).")),
         PasswordRequired => (13, "This backup is encrypted: give its password in IBACKUP_PASSWORD or with --password-file FILE. Nothing was written.".into()),
         FindMy => (14, "Find My is on on the target device. Turn it off there (Settings > [your name] > Find My > Find My iPhone) and run again.".into()),

@@ -786,3 +786,47 @@ fn extract_onto_an_exfat_disk_keeps_every_file_and_says_what_it_renamed() {
         assert!(t.contains(said), "{said:?} missing from:\n{t}");
     }
 }
+
+/// A replacement phone often comes with an older iOS than the backup was
+/// made on, and a device cannot restore a backup from a newer iOS: said
+/// before anything is sent, with what to do; after the update it works.
+#[test]
+fn a_restore_onto_an_older_ios_is_refused_before_anything_is_sent() {
+    let host = SimHost::start(&[(Profile::Empty, 621), (Profile::Empty, 622)], |i, c| {
+        c.product_version = if i == 0 { "17.5.1" } else { "17.4" }.into();
+    });
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let fs = host.devices[0].join("fs/HomeDomain/Library");
+    std::fs::create_dir_all(&fs).unwrap();
+    std::fs::write(fs.join("note.txt"), b"from A").unwrap();
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup of A");
+    let b_fs = host.devices[1].join("fs");
+    let before = device_tree(&b_fs, &[]);
+    let o = ib(
+        &host,
+        &["-u", b, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    let t = text(&o);
+    assert_eq!(code(&o), Some(10), "{t}");
+    assert!(
+        t.contains("made on iOS 17.5.1")
+            && t.contains("runs iOS 17.4")
+            && t.contains("Software Update"),
+        "{t}"
+    );
+    assert!(!t.contains("sending"), "refused before sending: {t}");
+    assert_eq!(device_tree(&b_fs, &[]), before, "B untouched");
+    edit_device(&host.devices[1], |c| c.product_version = "17.5.1".into());
+    let o = ib(
+        &host,
+        &["-u", b, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    assert_ok(&o, "restore after updating B");
+    assert_eq!(
+        std::fs::read(b_fs.join("HomeDomain/Library/note.txt")).unwrap(),
+        b"from A"
+    );
+}

@@ -38,6 +38,8 @@ pub enum EngineError {
     PasswordRequired,
     #[error("Find My is on on the target device")]
     FindMy,
+    #[error("the backup is from iOS {backup}, newer than the target's iOS {target}")]
+    TargetTooOld { backup: String, target: String },
     #[error("not enough space on the device: {needed} bytes are needed")]
     DeviceFull { needed: u64 },
     /// The request itself cannot be carried out as asked.

@@ -156,6 +156,42 @@ fn request(target: &str, plan: &Plan, opts: &RestoreOptions) -> Mb2Request {
     }
 }
 
+/// The iOS version the backup in `folder` was made on: Manifest.plist's
+/// `Lockdown`, else Info.plist's `Product Version`.
+fn backup_ios(folder: &Path) -> Option<String> {
+    let from_manifest = ibackup_store::reader::manifest_plist(folder)
+        .ok()
+        .and_then(|m| {
+            m.get("Lockdown")?
+                .as_dictionary()?
+                .str_of("ProductVersion")
+                .map(str::to_string)
+        });
+    from_manifest.or_else(|| {
+        Value::from_file(folder.join("Info.plist"))
+            .ok()?
+            .as_dictionary()?
+            .str_of("Product Version")
+            .map(str::to_string)
+    })
+}
+
+/// Whether iOS version `a` is later than `b` ("17.5.1" than "17.5");
+/// false when either is not a version.
+fn newer(a: &str, b: &str) -> bool {
+    let parse =
+        |v: &str| -> Option<Vec<u32>> { v.trim().split('.').map(|p| p.parse().ok()).collect() };
+    match (parse(a), parse(b)) {
+        (Some(mut a), Some(mut b)) => {
+            let n = a.len().max(b.len());
+            a.resize(n, 0);
+            b.resize(n, 0);
+            a > b
+        }
+        _ => false,
+    }
+}
+
 /// Map a device's final error code to what the user can act on.
 fn device_error(code: u64, description: String, needed: u64) -> EngineError {
     match code {
@@ -203,6 +239,19 @@ pub fn run(
     let mut session = device::open(mux, target, opts.trust_wait, &mut || {
         events.waiting_for_trust()
     })?;
+    // A device cannot take a backup from a newer iOS than its own: it
+    // would refuse after the whole backup went over.
+    if let Some(made_on) = backup_ios(&plan.backup.path) {
+        let values = session.values()?;
+        if let Some(runs) = values.str_of("ProductVersion") {
+            if newer(&made_on, runs) {
+                return Err(EngineError::TargetTooOld {
+                    backup: made_on,
+                    target: runs.to_string(),
+                });
+            }
+        }
+    }
     events.step("taking the sync lock");
     let lock = crate::sync::SyncLock::acquire(&mut session, mux)?;
     let area = Area::ReadOnly {
@@ -325,6 +374,17 @@ pub fn change_password(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ios_versions_compare_by_number() {
+        assert!(newer("17.5.1", "17.5"));
+        assert!(newer("17.10", "17.9"));
+        assert!(newer("18.0", "17.6.1"));
+        assert!(!newer("17.5", "17.5.0"));
+        assert!(!newer("16.7", "17.0"));
+        assert!(!newer("17.5", "not a version"));
+        assert!(!newer("", "17.0"));
+    }
 
     fn opts(only: &[&str]) -> RestoreOptions {
         RestoreOptions {

@@ -755,6 +755,56 @@ fn fs_free(p: &Path) -> u64 {
         .expect("df's answer")
 }
 
+/// The backup disk unmounted mid-backup (a USB drive pulled, and the
+/// desktop's automounter lazily unmounting it; `umount -l`): the folder's
+/// path now leads to the empty mount point on the system disk. The backup
+/// must stop there, saying so, and make nothing on the system disk:
+/// before, each file's folders were made again along the path, and a
+/// "complete" backup missing every file received before was committed
+/// onto the wrong disk.
+#[cfg(unix)]
+#[test]
+fn a_backup_disk_unmounted_mid_backup_stops_it_and_nothing_lands_on_the_system_disk() {
+    let host = SimHost::start(&[(Profile::Small, 197)], |_, _| {});
+    let a = &host.udids[0];
+    let mount_point = host.root.path().join("usb-drive");
+    let Some(_disk) = SmallDisk::mount(&mount_point, 400) else {
+        return;
+    };
+    let dir = mount_point.join("backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "first backup",
+    );
+    edit_device(&host.devices[0], |c| c.fault_slow_file_ms = Some(2));
+    let mut c = ibackup(&host);
+    c.args(["-u", a, "full"]).arg(&dir);
+    let child = started_receiving(c, &dir, a);
+    let ok = Command::new("umount")
+        .arg("-l")
+        .arg(&mount_point)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(9), "{t}");
+    assert!(
+        t.contains("The backup disk went away during the backup"),
+        "{t}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&mount_point)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "made on the system disk: {left:?}");
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

@@ -208,9 +208,10 @@ impl<'a> Host<'a> {
             let mut written = 0u64;
             let mut out: Option<File> = None;
             let mut write_err: Option<std::io::Error> = None;
+            let dir = &self.dir;
             let open = |part: &Path| -> std::io::Result<File> {
                 if let Some(parent) = part.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    dir.make_folder(parent).map_err(as_io)?;
                 }
                 let _ = std::fs::remove_file(part);
                 File::options().write(true).create_new(true).open(part)
@@ -266,6 +267,15 @@ impl<'a> Host<'a> {
                         )?;
                         let needed = batch_bytes.saturating_sub(self.bytes - start_bytes).max(1);
                         return Err(EngineError::DiskFull { needed });
+                    }
+                    // A disk that went away fails every file after: stop.
+                    if let Err(gone) = self.dir.still_there() {
+                        self.status(
+                            device_errno(&e),
+                            Some(e.to_string()),
+                            Value::Dictionary(Dictionary::new()),
+                        )?;
+                        return Err(gone);
                     }
                     error = Some((device_errno(&e), e.to_string()));
                 }
@@ -368,7 +378,11 @@ impl<'a> Host<'a> {
         }
         match failure {
             None => self.ok(),
-            Some((c, t)) => self.status(c, Some(t), Value::Dictionary(Dictionary::new())),
+            Some((c, t)) => {
+                self.status(c, Some(t), Value::Dictionary(Dictionary::new()))?;
+                // A disk that went away fails everything after: stop.
+                self.dir.still_there()
+            }
         }
     }
 
@@ -421,7 +435,7 @@ impl<'a> Host<'a> {
                 Value::Dictionary(Dictionary::new()),
             )?,
             DlMessage::CreateDirectory { path } => self.each_path(&[path], |area, name, p| {
-                std::fs::create_dir_all(p)?;
+                area.make_folder(p).map_err(as_io)?;
                 area.created_folder(name);
                 Ok(())
             })?,
@@ -449,7 +463,7 @@ impl<'a> Host<'a> {
                                 let _ = std::fs::remove_dir_all(&b);
                             }
                             if let Some(parent) = b.parent() {
-                                std::fs::create_dir_all(parent)?;
+                                self.dir.make_folder(parent)?;
                             }
                             if let Err(e) = std::fs::rename(&a, &b) {
                                 failure = Some((device_errno(&e), e.to_string()));
@@ -683,7 +697,11 @@ pub fn run(
             let t0 = std::time::Instant::now();
             // Not committable (a copy that ran out of space, a device that
             // did not finish): what was staged goes, as after any failure.
-            if let Err(e) = dir.ready().and_then(|()| verify_staged(&dir.staging())) {
+            let committable = dir
+                .still_there()
+                .and_then(|()| dir.ready())
+                .and_then(|()| verify_staged(&dir.staging()));
+            if let Err(e) = committable {
                 dir.abandon();
                 return Err(e);
             }
@@ -739,6 +757,14 @@ fn keep_only(staging: &Path, sel: &Selection, password: Option<&str>) -> Result<
     drop(backup);
     std::fs::rename(&new_index, staging.join("Manifest.db"))?;
     Ok(())
+}
+
+/// An engine error as the I/O error of the step it stopped.
+fn as_io(e: EngineError) -> std::io::Error {
+    match e {
+        EngineError::Io(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
 }
 
 /// Where a file is written before it is renamed to `path`.

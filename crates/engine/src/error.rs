@@ -28,6 +28,9 @@ pub enum EngineError {
     DiskFull { needed: u64 },
     #[error("the device refused: {description} (error {code})")]
     DeviceRefused { code: u64, description: String },
+    /// The backup disk went away mid-backup (unplugged, unmounted).
+    #[error("the backup disk went away: {0}")]
+    DiskGone(String),
     #[error("another backup of this device is running (lock {0})")]
     Busy(String),
     #[error("the backup folder is damaged: {0}")]

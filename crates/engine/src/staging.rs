@@ -35,6 +35,29 @@ pub struct BackupDir {
     /// make). `None` once a change was not one this follows; the commit
     /// then counts.
     counts: Mutex<Option<Counts>>,
+    /// The staging folder `prepare` made, as the disk knows it: a path
+    /// that no longer leads there means the disk went away (unplugged,
+    /// unmounted) and the path now leads to the mount point's own folder.
+    made: Mutex<Option<Identity>>,
+}
+
+/// What tells one folder from another: device and inode on Unix; on
+/// other systems only that it is a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity(u64, u64);
+
+fn identity(p: &Path) -> std::io::Result<Identity> {
+    let m = fs::metadata(p)?;
+    if !m.is_dir() {
+        return Err(std::io::ErrorKind::NotADirectory.into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Identity(m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    Ok(Identity(0, 0))
 }
 
 /// Files directly in the content folders (the two-character ones), and
@@ -124,6 +147,7 @@ impl BackupDir {
             _lock: lock,
             linking: Mutex::new(Linking::Idle),
             counts: Mutex::new(None),
+            made: Mutex::new(None),
         };
         dir.recover()?;
         Ok(dir)
@@ -199,6 +223,7 @@ impl BackupDir {
         let staging = self.staging();
         remove_tree(&staging)?;
         fs::create_dir_all(&staging)?;
+        *self.made.lock().expect("made lock") = Some(identity(&staging)?);
         let committed = self.committed();
         if !link_previous || !committed.is_dir() {
             self.set_counts(Some(Counts { files: 0, bytes: 0 }));
@@ -343,8 +368,8 @@ impl BackupDir {
                 let (committed, staging) = (self.committed(), self.staging());
                 for name in now {
                     let to = staging.join(&name);
-                    let linked = fs::create_dir_all(&to)
-                        .map_err(EngineError::from)
+                    let linked = self
+                        .make_folder(&to)
                         .and_then(|()| link_tree(&committed.join(&name), &to));
                     if let Err(e) = linked {
                         return Err(linking.fail(
@@ -374,6 +399,45 @@ impl BackupDir {
     /// folder), and wait for it.
     pub fn link_all(&self) -> Result<()> {
         self.ready_for(&self.udid)
+    }
+
+    /// Whether the staging folder is still the one `prepare` made; else
+    /// the disk went away ([`EngineError::DiskGone`]).
+    pub fn still_there(&self) -> Result<()> {
+        let Some(made) = *self.made.lock().expect("made lock") else {
+            return Ok(());
+        };
+        match identity(&self.staging()) {
+            Ok(now) if now == made => Ok(()),
+            Ok(_) => Err(EngineError::DiskGone(format!(
+                "{} is no longer the folder the backup started in",
+                self.root.display()
+            ))),
+            Err(e) => Err(EngineError::DiskGone(format!(
+                "{}: {e}",
+                self.staging().display()
+            ))),
+        }
+    }
+
+    /// Make the folder `p` (and its parents) inside the staging folder,
+    /// which must still be the one `prepare` made: never anything at or
+    /// above it. (`create_dir_all` alone would make the whole path again
+    /// on the disk below a mount point that went away, and the backup
+    /// would carry on there.)
+    pub fn make_folder(&self, p: &Path) -> Result<()> {
+        if p.is_dir() {
+            return Ok(());
+        }
+        self.still_there()?;
+        if !p.starts_with(self.staging()) || p == self.staging() {
+            return Err(EngineError::Protocol(format!(
+                "refused to make {} outside the staging folder",
+                p.display()
+            )));
+        }
+        fs::create_dir_all(p)?;
+        Ok(())
     }
 
     /// Wait until the staging folder holds everything `prepare` started to
@@ -776,6 +840,25 @@ impl Area<'_> {
     pub fn changed(&self, device_path: &str) {
         if let Area::Staging(d) = self {
             d.changed(device_path);
+        }
+    }
+
+    /// Make a folder the device writes into (see [`BackupDir::make_folder`]).
+    pub fn make_folder(&self, p: &Path) -> Result<()> {
+        match self {
+            Area::Staging(d) => d.make_folder(p),
+            Area::ReadOnly { .. } => Err(EngineError::Protocol(format!(
+                "refused to make {}: the backup being read is never written",
+                p.display()
+            ))),
+        }
+    }
+
+    /// See [`BackupDir::still_there`]; a read-only area always is.
+    pub fn still_there(&self) -> Result<()> {
+        match self {
+            Area::Staging(d) => d.still_there(),
+            Area::ReadOnly { .. } => Ok(()),
         }
     }
 

@@ -530,15 +530,26 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("ibackup-simulated-iphone"));
     if !dir.join("device.toml").is_file() {
-        let _ = std::fs::remove_dir_all(&dir);
         if !cli.quiet && !cli.json {
             eprintln!(
                 "Making a simulated iPhone in {} (about 120 MB)...",
                 dir.display()
             );
         }
-        ibackup_sim::populate::populate(&dir, ibackup_sim::populate::Profile::Small, 1)
-            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        // Made beside its place and renamed into it when whole: a first
+        // run stopped part way (Ctrl-C, a full /tmp) must not leave a
+        // phone with half its files that every later run then uses.
+        let mut part = dir.clone().into_os_string();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let _ = std::fs::remove_dir_all(&part);
+        let _ = std::fs::remove_dir_all(&dir);
+        ibackup_sim::populate::populate(&part, ibackup_sim::populate::Profile::Small, 1)
+            .and_then(|_| std::fs::rename(&part, &dir).map_err(Into::into))
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&part);
+                EngineError::Protocol(format!("making the simulated iPhone: {e}"))
+            })?;
     }
     let device =
         ibackup_sim::Device::open(&dir, 1).map_err(|e| EngineError::Protocol(e.to_string()))?;

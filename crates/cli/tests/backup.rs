@@ -366,6 +366,39 @@ fn trust_locked_and_missing_devices_each_have_a_sentence_and_a_code() {
 #[test]
 fn simulated_full_works_on_a_fresh_machine() {
     let tmp = tempfile::tempdir().unwrap();
+    let (phone, part) = (tmp.path().join("phone"), tmp.path().join("phone.part"));
+    // A newcomer's first run stopped while the simulated phone is being
+    // made: no half-made phone is left in place for later runs to use.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ibackup"))
+        .env("IBACKUP_SIMULATED_DIR", &phone)
+        .args(["--simulated", "devices"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let being_made = || {
+        [&part, &phone]
+            .iter()
+            .any(|p| std::fs::read_dir(p.join("fs")).is_ok_and(|mut d| d.next().is_some()))
+    };
+    while !being_made() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the phone was never being made"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "made before it could be stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        !phone.join("device.toml").exists(),
+        "a half-made phone is never in place"
+    );
     let o = run({
         let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
         c.env("IBACKUP_SIMULATED_DIR", tmp.path().join("phone"))
@@ -384,6 +417,7 @@ fn simulated_full_works_on_a_fresh_machine() {
         serde_json::from_str(&last).expect("the last line is the JSON result");
     assert_eq!(v["ok"], true);
     assert!(v["files"].as_u64().unwrap() > 2500);
+    assert!(!part.exists(), "what the stopped run left is cleared");
 }
 
 #[test]

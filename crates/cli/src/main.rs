@@ -13,6 +13,7 @@ use ibackup_proto::usbmux::SocketAddress;
 use ibackup_store::categories::Selection;
 use serde_json::json;
 
+mod attempts;
 mod config;
 mod data;
 mod exit;
@@ -590,8 +591,10 @@ fn run_backup(
         selection,
     };
     let started = Instant::now();
-    let r = backup::run(mux, &dev, dir, &opts, &mut report);
+    let r = backup::run(mux, &dev, dir, &opts, &mut report)
+        .map_err(|e| e.after_stop(stop::left_by(&cli.cmd)));
     report.finish();
+    attempts::record(dir, &dev.udid, r.as_ref().map(|_| ()));
     let o = r?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
@@ -634,7 +637,14 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
             .ok()?
             .into_dictionary()?;
         let date = match st.get("Date") {
-            Some(plist::Value::Date(d)) => d.to_xml_format(),
+            Some(plist::Value::Date(d)) => {
+                let t: std::time::SystemTime = (*d).into();
+                let secs = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                format!("{} UTC", ibackup_engine::snapshots::format_date(secs))
+            }
             _ => "unknown date".into(),
         };
         Some((
@@ -642,13 +652,18 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
             st.str_of("SnapshotState").unwrap_or("unknown").to_string(),
         ))
     });
+    // Shown when the last try did not work (the last backup says the rest).
+    let failed = dir
+        .and_then(|d| attempts::last(d, &dev.udid))
+        .filter(|a| !a.ok);
     let field = |k: &str| v.str_of(k).unwrap_or("").to_string();
     if cli.json {
         println!(
             "{}",
             json!({"udid": dev.udid, "name": field("DeviceName"), "model": field("ProductType"), "ios": field("ProductVersion"), "build": field("BuildVersion"),
                    "total_bytes": disk.u64_of("TotalDiskCapacity"), "free_bytes": disk.u64_of("AmountDataAvailable"), "backup_encrypted": encrypted,
-                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d, "state": s}))})
+                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d, "state": s})),
+                   "last_attempt_failed": failed.as_ref().map(|a| json!({"date": format!("{} UTC", ibackup_engine::snapshots::format_date(a.date)), "exit_code": a.exit_code, "error": a.error}))})
         );
     } else {
         println!("Name:              {}", field("DeviceName"));
@@ -688,6 +703,14 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
             ),
             (Some(d), None) => println!("Last backup:       none in {}", d.display()),
             (None, _) => {}
+        }
+        if let Some(a) = failed {
+            println!(
+                "Last attempt:      {} UTC, failed (exit {}): {}",
+                ibackup_engine::snapshots::format_date(a.date),
+                a.exit_code,
+                a.error.unwrap_or_default()
+            );
         }
     }
     Ok(())

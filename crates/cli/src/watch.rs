@@ -13,7 +13,8 @@ use ibackup_store::categories::Selection;
 use serde_json::json;
 
 use crate::{
-    cfg, config, exit, human_bytes, log_line, passwords, Cli, KeepArgs, PasswordArgs, Report,
+    attempts, cfg, config, exit, human_bytes, log_line, passwords, Cli, KeepArgs, PasswordArgs,
+    Report,
 };
 
 pub fn run(
@@ -110,17 +111,21 @@ pub fn run(
             format!("{u}: backing up"),
             json!({"event": "backup_started", "udid": u}),
         ),
-        Note::Done(o) => say(
-            format!(
-                "{}: backup complete, snapshot {}, {} files, {} received",
-                o.udid,
-                o.snapshot,
-                o.files_received,
-                human_bytes(o.bytes_received)
-            ),
-            json!({"event": "backup_done", "udid": o.udid, "snapshot": o.snapshot, "files": o.files_received, "bytes": o.bytes_received, "full": o.full}),
-        ),
+        Note::Done(o) => {
+            attempts::record(dir, &o.udid, Ok(()));
+            say(
+                format!(
+                    "{}: backup complete, snapshot {}, {} files, {} received",
+                    o.udid,
+                    o.snapshot,
+                    o.files_received,
+                    human_bytes(o.bytes_received)
+                ),
+                json!({"event": "backup_done", "udid": o.udid, "snapshot": o.snapshot, "files": o.files_received, "bytes": o.bytes_received, "full": o.full}),
+            )
+        }
         Note::Failed(u, e) => {
+            attempts::record(dir, &u, Err(&e));
             let (code, sentence) = exit::describe(&e);
             let how = if matches!(e, EngineError::Interrupted(_)) {
                 "interrupted"
@@ -130,6 +135,13 @@ pub fn run(
             say(
                 format!("{u}: backup {how} (exit {code}): {sentence}"),
                 json!({"event": "backup_failed", "udid": u, "exit_code": code, "error": sentence}),
+            )
+        }
+        Note::PruneFailed(u, e) => {
+            let (code, sentence) = exit::describe(&e);
+            say(
+                format!("{u}: removing old snapshots failed (exit {code}): {sentence}"),
+                json!({"event": "prune_failed", "udid": u, "exit_code": code, "error": sentence}),
             )
         }
         Note::Pruned(u, ids) => say(

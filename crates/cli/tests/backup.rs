@@ -238,6 +238,26 @@ fn a_cut_cable_leaves_the_last_backup_intact_and_the_next_run_succeeds() {
         text(&o)
     );
     assert_eq!(snapshot(&dir.join(a)), before);
+    // `info --dir` tells the last backup that worked, and that the last
+    // try did not, with why.
+    let info = || {
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "info", "--dir"]).arg(&dir);
+        let o = run(c);
+        assert_ok(&o, "info");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let said = info();
+    assert!(
+        said.contains("Last backup:") && said.contains("UTC (complete)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Last attempt:")
+            && said.contains("failed (exit 8)")
+            && said.contains("went silent"),
+        "{said}"
+    );
 
     edit_device(&host.devices[0], |c| {
         c.fault_disconnect_after_bytes = None;
@@ -252,6 +272,8 @@ fn a_cut_cable_leaves_the_last_backup_intact_and_the_next_run_succeeds() {
         }),
         "the next run, no clean-up",
     );
+    let said = info();
+    assert!(!said.contains("Last attempt:"), "it worked: {said}");
     assert_same_tree(
         &backup_tree(&dir.join(a)),
         &device_tree(&host.devices[0].join("fs"), &PLAIN_SKIP),
@@ -684,6 +706,18 @@ fn ctrl_c_or_a_stop_signal_ends_a_backup_cleanly_with_a_report() {
     );
     assert!(!fresh.join(".ibackup/staging").join(a).exists());
     assert!(!fresh.join(a).exists(), "nothing half-made is committed");
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "info", "--dir"]).arg(&fresh);
+        c
+    });
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("Last backup:       none")
+            && said.contains("Last attempt:")
+            && said.contains("(exit 130): Interrupted"),
+        "the watcher's try is on record: {said}"
+    );
     edit_device(&host.devices[0], |c| c.fault_slow_file_ms = None);
     assert_ok(
         &run({

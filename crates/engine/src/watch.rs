@@ -45,6 +45,8 @@ pub enum Note {
     Done(Box<Outcome>),
     Failed(String, EngineError),
     Pruned(String, Vec<String>),
+    /// The backup worked; removing old snapshots after it did not.
+    PruneFailed(String, EngineError),
 }
 
 /// Seconds since the last successful backup of `udid` in `root`.
@@ -235,7 +237,7 @@ impl Watcher<'_> {
                             note(Note::Pruned(d.udid.clone(), p.removed))
                         }
                         Ok(_) => {}
-                        Err(e) => note(Note::Failed(d.udid.clone(), e)),
+                        Err(e) => note(Note::PruneFailed(d.udid.clone(), e)),
                     }
                 }
             }

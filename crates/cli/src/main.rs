@@ -639,13 +639,11 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
         let date = match st.get("Date") {
             Some(plist::Value::Date(d)) => {
                 let t: std::time::SystemTime = (*d).into();
-                let secs = t
-                    .duration_since(std::time::UNIX_EPOCH)
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
                     .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
-                format!("{} UTC", ibackup_engine::snapshots::format_date(secs))
             }
-            _ => "unknown date".into(),
+            _ => None,
         };
         Some((
             date,
@@ -662,8 +660,8 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
             "{}",
             json!({"udid": dev.udid, "name": field("DeviceName"), "model": field("ProductType"), "ios": field("ProductVersion"), "build": field("BuildVersion"),
                    "total_bytes": disk.u64_of("TotalDiskCapacity"), "free_bytes": disk.u64_of("AmountDataAvailable"), "backup_encrypted": encrypted,
-                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d, "state": s})),
-                   "last_attempt_failed": failed.as_ref().map(|a| json!({"date": format!("{} UTC", ibackup_engine::snapshots::format_date(a.date)), "exit_code": a.exit_code, "error": a.error}))})
+                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d.map(iso_date), "state": s})),
+                   "last_attempt_failed": failed.as_ref().map(|a| json!({"date": iso_date(a.date), "exit_code": a.exit_code, "error": a.error}))})
         );
     } else {
         println!("Name:              {}", field("DeviceName"));
@@ -694,7 +692,11 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
         );
         match (dir, last) {
             (Some(_), Some((date, state))) => println!(
-                "Last backup:       {date} ({})",
+                "Last backup:       {} ({})",
+                date.map_or("unknown date".into(), |d| format!(
+                    "{} UTC",
+                    ibackup_engine::snapshots::format_date(d)
+                )),
                 if state == "finished" {
                     "complete".to_string()
                 } else {
@@ -714,6 +716,11 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
         }
     }
     Ok(())
+}
+
+/// `secs` as ISO 8601 in UTC, for JSON.
+fn iso_date(secs: i64) -> String {
+    ibackup_engine::snapshots::format_date(secs).replace(' ', "T") + "Z"
 }
 
 fn run(cli: &Cli) -> Result<(), EngineError> {

@@ -33,7 +33,8 @@ fn now() -> i64 {
 
 /// Write down how a backup of `udid` into `dir` ended. Only into a backup
 /// folder ibackup has used (a missing DIR gets nothing made in it), and
-/// never fatal: a record that cannot be written is logged.
+/// never fatal: a record that cannot be written (a read-only disk, whose
+/// failure the backup's own message already tells) is logged at info level.
 pub fn record(dir: &Path, udid: &str, result: Result<(), &EngineError>) {
     if !dir.join(".ibackup").is_dir() {
         return;
@@ -62,7 +63,7 @@ pub fn record(dir: &Path, udid: &str, result: Result<(), &EngineError>) {
         std::fs::rename(&part, &to)
     });
     if let Err(e) = written {
-        log::warn!("could not record the attempt in {}: {e}", to.display());
+        log::info!("could not record the attempt in {}: {e}", to.display());
     }
 }
 

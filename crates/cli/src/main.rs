@@ -96,6 +96,30 @@ fn dir_or_config(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
     Ok(dir)
 }
 
+/// DIR for the commands that write device folders into it or read one by
+/// UDID from it (backup, full, watch, restore): the folder holding the
+/// backups, not one device's backup folder. Given that by mistake (Finder's
+/// `MobileSync/Backup/<UDID>`), a backup would make a second, full backup
+/// nested inside it; it is refused, naming the folder to give instead.
+fn backups_dir(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
+    let dir = dir_or_config(d)?;
+    if let Some(marker) = ["Manifest.db", "Manifest.plist", "Status.plist"]
+        .iter()
+        .find(|m| dir.join(m).is_file())
+    {
+        let parent = std::path::absolute(&dir)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from(".."));
+        return Err(EngineError::Usage(format!(
+            "the folder {} is one device's backup folder (it holds {marker}); give the folder that holds the backups: {}",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    Ok(dir)
+}
+
 /// The device to use, waiting for it up to `--wait-for-device`.
 fn choose(cli: &Cli, mux: &MuxClient) -> Result<ibackup_proto::usbmux::DeviceRecord, EngineError> {
     let wait = match &cli.wait_for_device {
@@ -815,19 +839,19 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
-        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, &dir_or_config(dir)?, true, only, pw),
+        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, &backups_dir(dir)?, true, only, pw),
         Cmd::Backup {
             dir,
             full,
             only,
             pw,
-        } => run_backup(cli, &mux, &dir_or_config(dir)?, *full, only, pw),
+        } => run_backup(cli, &mux, &backups_dir(dir)?, *full, only, pw),
         Cmd::Watch {
             dir,
             every,
             keep,
             pw,
-        } => watch::run(cli, &mux, &dir_or_config(dir)?, every.as_deref(), keep, pw),
+        } => watch::run(cli, &mux, &backups_dir(dir)?, every.as_deref(), keep, pw),
         Cmd::Encryption {
             action,
             pw,
@@ -845,7 +869,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         } => data::restore(
             cli,
             &mux,
-            &dir_or_config(dir)?,
+            &backups_dir(dir)?,
             data::RestoreArgs {
                 source: source.clone(),
                 snapshot: snap.snapshot.clone(),

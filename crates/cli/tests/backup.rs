@@ -873,6 +873,52 @@ fn a_backup_disk_unmounted_mid_backup_stops_it_and_nothing_lands_on_the_system_d
     assert!(left.is_empty(), "made on the system disk: {left:?}");
 }
 
+/// `ibackup backup ~/MobileSync/Backup/<UDID>`, one device's backup folder
+/// instead of the folder holding it, is an easy slip (in a cron line it
+/// repeats every night): it made a second, full backup nested inside the
+/// first. Refused before the device is touched, naming the folder to give.
+#[test]
+fn a_backup_folder_given_as_dir_is_refused_with_the_folder_to_give() {
+    let host = SimHost::start(&[(Profile::Empty, 199)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        }),
+        "backup",
+    );
+    let own = dir.join(a);
+    let before: Vec<_> = std::fs::read_dir(&own)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for cmd in [&["backup"][..], &["full"], &["watch"], &["restore"]] {
+        let o = run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a]).args(cmd).arg(&own);
+            c
+        });
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {t}");
+        assert!(
+            t.contains("is one device's backup folder (it holds Manifest.db)")
+                && t.contains(&format!(
+                    "give the folder that holds the backups: {}",
+                    dir.display()
+                )),
+            "{cmd:?}: {t}"
+        );
+    }
+    let after: Vec<_> = std::fs::read_dir(&own)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "nothing was made inside it");
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

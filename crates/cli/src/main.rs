@@ -674,10 +674,12 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
             st.str_of("SnapshotState").unwrap_or("unknown").to_string(),
         ))
     });
-    // Shown when the last try did not work (the last backup says the rest).
+    // Shown when the last try did not work and no backup (by another tool,
+    // say) was made since (the last backup says the rest).
+    let since = last.as_ref().and_then(|(d, _)| *d).unwrap_or(i64::MIN);
     let failed = dir
         .and_then(|d| attempts::last(d, &dev.udid))
-        .filter(|a| !a.ok);
+        .filter(|a| !a.ok && a.date >= since);
     let field = |k: &str| v.str_of(k).unwrap_or("").to_string();
     if cli.json {
         println!(

@@ -890,10 +890,11 @@ fn can_link_folders(_dir: &Path) -> bool {
 /// Whether the disk holding `dir` has hard links (FAT and exFAT do not:
 /// there, continuing a backup copies it).
 pub fn can_link_files(dir: &Path) -> bool {
-    let (probe, twin) = (
-        dir.join(".ibackup-file-probe"),
-        dir.join(".ibackup-file-probe-2"),
-    );
+    // Names of this call's own: backups of two devices share the folder.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(".ibackup-link-probe-{}-{n}", std::process::id());
+    let (probe, twin) = (dir.join(&name), dir.join(name + "-2"));
     let _ = fs::remove_file(&twin);
     let ok = fs::write(&probe, b"").is_ok() && fs::hard_link(&probe, &twin).is_ok();
     let _ = fs::remove_file(&probe);

@@ -13,6 +13,47 @@ use ibackup_proto::usbmux::SocketAddress;
 use ibackup_store::categories::Selection;
 use serde_json::json;
 
+/// `println!`, but standard output closed under us (`ibackup snapshots |
+/// head`) ends the process as a closed pipe ends other Unix tools (exit
+/// 141), instead of a panic. (Defined before the modules, so it is the
+/// `println!` they see.)
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
+/// `eprintln!`, but a standard error that cannot be written (the terminal
+/// closed) is ignored rather than a panic.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Standard output failed: a reader that went away (exit 141, as SIGPIPE
+/// would), or another failure of the output the user chose (exit 16). A
+/// command working with a device carries on without it: a backup is worth
+/// more than its progress lines (`ibackup --json backup | a-monitor` whose
+/// monitor died).
+pub(crate) fn stdout_failed(e: std::io::Error) {
+    if stop::talks_to_a_device_now() {
+        return;
+    }
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("ibackup: cannot write to standard output: {e}\n").as_bytes(),
+    );
+    std::process::exit(16);
+}
+
 mod attempts;
 mod config;
 mod data;

@@ -59,6 +59,12 @@ fn talks_to_a_device(cmd: &Cmd) -> bool {
     )
 }
 
+/// Whether the command being run talks to a device (false before
+/// [`install`]).
+pub fn talks_to_a_device_now() -> bool {
+    PLAN.get().is_some_and(|p| p.wind_down)
+}
+
 /// Handle the stop signals for the rest of the run of `cli`'s command.
 pub fn install(cli: &'static Cli) {
     let _ = PLAN.set(Plan {

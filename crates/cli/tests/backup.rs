@@ -919,6 +919,36 @@ fn a_backup_folder_given_as_dir_is_refused_with_the_folder_to_give() {
     assert_eq!(before, after, "nothing was made inside it");
 }
 
+/// Output piped into a reader that goes away (`ibackup snapshots DIR |
+/// head -1`, a monitor that died): a listing ends as Unix tools do (exit
+/// 141) instead of panicking; a backup carries on without its progress
+/// lines and is committed.
+#[cfg(unix)]
+#[test]
+fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
+    let host = SimHost::start(&[(Profile::Empty, 201)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let closed = |args: &[&str]| {
+        let mut c = ibackup(&host);
+        c.args(args)
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        // The reader is gone before the first line is written.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    };
+    let o = closed(&["-u", a, "--json", "full"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(dir.join(a).join("Manifest.db").is_file(), "committed");
+    let o = closed(&["snapshots"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(141), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

@@ -53,6 +53,7 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     use std::io::Write;
+    let mut out_failed = None;
     b.for_each(|row| {
         if !sel.matches(&row.domain, &row.relative_path) {
             return Ok(());
@@ -86,14 +87,17 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
         } else {
             Ok(())
         };
-        // A closed pipe (`ibackup ls | head`) ends the listing quietly.
-        r.map_err(ibackup_store::StoreError::Io)
+        // The output's failure (`ibackup ls | head` closing the pipe), not
+        // the backup's: kept apart, and the listing stops.
+        r.map_err(|e| {
+            out_failed = Some(e);
+            ibackup_store::StoreError::Record("standard output failed".into())
+        })
     })
-    .or_else(|e| match e {
-        ibackup_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        e => Err(e),
-    })?;
-    let _ = out.flush();
+    .or_else(|e| if out_failed.is_some() { Ok(()) } else { Err(e) })?;
+    if let Some(e) = out_failed.or_else(|| out.flush().err()) {
+        crate::stdout_failed(e);
+    }
     if !cli.json && !cli.quiet {
         eprintln!(
             "{files} files, {}{}",

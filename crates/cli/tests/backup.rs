@@ -928,6 +928,9 @@ fn a_backup_folder_given_as_dir_is_refused_with_the_folder_to_give() {
 fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
     let host = SimHost::start(&[(Profile::Empty, 201)], |_, _| {});
     let a = &host.udids[0];
+    let lib = host.devices[0].join("fs/HomeDomain/Library");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("a.txt"), b"a").unwrap();
     let dir = host.path("backups");
     let closed = |args: &[&str]| {
         let mut c = ibackup(&host);
@@ -943,10 +946,12 @@ fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
     let o = closed(&["-u", a, "--json", "full"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(dir.join(a).join("Manifest.db").is_file(), "committed");
-    let o = closed(&["snapshots"]);
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(141), "{t}");
-    assert!(!t.contains("panicked"), "{t}");
+    for listing in ["snapshots", "ls"] {
+        let o = closed(&[listing]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(141), "{listing}: {t}");
+        assert!(!t.contains("panicked"), "{listing}: {t}");
+    }
 }
 
 #[test]

@@ -954,6 +954,48 @@ fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
     }
 }
 
+/// A file larger than the backup disk can hold (a 4K video on a FAT32
+/// stick: 4 GiB a file) fails the same way every night: the backup stops
+/// at it and says what to do, not "the device refused". The disk's limit
+/// is played by RLIMIT_FSIZE (with SIGXFSZ ignored, as a filesystem's
+/// EFBIG comes without a signal).
+#[cfg(unix)]
+#[test]
+fn a_file_too_large_for_the_backup_disk_stops_the_backup_and_says_why() {
+    use std::os::unix::process::CommandExt;
+    let host = SimHost::start(&[(Profile::Empty, 203)], |_, _| {});
+    let a = &host.udids[0];
+    let media = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("IMG_0001.MOV"), vec![5u8; 12 << 20]).unwrap();
+    let dir = host.path("backups");
+    let mut c = ibackup(&host);
+    c.args(["-u", a, "full"]).arg(&dir);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 8 << 20,
+                rlim_max: 8 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = run(c);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(9), "{t}");
+    assert!(
+        t.contains("cannot hold a file larger than") && t.contains("FAT32"),
+        "{t}"
+    );
+    assert!(!dir.join(a).exists(), "nothing committed");
+    assert!(!dir.join(".ibackup/staging").join(a).exists());
+}
+
 #[test]
 fn a_full_host_disk_is_reported_with_the_space_needed() {
     let host = SimHost::start(&[(Profile::Empty, 191)], |_, _| {});

@@ -268,14 +268,23 @@ impl<'a> Host<'a> {
                         let needed = batch_bytes.saturating_sub(self.bytes - start_bytes).max(1);
                         return Err(EngineError::DiskFull { needed });
                     }
-                    // A disk that went away fails every file after: stop.
-                    if let Err(gone) = self.dir.still_there() {
+                    // A disk that went away fails every file after, and a
+                    // file too large for it (FAT32: 4 GiB) every backup
+                    // after: stop, and say which.
+                    let stop = match self.dir.still_there() {
+                        Err(gone) => Some(gone),
+                        Ok(()) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                            Some(EngineError::FileTooLarge { written })
+                        }
+                        Ok(()) => None,
+                    };
+                    if let Some(stop) = stop {
                         self.status(
                             device_errno(&e),
                             Some(e.to_string()),
                             Value::Dictionary(Dictionary::new()),
                         )?;
-                        return Err(gone);
+                        return Err(stop);
                     }
                     error = Some((device_errno(&e), e.to_string()));
                 }

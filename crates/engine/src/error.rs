@@ -28,6 +28,10 @@ pub enum EngineError {
     DiskFull { needed: u64 },
     #[error("the device refused: {description} (error {code})")]
     DeviceRefused { code: u64, description: String },
+    /// The backup disk cannot hold a file this large (FAT32: 4 GiB); the
+    /// file stopped after `written` bytes.
+    #[error("the backup disk cannot hold a file larger than {written} bytes")]
+    FileTooLarge { written: u64 },
     /// The backup disk went away mid-backup (unplugged, unmounted).
     #[error("the backup disk went away: {0}")]
     DiskGone(String),

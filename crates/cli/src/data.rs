@@ -144,18 +144,39 @@ pub fn extract(
             eprintln!("note: {r}");
         }
     }
-    if done.damaged > 0 {
+    if done.damaged > 0 || done.n_too_large > 0 {
         // Everything readable is out; the exit code says not all of it was.
         if cli.json {
             println!(
                 "{}",
-                json!({"event": "extract", "ok": false, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "problems": done.problems, "renamed": done.renamed})
+                json!({"event": "extract", "ok": false, "files": done.files, "bytes": done.bytes, "dirs": done.dirs, "links": done.links, "seconds": secs, "path": to, "problems": done.problems, "renamed": done.renamed, "too_large": done.too_large})
             );
         } else {
             for p in &done.problems {
                 eprintln!("problem: {p}");
             }
+            for p in &done.too_large {
+                eprintln!("not extracted: {p}");
+            }
         }
+    }
+    if done.n_too_large > 0 && done.damaged == 0 {
+        return Err(EngineError::Output {
+            path: to.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::FileTooLarge, {
+                let one = done.n_too_large == 1;
+                format!(
+                        "{} {} (listed above) {} larger than its disk holds a file (FAT32: 4 GB); the {} others were extracted. Extract {} to a disk formatted exFAT, ext4, APFS or NTFS",
+                        done.n_too_large,
+                        if one { "file" } else { "files" },
+                        if one { "is" } else { "are" },
+                        done.files,
+                        if one { "it" } else { "them" }
+                    )
+            }),
+        });
+    }
+    if done.damaged > 0 {
         return Err(EngineError::Unsound(format!(
             "{} of its files are damaged or missing, listed above; {} others were extracted to {}",
             done.damaged,

@@ -830,3 +830,58 @@ fn a_restore_onto_an_older_ios_is_refused_before_anything_is_sent() {
         b"from A"
     );
 }
+
+/// Extracting onto a FAT32 stick, which holds at most 4 GiB a file: a
+/// longer video is listed as not extracted and everything else still
+/// comes out (it stopped the whole extraction). RLIMIT_FSIZE, with
+/// SIGXFSZ ignored, plays the disk's limit.
+#[cfg(unix)]
+#[test]
+fn extract_skips_only_the_files_too_large_for_the_disk_and_lists_them() {
+    use std::os::unix::process::CommandExt;
+    let host = SimHost::start(&[(Profile::Empty, 631)], |_, _| {});
+    let a = &host.udids[0];
+    let media = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("IMG_0001.MOV"), vec![5u8; 12 << 20]).unwrap();
+    std::fs::write(media.join("IMG_0002.JPG"), b"a photo").unwrap();
+    std::fs::write(media.join("IMG_0003.JPG"), b"another").unwrap();
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
+    let out = host.root.path().join("out");
+    let mut c = ibackup(&host);
+    c.args(["extract", p(&dir), "--to", p(&out)]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 8 << 20,
+                rlim_max: 8 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = run(c);
+    let t = text(&o);
+    assert_eq!(code(&o), Some(16), "{t}");
+    assert!(
+        t.contains("not extracted: CameraRollDomain-Media/DCIM/100APPLE/IMG_0001.MOV")
+            && t.contains("1 file (listed above) is larger than its disk holds a file"),
+        "{t}"
+    );
+    let got = out.join("CameraRollDomain/Media/DCIM/100APPLE");
+    assert_eq!(std::fs::read(got.join("IMG_0002.JPG")).unwrap(), b"a photo");
+    assert_eq!(std::fs::read(got.join("IMG_0003.JPG")).unwrap(), b"another");
+    let names: Vec<_> = std::fs::read_dir(&got)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("IMG_0001")),
+        "no part of the large one is left: {names:?}"
+    );
+}

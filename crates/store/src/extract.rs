@@ -37,6 +37,12 @@ pub struct Extracted {
     /// theirs, or it cannot hold the name (Windows, FAT, exFAT). Nothing
     /// is lost.
     pub renamed: Vec<String>,
+    /// Files OUT cannot hold, being larger than its disk takes a file
+    /// (FAT32: 4 GiB), listed like `problems`; everything else was
+    /// extracted.
+    pub too_large: Vec<String>,
+    /// How many.
+    pub n_too_large: u64,
 }
 
 /// Where a row goes below OUT, and whether a name had to change for the
@@ -422,10 +428,12 @@ fn extract_as(
     let bytes = AtomicU64::new(0);
     let failed: Mutex<Option<StoreError>> = Mutex::new(None);
     let problems: Mutex<(Vec<String>, u64)> = Mutex::new((Vec::new(), 0));
+    let too_large: Mutex<(Vec<String>, u64)> = Mutex::new((Vec::new(), 0));
     let (tx, rx) = mpsc::sync_channel::<(ManifestRow, PathBuf)>(workers * 64);
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| -> Result<()> {
-        let (rx, files, bytes, failed, problems) = (&rx, &files, &bytes, &failed, &problems);
+        let (rx, files, bytes, failed, problems, too_large) =
+            (&rx, &files, &bytes, &failed, &problems, &too_large);
         for _ in 0..workers {
             scope.spawn(move || loop {
                 let job = rx.lock().expect("queue").recv();
@@ -445,6 +453,23 @@ fn extract_as(
                             let (list, total) = &mut *problems.lock().expect("problems");
                             note(list, total, p);
                         }
+                    }
+                    // Too large for OUT's disk: the next file may fit.
+                    Err(StoreError::Output { source, .. })
+                        if source.kind() == io::ErrorKind::FileTooLarge =>
+                    {
+                        let (list, total) = &mut *too_large.lock().expect("too large");
+                        note(
+                            list,
+                            total,
+                            format!(
+                                "{}-{} ({} bytes) is larger than the disk of {} holds a file",
+                                row.domain,
+                                row.relative_path,
+                                row.file.size,
+                                out.display()
+                            ),
+                        );
                     }
                     Err(e) => {
                         failed.lock().expect("error slot").get_or_insert(e);
@@ -519,6 +544,10 @@ fn extract_as(
     and_more(&mut listed, total, "");
     done.problems = listed;
     done.damaged = total;
+    let (mut listed, total) = too_large.into_inner().expect("too large");
+    and_more(&mut listed, total, "");
+    done.too_large = listed;
+    done.n_too_large = total;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();
     progress(done.files, done.bytes);

@@ -239,41 +239,41 @@ fn write_file(
     Ok((Some(count), problem))
 }
 
-/// Whether `dir` treats names that differ only in case as one (as macOS
-/// and Windows do by default), found by making a file and asking for it in
-/// capitals.
-fn folds_case(dir: &Path) -> bool {
-    let name = format!(".ibackup-case-probe-{}", std::process::id());
-    let probe = dir.join(&name);
-    if File::options()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .is_err()
-    {
-        return false;
-    }
-    let folds = fs::symlink_metadata(dir.join(name.to_uppercase())).is_ok();
-    let _ = fs::remove_file(&probe);
-    folds
+/// What OUT's disk does with names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameRules {
+    /// Names that differ only in case are one (macOS's and Windows's
+    /// default disks, FAT, exFAT).
+    folds_case: bool,
+    /// It refuses the names Windows refuses (Windows; FAT and exFAT on
+    /// every system).
+    windows: bool,
 }
 
-/// Whether `dir` refuses names Windows refuses (FAT and exFAT do, on
-/// every system), found by making a file with a `:` and a `?` in its name.
-/// A folder where nothing can be made says no: writing there fails anyway.
-fn refuses_windows_names(dir: &Path) -> bool {
-    let plain = dir.join(format!(".ibackup-name-probe-{}", std::process::id()));
-    let odd = dir.join(format!(".ibackup-name-probe-{}-a:b?", std::process::id()));
+/// Ask `dir` by making a file, looking for it in capitals, and making one
+/// with a `:` and a `?` in its name. A folder where nothing can be made
+/// says neither: writing there fails anyway.
+fn name_rules(dir: &Path) -> NameRules {
+    let name = format!(".ibackup-name-probe-{}", std::process::id());
     let make = |p: &Path| File::options().write(true).create_new(true).open(p).is_ok();
-    if !make(&plain) {
-        return false;
+    let probe = dir.join(&name);
+    if !make(&probe) {
+        return NameRules {
+            folds_case: false,
+            windows: cfg!(windows),
+        };
     }
-    let _ = fs::remove_file(&plain);
-    if make(&odd) {
+    let folds_case = fs::symlink_metadata(dir.join(name.to_uppercase())).is_ok();
+    let _ = fs::remove_file(&probe);
+    let odd = dir.join(name + "-a:b?");
+    let windows = cfg!(windows) || !make(&odd);
+    if !windows {
         let _ = fs::remove_file(&odd);
-        return false;
     }
-    true
+    NameRules {
+        folds_case,
+        windows,
+    }
 }
 
 /// The destinations given out so far, for an OUT that does not tell case
@@ -385,19 +385,17 @@ pub fn extract(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Extracted> {
-    extract_as(backup, sel, out, progress, None, None)
+    extract_as(backup, sel, out, progress, None)
 }
 
-/// [`extract`]; `folds` says whether OUT tells case apart, and `windows`
-/// whether it refuses the names Windows does, when the caller knows
-/// (tests); else OUT is asked.
+/// [`extract`]; `rules` says what OUT does with names when the caller
+/// knows (tests); else OUT is asked.
 fn extract_as(
     backup: &Backup,
     sel: &Selection,
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
-    folds: Option<bool>,
-    windows: Option<bool>,
+    rules: Option<NameRules>,
 ) -> Result<Extracted> {
     // Every row must be safe before the first byte lands (names only:
     // the records are decoded once, below).
@@ -408,10 +406,11 @@ fn extract_as(
         out,
         known: HashSet::new(),
     };
-    let mut twins = folds
-        .unwrap_or_else(|| folds_case(out))
-        .then(CaseTwins::default);
-    let windows = windows.unwrap_or_else(|| cfg!(windows) || refuses_windows_names(out));
+    let NameRules {
+        folds_case,
+        windows,
+    } = rules.unwrap_or_else(|| name_rules(out));
+    let mut twins = folds_case.then(CaseTwins::default);
     let (mut renamed, mut n_renamed) = (Vec::new(), 0u64);
     let mut done = Extracted::default();
     let mut dirs = Vec::new();
@@ -840,8 +839,10 @@ mod tests {
             &Selection::default(),
             &out,
             &mut |_, _| {},
-            Some(true),
-            Some(false),
+            Some(NameRules {
+                folds_case: true,
+                windows: false,
+            }),
         )
         .unwrap();
         assert_eq!(

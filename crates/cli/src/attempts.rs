@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ibackup_engine::snapshots::now;
 use ibackup_engine::EngineError;
 use serde::{Deserialize, Serialize};
 
@@ -22,13 +23,6 @@ pub struct Attempt {
 
 fn path(dir: &Path, udid: &str) -> PathBuf {
     dir.join(".ibackup/attempts").join(format!("{udid}.json"))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Write down how a backup of `udid` into `dir` ended. Only into a backup

@@ -947,13 +947,9 @@ fn command_name(cli: &Cli) -> String {
 /// be written is reported, never fatal.
 pub(crate) fn log_line(cli: &Cli, line: &str) {
     let Some(path) = &cli.log else { return };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let text = format!(
         "{} UTC {line}\n",
-        ibackup_engine::snapshots::format_date(now)
+        ibackup_engine::snapshots::format_date(ibackup_engine::snapshots::now())
     );
     use std::io::Write;
     let r = std::fs::OpenOptions::new()
@@ -986,10 +982,7 @@ pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
             json!({"event": "result", "ok": false, "exit_code": code, "error": sentence})
         );
     }
-    // Not eprintln: a terminal closed under a run (SIGHUP) must not turn
-    // the report into a panic.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "ibackup: {sentence}");
+    eprintln!("ibackup: {sentence}");
     code
 }
 

@@ -11,7 +11,6 @@
 //! `extract`, `prune`, ...) ends at once: each of them already survives
 //! being killed.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -87,11 +86,9 @@ fn on_signal() {
     }
     STOP.hang_up_all();
     if !plan.cli.quiet && !plan.cli.json {
-        // Not eprintln: after a hang-up (SIGHUP) the terminal may be gone.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nibackup: stopping; press Ctrl-C again to end at once"
-        );
+        // The crate's eprintln: a terminal gone with a hang-up (SIGHUP) is
+        // no panic.
+        eprintln!("\nibackup: stopping; press Ctrl-C again to end at once");
     }
     std::thread::spawn(|| {
         std::thread::sleep(GRACE);

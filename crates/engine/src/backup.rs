@@ -632,7 +632,7 @@ pub fn run(
     let was_filtered = filtered_marker(root, &device.udid).exists();
     let full = opts.full || !has_previous || was_filtered;
     let t0 = std::time::Instant::now();
-    if !crate::staging::can_link_files(&root.join(".ibackup/staging")) {
+    if !dir.links_files() {
         events.step(
             "this disk has no hard links (FAT or exFAT?): continuing a backup copies the last one, \
              and every snapshot takes its full size; on a disk formatted ext4, APFS or NTFS \

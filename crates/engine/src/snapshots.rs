@@ -230,7 +230,8 @@ fn read_info(path: &Path) -> Option<Info> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
-fn now() -> i64 {
+/// Seconds since 1970 (UTC), now.
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -39,6 +39,8 @@ pub struct BackupDir {
     /// that no longer leads there means the disk went away (unplugged,
     /// unmounted) and the path now leads to the mount point's own folder.
     made: Mutex<Option<Identity>>,
+    /// Whether the disk has hard links ([`can_link_files`]), asked once.
+    links_files: std::sync::OnceLock<bool>,
 }
 
 /// What tells one folder from another: device and inode on Unix; on
@@ -148,6 +150,7 @@ impl BackupDir {
             linking: Mutex::new(Linking::Idle),
             counts: Mutex::new(None),
             made: Mutex::new(None),
+            links_files: std::sync::OnceLock::new(),
         };
         dir.recover()?;
         Ok(dir)
@@ -256,7 +259,7 @@ impl BackupDir {
                 Linking::OnDemand(folders.into_iter().collect(), 0, Default::default());
             return Ok(());
         }
-        if !can_link_files(staging.parent().unwrap_or(&staging)) {
+        if !self.links_files() {
             // FAT, exFAT: the "links" are copies of the whole backup. Say
             // so now if they cannot fit, not when the disk is full.
             let (files, bytes) = match recorded {
@@ -399,6 +402,14 @@ impl BackupDir {
     /// folder), and wait for it.
     pub fn link_all(&self) -> Result<()> {
         self.ready_for(&self.udid)
+    }
+
+    /// Whether the backup disk has hard links (FAT and exFAT do not:
+    /// continuing a backup there copies it), found out on first asking.
+    pub fn links_files(&self) -> bool {
+        *self
+            .links_files
+            .get_or_init(|| can_link_files(&self.root.join(".ibackup/staging")))
     }
 
     /// Whether the staging folder is still the one `prepare` made; else
@@ -889,7 +900,7 @@ fn can_link_folders(_dir: &Path) -> bool {
 
 /// Whether the disk holding `dir` has hard links (FAT and exFAT do not:
 /// there, continuing a backup copies it).
-pub fn can_link_files(dir: &Path) -> bool {
+fn can_link_files(dir: &Path) -> bool {
     // Names of this call's own: backups of two devices share the folder.
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -384,3 +384,25 @@ impl Drop for ExfatDisk {
             .status();
     }
 }
+
+/// Make `c` run as if its disk held files of at most `bytes`: writes past
+/// that fail with `EFBIG`, as on FAT32 past 4 GiB (RLIMIT_FSIZE, with
+/// SIGXFSZ ignored, since a filesystem's limit comes without a signal).
+#[cfg(unix)]
+pub fn limit_file_size(c: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

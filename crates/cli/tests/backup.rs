@@ -548,29 +548,9 @@ fn a_killed_ibackup_leaves_the_last_backup_intact() {
     let before = snapshot(&dir.join(a));
     // A slow device, so the kill lands while files are arriving.
     edit_device(&host.devices[0], |c| c.fault_slow_file_ms = Some(2));
-    let mut child = {
-        let mut c = ibackup(&host);
-        c.args(["-u", a, "full"])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
-    }
-    .spawn()
-    .unwrap();
-    let staging = dir.join(".ibackup/staging").join(a);
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) < 20 {
-        assert!(
-            start.elapsed().as_secs() < 60,
-            "the backup never started receiving"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut c = ibackup(&host);
+    c.args(["-u", a, "full"]).arg(&dir);
+    let mut child = started_receiving(c, &dir, a);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -594,7 +574,6 @@ fn a_killed_ibackup_leaves_the_last_backup_intact() {
     );
 }
 
-#[cfg(unix)]
 /// Start `c` and wait until the staging folder of `udid` under `dir` fills
 /// (the backup is receiving files).
 fn started_receiving(mut c: Command, dir: &Path, udid: &str) -> std::process::Child {
@@ -962,7 +941,6 @@ fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
 #[cfg(unix)]
 #[test]
 fn a_file_too_large_for_the_backup_disk_stops_the_backup_and_says_why() {
-    use std::os::unix::process::CommandExt;
     let host = SimHost::start(&[(Profile::Empty, 203)], |_, _| {});
     let a = &host.udids[0];
     let media = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE");
@@ -971,20 +949,7 @@ fn a_file_too_large_for_the_backup_disk_stops_the_backup_and_says_why() {
     let dir = host.path("backups");
     let mut c = ibackup(&host);
     c.args(["-u", a, "full"]).arg(&dir);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit {
-                rlim_cur: 8 << 20,
-                rlim_max: 8 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_file_size(&mut c, 8 << 20);
     let o = run(c);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(9), "{t}");

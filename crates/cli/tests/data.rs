@@ -838,7 +838,6 @@ fn a_restore_onto_an_older_ios_is_refused_before_anything_is_sent() {
 #[cfg(unix)]
 #[test]
 fn extract_skips_only_the_files_too_large_for_the_disk_and_lists_them() {
-    use std::os::unix::process::CommandExt;
     let host = SimHost::start(&[(Profile::Empty, 631)], |_, _| {});
     let a = &host.udids[0];
     let media = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE");
@@ -851,20 +850,7 @@ fn extract_skips_only_the_files_too_large_for_the_disk_and_lists_them() {
     let out = host.root.path().join("out");
     let mut c = ibackup(&host);
     c.args(["extract", p(&dir), "--to", p(&out)]);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit {
-                rlim_cur: 8 << 20,
-                rlim_max: 8 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_file_size(&mut c, 8 << 20);
     let o = run(c);
     let t = text(&o);
     assert_eq!(code(&o), Some(16), "{t}");

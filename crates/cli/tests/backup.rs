@@ -912,15 +912,16 @@ fn a_closed_standard_output_ends_a_listing_quietly_and_not_a_backup() {
     std::fs::write(lib.join("a.txt"), b"a").unwrap();
     let dir = host.path("backups");
     let closed = |args: &[&str]| {
+        // The reader is gone before the child starts, so its first line
+        // meets a closed pipe however the two are scheduled.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
         let mut c = ibackup(&host);
         c.args(args)
             .arg(&dir)
-            .stdout(std::process::Stdio::piped())
+            .stdout(writer)
             .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        // The reader is gone before the first line is written.
-        drop(child.stdout.take());
-        child.wait_with_output().unwrap()
+        c.spawn().unwrap().wait_with_output().unwrap()
     };
     let o = closed(&["-u", a, "--json", "full"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

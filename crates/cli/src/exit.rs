@@ -22,6 +22,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         DeviceFull { needed } => (15, format!("Not enough space on the device: the restore needs about {}. Free space on it (or restore less with --only) and run again.", human(*needed))),
         Usage(what) => (2, format!("{}{}.", what[..1].to_uppercase(), &what[1..])),
         Busy(lock) => (11, format!("Another backup of this device is already running (lock {lock}). Wait for it to finish.")),
+        DeviceBusy { waited } => (11, format!("The device is busy with another backup or restore (Finder, iTunes or another computer) and still was after {waited} s. Let it finish and run again; nothing was changed.")),
         FileTooLarge { written } => (9, format!("The backup disk cannot hold a file larger than {} that the device sent (FAT32 disks hold at most 4 GB a file). Back up to a disk formatted exFAT, ext4, APFS or NTFS; the last backup is intact.", human(*written))),
         DiskGone(why) => (9, format!("The backup disk went away during the backup ({why}). Reconnect or mount it and run again; the backups on it are as they were.")),
         Damaged(why) => (9, format!("The backup folder is damaged ({why}). Run `ibackup verify`, then `ibackup full`.")),

@@ -312,18 +312,46 @@ fn a_hostile_device_cannot_write_outside_its_backup() {
 }
 
 #[test]
-fn one_backup_per_device_at_a_time() {
-    let host = SimHost::start(&[(Profile::Empty, 141)], |_, _| {});
+fn one_backup_per_device_at_a_time_here_and_on_the_device() {
+    let host = SimHost::start(&[(Profile::Small, 141)], |_, _| {});
     let a = &host.udids[0];
     let dir = host.path("backups");
-    let _held = ibackup_engine::staging::BackupDir::open(&dir, a).unwrap();
-    let o = run({
-        let mut c = ibackup(&host);
-        c.args(["-u", a, "full"]).arg(&dir);
-        c
-    });
+    let full = || {
+        run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a, "full"]).arg(&dir);
+            c
+        })
+    };
+    let held = ibackup_engine::staging::BackupDir::open(&dir, a).unwrap();
+    let o = full();
     assert_eq!(o.status.code(), Some(11), "{}", text(&o));
     assert!(text(&o).contains("already running"), "{}", text(&o));
+    drop(held);
+
+    // The device itself still busy for a moment (a session whose cable
+    // was just pulled, winding down): we wait for it and go on.
+    edit_device(&host.devices[0], |c| c.fault_busy_seconds = Some(2));
+    let o = full();
+    assert_ok(&o, "backup of a device busy for 2 s");
+    assert!(
+        text(&o).contains("busy with another backup"),
+        "{}",
+        text(&o)
+    );
+    let before = snapshot(&dir.join(a));
+
+    // Busy for good (Finder backing it up): a sentence, code 11, and the
+    // last backup as it was.
+    edit_device(&host.devices[0], |c| c.fault_busy_seconds = Some(3600));
+    let o = full();
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(
+        text(&o).contains("The device is busy with another backup or restore"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(&dir.join(a)), before, "the last backup is intact");
 }
 
 #[test]

@@ -88,6 +88,9 @@ fn device_errno(e: &std::io::Error) -> i64 {
 }
 
 const BLOCK: usize = 1 << 20;
+/// How long a device that says another backup or restore is in progress
+/// is given to finish it before we give up (see [`Host::converse_when_free`]).
+pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(20);
 /// Host → device frames stay small: BackupAgent2 buffers a whole frame
 /// (pymobiledevice3 `device_link.py`, matching Apple's 32 KiB default).
 const SEND_BLOCK: usize = 32 * 1024;
@@ -111,11 +114,8 @@ impl<'a> Host<'a> {
         dir: Area<'a>,
         events: &'a mut dyn Events,
     ) -> Result<Host<'a>> {
-        let stream: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
-            session.service(mux, mb2::SERVICE_NAME)?,
-        ));
-        let mut host = Host {
-            s: stream,
+        Ok(Host {
+            s: Self::connect(session, mux)?,
             dir,
             events,
             percent: 0.0,
@@ -123,11 +123,66 @@ impl<'a> Host<'a> {
             files: 0,
             refused: 0,
             buf: vec![0u8; BLOCK],
-        };
-        if let Err((code, description)) = mb2::host_hello(&mut host.s)? {
+        })
+    }
+
+    /// A new mobilebackup2 connection, past the version exchange.
+    fn connect(session: &mut device::Session, mux: &dyn Transport) -> Result<Box<dyn Stream>> {
+        let mut s: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
+            session.service(mux, mb2::SERVICE_NAME)?,
+        ));
+        if let Err((code, description)) = mb2::host_hello(&mut s)? {
             return Err(EngineError::DeviceRefused { code, description });
         }
-        Ok(host)
+        Ok(s)
+    }
+
+    /// [`Host::converse`], but when the device answers at once that
+    /// another backup or restore is in progress, ask again on a new
+    /// connection every second for up to [`BUSY_WAIT`]: a device still
+    /// winding down a session whose cable was just pulled frees itself
+    /// in moments. Busy for longer is [`EngineError::DeviceBusy`].
+    pub(crate) fn converse_when_free(
+        &mut self,
+        session: &mut device::Session,
+        mux: &dyn Transport,
+        req: &Mb2Request,
+    ) -> Result<Dictionary> {
+        let start = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            let last = self.converse(req)?;
+            let busy = last.u64_of("ErrorCode") == Some(error_code::BUSY)
+                && self.files == 0
+                && self.bytes == 0;
+            if !busy {
+                return Ok(last);
+            }
+            if start.elapsed() >= BUSY_WAIT {
+                self.disconnect();
+                return Err(EngineError::DeviceBusy {
+                    waited: BUSY_WAIT.as_secs(),
+                });
+            }
+            if !told {
+                self.events.step(&format!(
+                    "the device is busy with another backup or restore; waiting up to {} s for it",
+                    BUSY_WAIT.as_secs()
+                ));
+                told = true;
+            }
+            self.disconnect();
+            let again = start.elapsed() + Duration::from_secs(1);
+            while start.elapsed() < again {
+                if ibackup_proto::interrupt::STOP.requested() {
+                    return Err(EngineError::DeviceBusy {
+                        waited: start.elapsed().as_secs(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.s = Self::connect(session, mux)?;
+        }
     }
 
     /// Send a request and answer the device until it reports its result
@@ -671,7 +726,8 @@ pub fn run(
         } else {
             "receiving an incremental backup"
         });
-        let last = host.converse(&Mb2Request::backup(&device.udid, full))?;
+        let last =
+            host.converse_when_free(&mut session, mux, &Mb2Request::backup(&device.udid, full))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
         if code != error_code::SUCCESS {
             let description = last.str_of("ErrorDescription").unwrap_or("").to_string();

@@ -37,6 +37,10 @@ pub enum EngineError {
     DiskGone(String),
     #[error("another backup of this device is running (lock {0})")]
     Busy(String),
+    /// The device kept saying another backup or restore is in progress
+    /// (Finder, iTunes, another computer) for `waited` seconds.
+    #[error("the device is busy with another backup or restore")]
+    DeviceBusy { waited: u64 },
     #[error("the backup folder is damaged: {0}")]
     Damaged(String),
     #[error("wrong backup password")]

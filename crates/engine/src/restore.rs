@@ -267,7 +267,8 @@ pub fn run(
         } else {
             "sending the chosen files"
         });
-        let last = host.converse(&request(&target.udid, &plan, opts))?;
+        let last =
+            host.converse_when_free(&mut session, mux, &request(&target.udid, &plan, opts))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
         if code != error_code::SUCCESS {
             let description = last.str_of("ErrorDescription").unwrap_or("").to_string();
@@ -351,13 +352,17 @@ pub fn change_password(
         "asking the device to change its backup password (enter the passcode on the device if it asks)",
     );
     let mut host = Host::open(&mut session, mux, area, events)?;
-    let last = host.converse(&Mb2Request {
-        name: "ChangePassword".into(),
-        target: Some(target.udid.clone()),
-        source: None,
-        options: Dictionary::new(),
-        extra,
-    })?;
+    let last = host.converse_when_free(
+        &mut session,
+        mux,
+        &Mb2Request {
+            name: "ChangePassword".into(),
+            target: Some(target.udid.clone()),
+            source: None,
+            options: Dictionary::new(),
+            extra,
+        },
+    )?;
     host.disconnect();
     match last.u64_of("ErrorCode").unwrap_or(0) {
         error_code::SUCCESS => Ok(()),

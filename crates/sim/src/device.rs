@@ -100,6 +100,12 @@ pub struct DeviceConfig {
     /// Refuse every backup with this MBErrorDomain code.
     #[serde(default)]
     pub fault_refuse_backup: Option<u64>,
+    /// Answer backup, restore and password requests with "another backup
+    /// or restore is in progress" for this many seconds from the first
+    /// one (a device still winding down a session, or another computer
+    /// backing it up).
+    #[serde(default)]
+    pub fault_busy_seconds: Option<u64>,
     /// Skip the free-space check before uploading (a device that misjudges
     /// the size, so the host disk fills up mid-write).
     #[serde(default)]
@@ -169,6 +175,7 @@ impl DeviceConfig {
             fault_slow_file_ms: None,
             fault_ignore_free_space: false,
             fault_refuse_backup: None,
+            fault_busy_seconds: None,
             fault_hostile_paths: Vec::new(),
             attached: true,
         }
@@ -224,6 +231,9 @@ pub struct Device {
     pub next_port: Mutex<u16>,
     /// One backup/restore at a time, as BackupAgent2.
     pub backup_busy: Mutex<bool>,
+    /// When `fault_busy_seconds` began to count (the first request it
+    /// answered).
+    pub busy_fault_since: Mutex<Option<Instant>>,
     /// The index of the last backup this device completed (see
     /// [`crate::services::backup::LastIndex`]).
     pub last_index: Mutex<Option<crate::services::backup::LastIndex>>,
@@ -265,6 +275,7 @@ impl Device {
             pending_services: Mutex::new(BTreeMap::new()),
             next_port: Mutex::new(49152),
             backup_busy: Mutex::new(false),
+            busy_fault_since: Mutex::new(None),
             last_index: Mutex::new(None),
         });
         crate::keys::ensure(&device)?;

@@ -196,6 +196,17 @@ pub fn serve(conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
 
 /// One backup or restore per device at a time, as BackupAgent2.
 fn exclusive(dl: &mut Dl, f: impl FnOnce(&mut Dl) -> Result<()>) -> Result<()> {
+    if let Some(seconds) = dl.device.cfg().fault_busy_seconds {
+        let since = *dl
+            .device
+            .busy_fault_since
+            .lock()
+            .expect("busy fault lock")
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < std::time::Duration::from_secs(seconds) {
+            return dl.finish(error_code::BUSY, "Another backup or restore is in progress");
+        }
+    }
     {
         let mut busy = dl.device.backup_busy.lock().expect("busy lock");
         if *busy {

@@ -131,6 +131,12 @@ pub fn extract(
             last = Instant::now();
             eprintln!("{files} files, {} so far", human_bytes(bytes));
         }
+        // Ctrl-C: the files being written are finished, no other begun.
+        if ibackup_proto::interrupt::STOP.requested() {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     })
     .map_err(|e| match e {
         ibackup_store::StoreError::UnsafePath { path, why } => EngineError::Damaged(format!(

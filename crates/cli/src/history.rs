@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ibackup_engine::error::stopped;
 use ibackup_engine::snapshots::{self, Keep};
 use ibackup_engine::staging::BackupDir;
 use ibackup_engine::EngineError;
@@ -54,7 +55,11 @@ pub fn list(cli: &Cli, dir: &Path, udids: &[String]) -> Result<(), EngineError> 
 /// Copy `folder` to `to` (made here) as hard links, or copies where links
 /// cannot be made (another disk); (files, whether all were linked).
 /// Failures to write are the output's.
-fn copy_tree(folder: &Path, to: &Path) -> Result<(u64, bool), EngineError> {
+fn copy_tree(
+    folder: &Path,
+    to: &Path,
+    stop: &dyn Fn() -> bool,
+) -> Result<(u64, bool), EngineError> {
     let output = |path: &Path| {
         let path = path.to_path_buf();
         move |source| EngineError::Output { path, source }
@@ -66,6 +71,10 @@ fn copy_tree(folder: &Path, to: &Path) -> Result<(u64, bool), EngineError> {
     // An older snapshot's unchanged folders are links to a later one's:
     // followed, so OUT gets real folders.
     for e in walkdir::WalkDir::new(folder).follow_links(true) {
+        if stop() {
+            // The caller removes what was built.
+            return Err(EngineError::Interrupted(stopped::CHECKOUT));
+        }
         let e = e.map_err(|e| EngineError::Io(e.into()))?;
         let rel = e.path().strip_prefix(folder).expect("below folder");
         let dest = to.join(rel);
@@ -80,6 +89,32 @@ fn copy_tree(folder: &Path, to: &Path) -> Result<(u64, bool), EngineError> {
         }
     }
     Ok((files, linked))
+}
+
+/// Build `out/<name>` from `folder`: beside its place, renamed into it
+/// when whole, so that a failed or stopped checkout (a full disk, Ctrl-C)
+/// leaves nothing, least of all something that looks complete. The
+/// files, and whether all are hard links.
+fn build(
+    folder: &Path,
+    out: &Path,
+    name: &str,
+    stop: &dyn Fn() -> bool,
+) -> Result<(u64, bool), EngineError> {
+    let to = out.join(name);
+    let part = out.join(format!("{name}.ibackup-part"));
+    let built = copy_tree(folder, &part, stop).and_then(|n| {
+        std::fs::rename(&part, &to)
+            .map(|()| n)
+            .map_err(|source| EngineError::Output {
+                path: to.clone(),
+                source,
+            })
+    });
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&part);
+    }
+    built
 }
 
 /// Copy a snapshot to OUT/<UDID>/ as hard links (copies across disks).
@@ -107,25 +142,9 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
         )));
     }
     ibackup_store::extract::usable_output(out, folder)?;
-    // Built beside its place and renamed into it when whole, so that a
-    // failed checkout (a full disk) leaves nothing that looks complete.
-    let part = out.join(format!("{udid}.ibackup-part"));
-    let built = copy_tree(folder, &part);
-    let built = built.and_then(|n| {
-        std::fs::rename(&part, &to)
-            .map(|()| n)
-            .map_err(|source| EngineError::Output {
-                path: to.clone(),
-                source,
-            })
-    });
-    let (files, linked) = match built {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&part);
-            return Err(e);
-        }
-    };
+    let (files, linked) = build(folder, out, &udid, &|| {
+        ibackup_proto::interrupt::STOP.requested()
+    })?;
     if !cli.quiet && !cli.json {
         println!(
             "Checked out {files} files to {} ({}).",
@@ -183,4 +202,44 @@ pub fn prune(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_stopped_or_failed_checkout_leaves_nothing_in_out() {
+        let t = tempfile::tempdir().unwrap();
+        let folder = t.path().join("snap");
+        for i in 0..50 {
+            let d = folder.join(format!("{:02x}", i));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), [i as u8; 100]).unwrap();
+        }
+        let out = t.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let seen = Cell::new(0);
+        let stop_after_20 = || {
+            seen.set(seen.get() + 1);
+            seen.get() > 20
+        };
+        let r = build(&folder, &out, "U", &stop_after_20);
+        assert!(
+            matches!(r, Err(EngineError::Interrupted(stopped::CHECKOUT))),
+            "{r:?}"
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "OUT is empty");
+        // A name taken by a file where the finished folder goes: an
+        // output error, and the built folder removed.
+        std::fs::write(out.join("U"), b"in the way").unwrap();
+        let r = build(&folder, &out, "U", &|| false);
+        assert!(matches!(r, Err(EngineError::Output { .. })), "{r:?}");
+        assert!(!out.join("U.ibackup-part").exists());
+        std::fs::remove_file(out.join("U")).unwrap();
+        let (files, _) = build(&folder, &out, "U", &|| false).unwrap();
+        assert_eq!(files, 50);
+        assert_eq!(std::fs::read(out.join("U/07/f")).unwrap(), [7u8; 100]);
+    }
 }

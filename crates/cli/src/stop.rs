@@ -4,12 +4,14 @@
 //! A command that talks to a device stops the way it would after a pulled
 //! cable: every connection is hung up ([`STOP`]), the engine drops what
 //! this run staged and releases its lock, and the command ends with its
-//! usual report, log line and exit code (130, "interrupted"). If that
-//! takes longer than [`GRACE`], or a second signal comes, the process ends
-//! at once, which is still safe: what was staged is cleared by the next
-//! run. A command that only reads or writes local files (`verify`,
-//! `extract`, `prune`, ...) ends at once: each of them already survives
-//! being killed.
+//! usual report, log line and exit code (130, "interrupted"). `extract`
+//! and `checkout` wind down too: extract finishes the files it is writing
+//! and begins no other, checkout removes the folder it was building, so
+//! neither leaves partial files behind. If that takes longer than
+//! [`GRACE`], or a second signal comes, the process ends at once, which is
+//! still safe: what was staged is cleared by the next run. The other
+//! local commands (`verify`, `ls`, `prune`, ...) end at once: each of them
+//! already survives being killed.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -26,7 +28,10 @@ const GRACE: Duration = Duration::from_secs(30);
 
 struct Plan {
     cli: &'static Cli,
-    /// Whether the command winds down (device commands) or ends at once.
+    /// Whether the command talks to a device.
+    device: bool,
+    /// Whether the command winds down (device commands, extract,
+    /// checkout) or ends at once.
     wind_down: bool,
     /// What an interrupted run of it leaves ([`stopped`]).
     left: &'static str,
@@ -41,6 +46,8 @@ pub fn left_by(cmd: &Cmd) -> &'static str {
         Cmd::Full { .. } | Cmd::Backup { .. } | Cmd::Watch { .. } => stopped::BACKUP,
         Cmd::Restore { .. } => stopped::RESTORE,
         Cmd::Encryption { .. } => stopped::ENCRYPTION,
+        Cmd::Extract { .. } => stopped::EXTRACT,
+        Cmd::Checkout { .. } => stopped::CHECKOUT,
         _ => stopped::OTHER,
     }
 }
@@ -61,14 +68,16 @@ fn talks_to_a_device(cmd: &Cmd) -> bool {
 /// Whether the command being run talks to a device (false before
 /// [`install`]).
 pub fn talks_to_a_device_now() -> bool {
-    PLAN.get().is_some_and(|p| p.wind_down)
+    PLAN.get().is_some_and(|p| p.device)
 }
 
 /// Handle the stop signals for the rest of the run of `cli`'s command.
 pub fn install(cli: &'static Cli) {
     let _ = PLAN.set(Plan {
         cli,
-        wind_down: talks_to_a_device(&cli.cmd),
+        device: talks_to_a_device(&cli.cmd),
+        wind_down: talks_to_a_device(&cli.cmd)
+            || matches!(cli.cmd, Cmd::Extract { .. } | Cmd::Checkout { .. }),
         left: left_by(&cli.cmd),
     });
     if let Err(e) = ctrlc::set_handler(on_signal) {

@@ -871,3 +871,72 @@ fn extract_skips_only_the_files_too_large_for_the_disk_and_lists_them() {
         "no part of the large one is left: {names:?}"
     );
 }
+
+/// Ctrl-C during an extract: the files being written are finished and no
+/// other is begun, so what is in OUT is whole and no partial file is left
+/// beside it; the same command run again finishes the job.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_an_extract_leaves_only_whole_files_and_a_rerun_finishes() {
+    let host = SimHost::start(&[(Profile::Small, 631)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
+    let whole = host.root.path().join("whole");
+    assert_ok(
+        &ib(&host, &["extract", p(&dir), "--to", p(&whole)], &[]),
+        "extract",
+    );
+    let all: BTreeMap<String, String> = hashes(&whole).into_iter().collect();
+
+    let out = host.root.path().join("out");
+    let mut c = ibackup(&host);
+    c.args(["extract", p(&dir), "--to", p(&out)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let start = std::time::Instant::now();
+    // A file in a domain's folder (not the probe of OUT's name rules).
+    while !walkdir::WalkDir::new(&out)
+        .min_depth(2)
+        .into_iter()
+        .flatten()
+        .any(|e| e.file_type().is_file())
+    {
+        assert!(start.elapsed().as_secs() < 60, "the extract never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the extract ended before it could be stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Held still while the signal is sent, so it lands mid-way.
+    for sig in [libc::SIGSTOP, libc::SIGINT, libc::SIGCONT] {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), Some(130), "{}", text(&o));
+    assert!(
+        text(&o).contains("the files already in the output folder are whole"),
+        "{}",
+        text(&o)
+    );
+    let got = hashes(&out);
+    assert!(
+        !got.is_empty() && got.len() < all.len(),
+        "{} of {}",
+        got.len(),
+        all.len()
+    );
+    for (name, sha1) in &got {
+        assert!(!name.ends_with(".ibackup-part"), "left behind: {name}");
+        assert_eq!(all.get(name), Some(sha1), "{name} is whole");
+    }
+    assert_ok(
+        &ib(&host, &["extract", p(&dir), "--to", p(&out)], &[]),
+        "extract run again",
+    );
+    assert_eq!(hashes(&out), hashes(&whole), "the rerun finished the job");
+}

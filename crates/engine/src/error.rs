@@ -83,6 +83,9 @@ pub mod stopped {
     pub const RESTORE: &str = "the restore did not finish; the backup is untouched. Run it again";
     pub const ENCRYPTION: &str =
         "run `ibackup info` to see whether the device's encryption setting changed";
+    pub const EXTRACT: &str =
+        "the files already in the output folder are whole, the rest were not extracted. Run it again to extract them all";
+    pub const CHECKOUT: &str = "nothing was left in the output folder. Run it again";
     pub const OTHER: &str = "run it again";
 }
 
@@ -148,6 +151,7 @@ impl From<ibackup_store::StoreError> for EngineError {
             ibackup_store::StoreError::Output { path, source } => {
                 EngineError::Output { path, source }
             }
+            ibackup_store::StoreError::Stopped => EngineError::Interrupted(stopped::OTHER),
             other => EngineError::Damaged(other.to_string()),
         }
     }

@@ -23,6 +23,9 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The caller asked to stop (its progress callback said so).
+    #[error("stopped on request")]
+    Stopped,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

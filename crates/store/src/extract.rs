@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -378,12 +379,15 @@ impl Folders<'_> {
 }
 
 /// Extract the selected rows of `backup` below `out`. `progress` hears
-/// (files, bytes) done so far.
+/// (files, bytes) done so far, and may ask to stop
+/// ([`ControlFlow::Break`]): the files being written are finished, no
+/// other is begun, and the result is [`StoreError::Stopped`]. Every file
+/// in OUT is then whole, with no partial file left beside it.
 pub fn extract(
     backup: &Backup,
     sel: &Selection,
     out: &Path,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
 ) -> Result<Extracted> {
     extract_as(backup, sel, out, progress, None)
 }
@@ -394,7 +398,7 @@ fn extract_as(
     backup: &Backup,
     sel: &Selection,
     out: &Path,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
     rules: Option<NameRules>,
 ) -> Result<Extracted> {
     // Every row must be safe before the first byte lands (names only:
@@ -525,7 +529,16 @@ fn extract_as(
                         folders.make(parent)?;
                     }
                     let _ = tx.send((row, to));
-                    progress(files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+                    let asked =
+                        progress(files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+                    if asked.is_break() {
+                        // The workers drain what is queued without working.
+                        failed
+                            .lock()
+                            .expect("error slot")
+                            .get_or_insert(StoreError::Stopped);
+                        return Err(StoreError::Stopped);
+                    }
                 }
                 _ => {}
             }
@@ -549,7 +562,7 @@ fn extract_as(
     done.n_too_large = total;
     done.files = files.into_inner();
     done.bytes = bytes.into_inner();
-    progress(done.files, done.bytes);
+    let _ = progress(done.files, done.bytes);
     // Links last, so nothing is ever written through one.
     for (link, target) in links {
         if fs::symlink_metadata(&link).is_ok() {
@@ -651,11 +664,67 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_leaves_only_whole_files_and_no_partial_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let b = t.path().join("B");
+        fs::create_dir_all(&b).unwrap();
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for i in 0..400 {
+            let name = format!("f{i}.bin");
+            w.insert(
+                "HomeDomain",
+                &MbFile {
+                    relative_path: name.clone(),
+                    mode: S_IFREG | 0o644,
+                    size: body.len() as u64,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let id = file_id("HomeDomain", &name);
+            fs::create_dir_all(b.join(&id[..2])).unwrap();
+            fs::write(b.join(&id[..2]).join(&id), &body).unwrap();
+        }
+        w.finish().unwrap();
+        Value::Dictionary(plist::Dictionary::new())
+            .to_file_xml(b.join("Manifest.plist"))
+            .unwrap();
+        let b = Backup::open(&b, None).unwrap();
+        let out = t.path().join("out");
+        let mut calls = 0;
+        let r = extract(&b, &Selection::default(), &out, &mut |_, _| {
+            calls += 1;
+            if calls == 20 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(matches!(r, Err(StoreError::Stopped)), "{r:?}");
+        let left: Vec<_> = fs::read_dir(out.join("HomeDomain"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!left.is_empty() && left.len() < 400, "{}", left.len());
+        for p in &left {
+            assert!(
+                p.extension().unwrap() == "bin",
+                "a partial file is left: {p:?}"
+            );
+            assert_eq!(fs::read(p).unwrap(), body, "{p:?} is whole");
+        }
+    }
+
+    #[test]
     fn files_land_below_out_with_their_times() {
         let t = tempfile::tempdir().unwrap();
         let b = Backup::open(&backup_with(t.path(), &[]), None).unwrap();
         let out = t.path().join("out");
-        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!((done.files, done.bytes), (1, 2));
         let p = out.join("HomeDomain/ok.txt");
         assert_eq!(fs::read(&p).unwrap(), b"ok");
@@ -717,7 +786,10 @@ mod tests {
             let t = tempfile::tempdir().unwrap();
             let b = Backup::open(&damaged_backup(t.path(), password), password).unwrap();
             let out = t.path().join("out");
-            let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+            let done = extract(&b, &Selection::default(), &out, &mut |_, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
             let body: Vec<u8> = (0..100u8).collect();
             let home = out.join("HomeDomain");
             assert_eq!(fs::read(home.join("whole.txt")).unwrap(), body);
@@ -838,7 +910,7 @@ mod tests {
             &b,
             &Selection::default(),
             &out,
-            &mut |_, _| {},
+            &mut |_, _| ControlFlow::Continue(()),
             Some(NameRules {
                 folds_case: true,
                 windows: false,
@@ -863,7 +935,10 @@ mod tests {
         );
         // A disk that tells case apart: both under their own names.
         let out = root.path().join("out2");
-        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {}).unwrap();
+        let done = extract(&b, &Selection::default(), &out, &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert!(done.renamed.is_empty());
         assert_eq!(
             fs::read(out.join("HomeDomain/notes.txt")).unwrap(),
@@ -889,7 +964,9 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, out.join("HomeDomain")).unwrap();
         #[cfg(not(unix))]
         fs::write(out.join("HomeDomain"), b"a file in the way").unwrap();
-        match extract(&b, &Selection::default(), &out, &mut |_, _| {}) {
+        match extract(&b, &Selection::default(), &out, &mut |_, _| {
+            ControlFlow::Continue(())
+        }) {
             Err(StoreError::Output { path, source }) => {
                 assert_eq!(path, out.join("HomeDomain"));
                 assert_eq!(source.kind(), io::ErrorKind::NotADirectory);
@@ -905,7 +982,9 @@ mod tests {
         let path = backup_with(t.path(), &[]);
         let b = Backup::open(&path, None).unwrap();
         let before = fs::read_dir(&path).unwrap().count();
-        let r = extract(&b, &Selection::default(), &path.join("out"), &mut |_, _| {});
+        let r = extract(&b, &Selection::default(), &path.join("out"), &mut |_, _| {
+            ControlFlow::Continue(())
+        });
         assert!(
             matches!(&r, Err(StoreError::Output { source, .. }) if source.kind() == io::ErrorKind::InvalidInput),
             "{:?}",
@@ -924,7 +1003,9 @@ mod tests {
         let b = Backup::open(&backup_with(t.path(), &[]), None).unwrap();
         let out = t.path().join("out");
         fs::write(&out, b"mine").unwrap();
-        let r = extract(&b, &Selection::default(), &out, &mut |_, _| {});
+        let r = extract(&b, &Selection::default(), &out, &mut |_, _| {
+            ControlFlow::Continue(())
+        });
         assert!(
             matches!(&r, Err(StoreError::Output { source, .. }) if source.kind() == io::ErrorKind::NotADirectory),
             "{:?}",
@@ -966,7 +1047,9 @@ mod tests {
             let t = tempfile::tempdir().unwrap();
             let b = Backup::open(&backup_with(t.path(), &[(domain, path)]), None).unwrap();
             let out = t.path().join("deep/out");
-            let r = extract(&b, &Selection::default(), &out, &mut |_, _| {});
+            let r = extract(&b, &Selection::default(), &out, &mut |_, _| {
+                ControlFlow::Continue(())
+            });
             assert!(
                 matches!(r, Err(StoreError::UnsafePath { .. })),
                 "{domain} {path}: {r:?}"

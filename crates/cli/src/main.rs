@@ -427,6 +427,36 @@ fn devices_in(cli: &Cli, dir: &Path) -> Result<Vec<String>, EngineError> {
     Ok(v)
 }
 
+/// Why `dir` holds no backup to read: a device's folder (or `dir`
+/// itself) with a backup's other files but no Manifest.db is a damaged
+/// backup; anything else is the wrong folder (a mistyped path, an empty
+/// disk), which `verify` and `ibackup full` would not help with.
+fn no_backup_in(dir: &Path) -> EngineError {
+    let looks_like_a_backup = |p: &Path| {
+        ["Manifest.plist", "Info.plist", "Status.plist"]
+            .iter()
+            .any(|f| p.join(f).is_file())
+    };
+    let subfolders = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    match std::iter::once(dir.to_path_buf())
+        .chain(subfolders)
+        .find(|p| looks_like_a_backup(p))
+    {
+        Some(broken) => EngineError::Damaged(format!(
+            "{} has no Manifest.db, the index of its files",
+            broken.display()
+        )),
+        None => EngineError::Usage(format!(
+            "there is no backup in {}: give the folder backups were made into (it holds a folder for each device, named by its UDID) or one of those folders",
+            dir.display()
+        )),
+    }
+}
+
 fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
     if dir.join("Manifest.db").is_file() {
         return Ok(dir.to_path_buf());
@@ -434,10 +464,7 @@ fn newest_folder(cli: &Cli, dir: &Path) -> Result<PathBuf, EngineError> {
     let mut found = devices_in(cli, dir)?;
     match found.len() {
         1 => Ok(dir.join(found.remove(0))),
-        0 => Err(EngineError::Damaged(format!(
-            "no backup found in {}",
-            dir.display()
-        ))),
+        0 => Err(no_backup_in(dir)),
         _ => Err(EngineError::Usage(format!(
             "{} holds backups of several devices ({}); choose one with -u UDID",
             dir.display(),

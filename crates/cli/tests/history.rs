@@ -311,6 +311,26 @@ fn three_nights_three_snapshots_each_restores_its_night() {
             text(&o)
         );
     }
+    // A folder that holds no backup is the wrong folder, not a damaged
+    // backup; one whose index is gone is damaged.
+    let empty = host.root.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for args in [&["verify", p(&empty)][..], &["ls", p(&empty)]] {
+        let o = ib(&host, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("There is no backup in") && !text(&o).contains("damaged"),
+            "{}",
+            text(&o)
+        );
+    }
+    let broken = empty.join(a);
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("Info.plist"), b"").unwrap();
+    let o = ib(&host, &["verify", p(&empty)]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(text(&o).contains("has no Manifest.db"), "{}", text(&o));
+
     let o = ib(&host, &["prune", p(&dir), "--keep-last", "1"]);
     assert_ok(&o, "prune");
     let left = snapshots(&host, &dir);

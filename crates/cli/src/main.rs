@@ -613,6 +613,14 @@ impl Events for Report {
     }
 }
 
+/// The simulated iPhone's folder cannot be made or used.
+fn simulated_unusable(what: &str, dir: &Path, e: ibackup_sim::SimError) -> EngineError {
+    EngineError::Usage(format!(
+        "cannot {what} the simulated iPhone in {} ({e}); set IBACKUP_SIMULATED_DIR to a folder of your own with about 120 MB free",
+        dir.display()
+    ))
+}
+
 fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
     if !cli.simulated {
         let addr = SocketAddress::from_env()
@@ -641,11 +649,13 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
             .and_then(|_| std::fs::rename(&part, &dir).map_err(Into::into))
             .map_err(|e| {
                 let _ = std::fs::remove_dir_all(&part);
-                EngineError::Protocol(format!("making the simulated iPhone: {e}"))
+                simulated_unusable("make", &dir, e)
             })?;
     }
+    // Another user's (a shared /tmp), or a folder gone read-only: said as
+    // such, not as a device's answer.
     let device =
-        ibackup_sim::Device::open(&dir, 1).map_err(|e| EngineError::Protocol(e.to_string()))?;
+        ibackup_sim::Device::open(&dir, 1).map_err(|e| simulated_unusable("use", &dir, e))?;
     let mux = ibackup_sim::usbmuxd::Mux::new(vec![device])
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
     let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)

@@ -468,6 +468,25 @@ fn simulated_full_works_on_a_fresh_machine() {
     assert_eq!(v["ok"], true);
     assert!(v["files"].as_u64().unwrap() > 2500);
     assert!(!part.exists(), "what the stopped run left is cleared");
+
+    // Where no phone can be made (here below a file; a full or shared
+    // /tmp alike): a setup error naming the folder and the way out, not
+    // "an unexpected answer from the device".
+    let blocked = tmp.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let o = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
+        c.env("IBACKUP_SIMULATED_DIR", blocked.join("phone"))
+            .args(["--simulated", "devices"]);
+        c
+    });
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("Cannot make the simulated iPhone in")
+            && text(&o).contains("IBACKUP_SIMULATED_DIR"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -1031,6 +1050,38 @@ fn a_full_host_disk_is_reported_with_the_space_needed() {
             c
         }),
         "fits again",
+    );
+
+    // The disk remounted read-only (as Linux does after disk errors): the
+    // next backup names the folder and what it must be; the backups on it
+    // can still be read.
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ro.success());
+    let before = snapshot(&dir.join(a));
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "backup"]).arg(&dir);
+        c
+    });
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{} cannot be written to", dir.display()))
+            && text(&o).contains("mounted read-write"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(&dir.join(a)), before);
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.arg("verify").arg(&dir);
+            c
+        }),
+        "verify on a read-only disk",
     );
 }
 

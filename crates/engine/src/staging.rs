@@ -126,16 +126,29 @@ impl BackupDir {
             )));
         }
         existing_folder(root)?;
+        // A disk mounted read-only (or after errors), a folder of another
+        // user's: said with the folder and what it must be. The kind is
+        // kept, so a full disk is still told as one.
+        let unwritable = |e: std::io::Error| {
+            EngineError::Io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} cannot be written to ({e}): give a folder you may write to, on a disk mounted read-write",
+                    root.display()
+                ),
+            ))
+        };
         let meta = root.join(".ibackup");
         for sub in ["staging", "locks", "snapshots"] {
-            fs::create_dir_all(meta.join(sub))?;
+            fs::create_dir_all(meta.join(sub)).map_err(unwritable)?;
         }
         let lock_path = meta.join("locks").join(format!("{udid}.lock"));
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)?;
+            .open(&lock_path)
+            .map_err(unwritable)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {

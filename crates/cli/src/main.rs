@@ -215,6 +215,7 @@ enum Cmd {
     },
     /// Back up; incremental when DIR holds an earlier backup of the device.
     Backup {
+        /// The backup folder; the backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         /// Force a full backup.
         #[arg(long)]
@@ -237,6 +238,7 @@ enum Cmd {
     },
     /// List the files in a backup.
     Ls {
+        /// The backup folder, or one device's backup in it (DIR/<UDID>) (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         #[command(flatten)]
         snap: SnapshotArg,
@@ -247,6 +249,7 @@ enum Cmd {
     },
     /// Copy files out of a backup as OUT/<Domain>/<path>, decrypted, with their times.
     Extract {
+        /// The backup folder, or one device's backup in it (DIR/<UDID>) (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         /// Where the files go.
         #[arg(long)]
@@ -260,6 +263,7 @@ enum Cmd {
     },
     /// Restore a backup to a device (-u TARGET): everything, or only --only/--domain.
     Restore {
+        /// The backup folder holding the backup to restore (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         /// Restore the backup of this device (default: the target's own).
         #[arg(long)]
@@ -283,6 +287,7 @@ enum Cmd {
     /// Check a backup: index readable, every file present with the right size and digest.
     /// Exits 0 only when the backup is sound.
     Verify {
+        /// The backup folder, or one device's backup in it (DIR/<UDID>) (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         #[command(flatten)]
         snap: SnapshotArg,
@@ -292,6 +297,7 @@ enum Cmd {
     /// Stay running: back up each paired device when it is connected and its
     /// last backup is older than --every; apply the --keep rules after each.
     Watch {
+        /// The backup folder; each device's backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         /// How old the last backup may be before a connected device is backed up again.
         #[arg(long, value_name = "DURATION")]
@@ -302,10 +308,15 @@ enum Cmd {
         pw: PasswordArgs,
     },
     /// List the snapshots (every successful backup is kept as one).
-    Snapshots { dir: Option<PathBuf> },
+    Snapshots {
+        /// The backup folder (default: `dir` in the configuration).
+        dir: Option<PathBuf>,
+    },
     /// Copy a snapshot out as OUT/<UDID>/, a Finder-format folder other tools restore.
     Checkout {
+        /// The backup folder.
         dir: PathBuf,
+        /// Where the copy goes, as OUT/<UDID>/ (made if missing).
         out: PathBuf,
         #[command(flatten)]
         snap: SnapshotArg,
@@ -313,6 +324,7 @@ enum Cmd {
     /// Remove old snapshots by the rules given; never the newest. Frees only
     /// what no remaining snapshot needs.
     Prune {
+        /// The backup folder (default: `dir` in the configuration).
         dir: Option<PathBuf>,
         #[command(flatten)]
         keep: KeepArgs,

@@ -692,10 +692,10 @@ mod tests {
             .unwrap();
         let b = Backup::open(&b, None).unwrap();
         let out = t.path().join("out");
-        let mut calls = 0;
-        let r = extract(&b, &Selection::default(), &out, &mut |_, _| {
-            calls += 1;
-            if calls == 20 {
+        // Stopped once five are out: the walk is never more than the
+        // queue (4 x 64) and the workers ahead of them, so well short of 400.
+        let r = extract(&b, &Selection::default(), &out, &mut |files, _| {
+            if files >= 5 {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -706,7 +706,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert!(!left.is_empty() && left.len() < 400, "{}", left.len());
+        assert!((5..400).contains(&left.len()), "{}", left.len());
         for p in &left {
             assert!(
                 p.extension().unwrap() == "bin",

@@ -95,7 +95,12 @@ impl Config {
             }
         };
         let c: Config = toml::from_str(&text).map_err(|e| {
-            EngineError::Usage(format!("configuration file {}: {e}", path.display()))
+            // The parser's text ends in a newline; the sentence's full stop follows it.
+            EngineError::Usage(format!(
+                "configuration file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            ))
         })?;
         for d in [&c.every, &c.wait_for_device].into_iter().flatten() {
             parse_duration(d)?;
@@ -200,7 +205,13 @@ only = ["photos", "messages"]
         assert_eq!(c.device("00008110-AAAA").only, ["photos", "messages"]);
         assert!(c.device("other").only.is_empty());
         std::fs::write(&p, "dirr = \"/x\"\n").unwrap();
-        assert!(Config::load(Some(&p)).is_err(), "unknown keys are refused");
+        match Config::load(Some(&p)) {
+            Err(EngineError::Usage(why)) => {
+                assert!(why.contains("unknown field `dirr`"), "{why}");
+                assert!(!why.ends_with(char::is_whitespace), "{why:?}");
+            }
+            other => panic!("unknown keys are refused: {other:?}"),
+        }
         std::fs::write(&p, "every = \"daily\"\n").unwrap();
         assert!(Config::load(Some(&p)).is_err());
         assert!(Config::load(Some(&t.path().join("missing.toml"))).is_err());

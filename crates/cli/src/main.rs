@@ -228,6 +228,7 @@ enum Cmd {
     /// Turn backup encryption on or off, or change its password (on the device).
     /// Only encrypted backups hold Health and Keychain data.
     Encryption {
+        /// What to do with the device's backup encryption.
         #[arg(value_enum)]
         action: EncryptionAction,
         #[command(flatten)]
@@ -370,8 +371,11 @@ impl KeepArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum EncryptionAction {
+    /// Turn it on with a new password (the device may ask for its passcode).
     On,
+    /// Turn it off; needs the current password.
     Off,
+    /// Change the password; needs the current one and a new one.
     Change,
 }
 

@@ -529,17 +529,11 @@ impl BackupDir {
             let shared = self.share_unchanged()?;
             log::info!("full backup: {shared} files shared with the previous snapshot");
         }
-        // Durable before visible: flush the index and plists the readers need first.
-        for name in [
-            "Manifest.db",
-            "Manifest.plist",
-            "Status.plist",
-            "Info.plist",
-        ] {
-            if let Ok(f) = File::open(staging.join(name)) {
-                f.sync_all()?;
-            }
-        }
+        // Durable before visible: a power cut just after the commit must
+        // not leave a newest backup whose new files are empty (file data
+        // reaches the disk later than the renames otherwise), which the
+        // next incremental backup would then never send again.
+        make_durable(&staging)?;
         let counts = *self.counts.lock().expect("counts lock");
         let counts = counts.map(|c| (c.files, c.bytes)).unwrap_or_else(|| {
             let mut content = snapshots::content_folders(&staging);
@@ -951,9 +945,108 @@ pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     }
 }
 
+/// Put everything written below `dir` on the disk. Linux: one `syncfs`
+/// of its file system. Elsewhere: each file written for this backup (on
+/// Unix, those with one link: a file linked from an older snapshot was
+/// made durable by an earlier commit), then one full flush of the index.
+fn make_durable(dir: &Path) -> Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let d = File::open(dir)?;
+        // SAFETY: syncfs(2) on a descriptor we own for the call.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        for f in written_here(dir) {
+            sync_file(&f)?;
+        }
+        if let Ok(f) = File::open(dir.join("Manifest.db")) {
+            // On macOS this is F_FULLFSYNC: through the drive's cache too.
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Flush one file's data to the disk (not, on macOS, through the drive's
+/// own cache: [`make_durable`] does that once at the end).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path)?;
+        // SAFETY: fsync(2) on a descriptor we own for the call.
+        if unsafe { libc::fsync(f.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        // FlushFileBuffers needs a handle that may write.
+        File::options().write(true).open(path)?.sync_data()
+    }
+}
+
+/// The regular files below `dir` this backup wrote: on Unix those with a
+/// single link (not shared with an older snapshot); elsewhere all.
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+fn written_here(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(not_shared)
+        .map(|e| e.into_path())
+}
+
+#[cfg(unix)]
+fn not_shared(e: &walkdir::DirEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    e.metadata().is_ok_and(|m| m.nlink() == 1)
+}
+
+#[cfg(not(unix))]
+fn not_shared(_: &walkdir::DirEntry) -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_commit_flushes_is_what_this_backup_wrote() {
+        let t = tempfile::tempdir().unwrap();
+        let (old, staging) = (t.path().join("old"), t.path().join("staging"));
+        fs::create_dir_all(old.join("ab")).unwrap();
+        fs::create_dir_all(staging.join("ab")).unwrap();
+        fs::write(staging.join("ab/new"), b"received").unwrap();
+        fs::write(staging.join("Manifest.db"), b"index").unwrap();
+        fs::write(old.join("ab/same"), b"unchanged").unwrap();
+        fs::hard_link(old.join("ab/same"), staging.join("ab/same")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("../old", staging.join("link")).unwrap();
+        let mut got: Vec<PathBuf> = written_here(&staging).collect();
+        got.sort();
+        let mut want = vec![staging.join("Manifest.db"), staging.join("ab/new")];
+        if cfg!(not(unix)) {
+            want.push(staging.join("ab/same"));
+        }
+        want.sort();
+        assert_eq!(got, want);
+        make_durable(&staging).unwrap();
+        assert!(
+            make_durable(&t.path().join("gone")).is_err(),
+            "a staging folder gone is an error, not a silent success"
+        );
+    }
 
     #[test]
     fn resolve_refuses_escapes() {

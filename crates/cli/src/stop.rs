@@ -73,11 +73,11 @@ pub fn talks_to_a_device_now() -> bool {
 
 /// Handle the stop signals for the rest of the run of `cli`'s command.
 pub fn install(cli: &'static Cli) {
+    let device = talks_to_a_device(&cli.cmd);
     let _ = PLAN.set(Plan {
         cli,
-        device: talks_to_a_device(&cli.cmd),
-        wind_down: talks_to_a_device(&cli.cmd)
-            || matches!(cli.cmd, Cmd::Extract { .. } | Cmd::Checkout { .. }),
+        device,
+        wind_down: device || matches!(cli.cmd, Cmd::Extract { .. } | Cmd::Checkout { .. }),
         left: left_by(&cli.cmd),
     });
     if let Err(e) = ctrlc::set_handler(on_signal) {

@@ -172,14 +172,10 @@ impl<'a> Host<'a> {
                 told = true;
             }
             self.disconnect();
-            let again = start.elapsed() + Duration::from_secs(1);
-            while start.elapsed() < again {
-                if ibackup_proto::interrupt::STOP.requested() {
-                    return Err(EngineError::DeviceBusy {
-                        waited: start.elapsed().as_secs(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if ibackup_proto::interrupt::STOP.pause(Duration::from_secs(1)) {
+                return Err(EngineError::DeviceBusy {
+                    waited: start.elapsed().as_secs(),
+                });
             }
             self.s = Self::connect(session, mux)?;
         }

@@ -86,7 +86,7 @@ pub fn run(
             Err(_) if STOP.requested() => return,
             Err(e) => {
                 note(Note::UsbmuxdLost(e.to_string()));
-                pause(backoff);
+                STOP.pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
@@ -159,19 +159,7 @@ pub fn run(
                 }
             }
         }
-        pause(backoff);
-    }
-}
-
-/// Sleep for `d`, or less when a stop is asked for.
-fn pause(d: Duration) {
-    let until = Instant::now() + d;
-    while !STOP.requested() {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
+        STOP.pause(backoff);
     }
 }
 

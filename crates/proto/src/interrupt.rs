@@ -50,6 +50,20 @@ impl Hangups {
         self.requested.load(Ordering::SeqCst)
     }
 
+    /// Sleep for `d`, or less when a stop is asked for (checked every
+    /// 100 ms); whether a stop was asked for.
+    pub fn pause(&self, d: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + d;
+        while !self.requested() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
+        }
+        true
+    }
+
     /// Ask for a stop: end every open connection, and refuse new ones.
     pub fn hang_up_all(&self) {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,6 +186,14 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn a_pause_says_whether_a_stop_ended_it() {
+        let h = Hangups::new();
+        assert!(!h.pause(Duration::from_millis(10)), "slept its time");
+        h.hang_up_all();
+        assert!(h.pause(Duration::from_secs(3600)), "a stop ends it");
     }
 
     #[test]

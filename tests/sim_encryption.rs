@@ -35,7 +35,7 @@ fn ibd_extract(
 fn encryption_on_then_backup_is_readable_with_the_password_and_restores() {
     let (Some(b2), Some(py), Some(pyio)) = (
         referee("idevicebackup2"),
-        referee("python3"),
+        python_referee("iphone_backup_decrypt"),
         referee("pyiosbackup"),
     ) else {
         return;
@@ -156,7 +156,10 @@ fn encryption_on_then_backup_is_readable_with_the_password_and_restores() {
 
 #[test]
 fn password_change_then_off() {
-    let (Some(b2), Some(py)) = (referee("idevicebackup2"), referee("python3")) else {
+    let (Some(b2), Some(py)) = (
+        referee("idevicebackup2"),
+        python_referee("iphone_backup_decrypt"),
+    ) else {
         return;
     };
     let host = SimHost::start(&[(Profile::Small, 81)], |_, c| {

@@ -75,16 +75,9 @@ pub struct Referee(pub PathBuf);
 
 /// Find a referee client. In CI (`CI` set) a missing referee fails the test;
 /// elsewhere it is skipped with a note, so a developer without them can
-/// still run the rest.
+/// still run the rest. A referee counts as present only when it can run: an
+/// executable file, not a name that happens to be on the PATH.
 pub fn referee(name: &str) -> Option<Referee> {
-    // The Python referees' own interpreter, for scripts that import them.
-    if name == "python3" {
-        let venv = std::env::var("IBACKUP_REFEREE_VENV").unwrap_or_else(|_| "/tmp/ref".into());
-        let p = Path::new(&venv).join("bin/python3");
-        if p.is_file() {
-            return Some(Referee(p));
-        }
-    }
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(v) = std::env::var("IBACKUP_REFEREE_VENV") {
         dirs.push(Path::new(&v).join("bin"));
@@ -93,13 +86,53 @@ pub fn referee(name: &str) -> Option<Referee> {
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
-    if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+    if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| executable(p)) {
         return Some(Referee(p));
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("referee client {name} is not installed; .ci/run installs it");
+    missing(&format!("referee client {name} not found"))
+}
+
+/// A Python interpreter in which `module` (a Python referee such as
+/// `iphone_backup_decrypt`) imports: the referees' venv first, then the
+/// system's. A `python3` without the module is no referee (a fresh machine
+/// has Python but none of them).
+pub fn python_referee(module: &str) -> Option<Referee> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(v) = std::env::var("IBACKUP_REFEREE_VENV") {
+        candidates.push(Path::new(&v).join("bin/python3"));
     }
-    eprintln!("SKIP: referee client {name} not found (install it as .ci/run does)");
+    candidates.push(PathBuf::from("/tmp/ref/bin/python3"));
+    candidates.push(PathBuf::from("python3"));
+    for p in candidates {
+        let imports = Command::new(&p)
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if imports {
+            return Some(Referee(p));
+        }
+    }
+    missing(&format!("no Python with the module {module}"))
+}
+
+fn executable(p: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    p.is_file()
+}
+
+/// A referee that is not here: a failure in CI, a SKIP elsewhere.
+fn missing(what: &str) -> Option<Referee> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what}; .ci/run installs the referees");
+    }
+    eprintln!("SKIP: {what} (install it as .ci/run does)");
     None
 }
 

@@ -287,7 +287,7 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
     if cli.json {
         println!(
             "{}",
-            json!({"event": "result", "ok": true, "source": o.source, "target": o.target, "files": o.files, "bytes": o.bytes, "seconds": secs})
+            json!({"event": "result", "ok": true, "source": o.source, "target": o.target, "files": o.files, "bytes": o.bytes, "seconds": secs, "partial": o.partial})
         );
     } else if !cli.quiet {
         println!(
@@ -303,6 +303,12 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
                 ""
             }
         );
+        if let Some(why) = &o.partial {
+            println!(
+                "Nothing else on {} was removed: the backup holds only part of {} ({why}).",
+                o.target, o.source
+            );
+        }
     }
     Ok(())
 }

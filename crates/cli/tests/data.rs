@@ -112,7 +112,7 @@ fn encryption_on_backup_extract_change_and_off() {
     assert!(device_files
         .iter()
         .any(|(k, _)| k.starts_with("HealthDomain/")));
-    if let Some(py) = referee("python3") {
+    if let Some(py) = python_referee("iphone_backup_decrypt") {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/ibd_extract.py");
         let out = host.path("ibd");
@@ -633,6 +633,49 @@ fn backup_only_keeps_the_chosen_categories_and_the_next_backup_is_full() {
     assert_same_tree(&backup_tree(&dir.join(a)), &a_tree, "everything again");
     let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
     assert!(text(&o).contains("Incremental backup"), "{}", text(&o));
+}
+
+#[test]
+fn restoring_a_filtered_backup_whole_leaves_the_rest_of_the_target_alone() {
+    let host = SimHost::start(&[(Profile::Small, 235), (Profile::Small, 236)], |_, _| {});
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let dir = host.path("backups");
+    assert_ok(
+        &ib(
+            &host,
+            &["-u", a, "backup", "--only", "photos", p(&dir)],
+            &[],
+        ),
+        "backup --only photos",
+    );
+    let photos = only(&backup_tree(&dir.join(a)), |k| {
+        k.starts_with("CameraRollDomain")
+    });
+    assert!(photos.len() > 10, "the backup holds photos");
+    let before = device_tree(&host.devices[1].join("fs"), &[]);
+    // No --only: the user asks for "the backup", which is only photos.
+    let o = ib(
+        &host,
+        &["-u", b, "restore", "--source", a, "--no-reboot", p(&dir)],
+        &[],
+    );
+    assert_ok(&o, "whole restore of a filtered backup");
+    assert!(
+        text(&o).contains("only part of") && text(&o).contains("--only photos"),
+        "says it restores only what the backup holds: {}",
+        text(&o)
+    );
+    let after = device_tree(&host.devices[1].join("fs"), &[]);
+    for (k, v) in &before {
+        if k.starts_with("CameraRollDomain") {
+            continue;
+        }
+        assert_eq!(after.get(k), Some(v), "{k} on B was kept as it was");
+    }
+    for (k, v) in &photos {
+        assert_eq!(after.get(k), Some(v), "{k} from A's backup is on B");
+    }
+    assert!(after.len() >= before.len(), "B lost nothing");
 }
 
 #[test]

@@ -706,7 +706,21 @@ pub fn run(
     let itunes_files = lock.itunes_files();
     log::info!("staging prepared in {:?}", t0.elapsed());
     let result = (|| -> Result<Outcome> {
-        let info = info_plist(&values, &device.udid, itunes, itunes_files, apps);
+        let mut info = info_plist(&values, &device.udid, itunes, itunes_files, apps);
+        if !opts.selection.is_all() {
+            // The folder itself says it is part of a device, wherever it is
+            // copied: a restore of it then removes nothing it lacks.
+            info.insert(
+                crate::restore::INFO_ONLY_KEY.into(),
+                Value::Array(
+                    opts.selection
+                        .names()
+                        .into_iter()
+                        .map(Value::from)
+                        .collect(),
+                ),
+            );
+        }
         // Staged files may be hard links to the committed backup: write a
         // new file and rename it over, never into the existing one.
         let mut bytes = Vec::new();

@@ -48,6 +48,9 @@ pub struct RestoreOutcome {
     pub target: String,
     pub files: u64,
     pub bytes: u64,
+    /// Why only what the backup holds was restored and nothing else on
+    /// the target was removed, when the backup is only part of a device.
+    pub partial: Option<String>,
 }
 
 /// What a restore will send, decided before the device is contacted.
@@ -58,10 +61,95 @@ struct Plan {
     bytes: u64,
     /// The filtered index, when only part of the backup is restored.
     filtered: Option<tempfile::TempDir>,
+    /// Why the backup holds only part of a device, when it does: then even
+    /// a whole restore only adds and replaces, and removes nothing.
+    partial: Option<String>,
 }
 
-/// Check the backup and prepare what the device will ask for.
-fn plan(root: &Path, source: &str, opts: &RestoreOptions) -> Result<Plan> {
+/// The key ibackup adds to the Info.plist it writes for a backup made with
+/// `--only`: the categories (and `domain:` names) it kept. Host-written,
+/// like the rest of Info.plist; other readers ignore it.
+pub const INFO_ONLY_KEY: &str = "ibackup Only";
+
+/// Domains every backup of a set-up iPhone or iPad holds (the home folder
+/// and the system's own settings): a backup without them is a part of one.
+const EVERY_BACKUP_HAS: [&str; 3] = ["HomeDomain", "SystemPreferencesDomain", "WirelessDomain"];
+
+/// The distinct domains of a backup's index.
+fn domains_of(
+    backup: &Backup,
+) -> std::result::Result<std::collections::BTreeSet<String>, ibackup_store::StoreError> {
+    let mut set = std::collections::BTreeSet::new();
+    backup.for_each(|row| {
+        if !set.contains(&row.domain) {
+            set.insert(row.domain);
+        }
+        Ok(())
+    })?;
+    Ok(set)
+}
+
+/// Why `backup` (in `folder`) is not a whole device's backup, if it is
+/// not: it was made with `--only`; it lacks domains every backup holds;
+/// or it lacks domains that `target_backup` (the target's own last
+/// backup, when there is one to compare with) has. A whole restore of it
+/// must then leave the rest of the target alone.
+fn partial_reason(
+    folder: &Path,
+    backup: &Backup,
+    target_backup: Option<(&Path, Option<&str>)>,
+) -> Result<Option<String>> {
+    let only: Vec<String> = Value::from_file(folder.join("Info.plist"))
+        .ok()
+        .and_then(Value::into_dictionary)
+        .and_then(|d| d.get(INFO_ONLY_KEY).and_then(Value::as_array).cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_string().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !only.is_empty() {
+        return Ok(Some(format!("it was made with --only {}", only.join(","))));
+    }
+    let have = domains_of(backup)?;
+    let lacking: Vec<&str> = EVERY_BACKUP_HAS
+        .iter()
+        .copied()
+        .filter(|d| !have.contains(*d))
+        .collect();
+    if !lacking.is_empty() {
+        return Ok(Some(format!(
+            "it has no {} (every whole backup has)",
+            lacking.join(", ")
+        )));
+    }
+    if let Some((path, password)) = target_backup {
+        // The target's own backup tells what the target holds; one that
+        // cannot be read (encrypted, no password) tells nothing.
+        match Backup::open(path, password).and_then(|b| {
+            let theirs = domains_of(&b)?;
+            Ok(theirs.difference(&have).cloned().collect::<Vec<_>>())
+        }) {
+            Ok(missing) if !missing.is_empty() => {
+                return Ok(Some(format!(
+                    "it lacks {} domain{} the target's own backup in {} has (e.g. {})",
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" },
+                    path.display(),
+                    missing[0]
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => log::info!("the target's own backup was not compared: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// Check the backup and prepare what the device will ask for, for the
+/// device `target`.
+fn plan(root: &Path, source: &str, target: &str, opts: &RestoreOptions) -> Result<Plan> {
     let folder = opts.folder.clone().unwrap_or_else(|| root.join(source));
     let status = Value::from_file(folder.join("Status.plist"))
         .ok()
@@ -119,12 +207,21 @@ fn plan(root: &Path, source: &str, opts: &RestoreOptions) -> Result<Plan> {
         }
         Some(t)
     };
+    let target_backup = root.join(target);
+    let compare = (target_backup != folder && target_backup.join("Manifest.db").is_file())
+        .then_some((target_backup.as_path(), opts.password.as_deref()));
+    let partial = if opts.selection.is_all() {
+        partial_reason(&folder, &backup, compare)?
+    } else {
+        None
+    };
     Ok(Plan {
         source: source.to_string(),
         backup,
         files,
         bytes,
         filtered,
+        partial,
     })
 }
 
@@ -138,11 +235,12 @@ fn request(target: &str, plan: &Plan, opts: &RestoreOptions) -> Mb2Request {
         "RestorePreserveSettings".into(),
         Value::Boolean(!opts.settings),
     );
-    // A whole restore makes the device what the backup was; a selective
-    // one changes nothing else.
+    // A whole restore of a whole backup makes the device what the backup
+    // was; a selective one, or one of a backup that holds only part of a
+    // device, changes nothing else.
     o.insert(
         "RemoveItemsNotRestored".into(),
-        Value::Boolean(opts.selection.is_all()),
+        Value::Boolean(opts.selection.is_all() && plan.partial.is_none()),
     );
     if let Some(p) = &opts.password {
         o.insert("Password".into(), Value::from(p.as_str()));
@@ -227,7 +325,13 @@ pub fn run(
         Err(e) => return Err(e),
     };
     events.step("checking the backup");
-    let plan = plan(root, &source, opts)?;
+    let plan = plan(root, &source, &target.udid, opts)?;
+    if let Some(why) = &plan.partial {
+        events.step(&format!(
+            "this backup holds only part of {source} ({why}): restoring what it holds; nothing else on {} is removed",
+            target.udid
+        ));
+    }
     let mut overrides = HashMap::new();
     if let Some(t) = &plan.filtered {
         overrides.insert(
@@ -262,11 +366,12 @@ pub fn run(
     let result = (|| -> Result<()> {
         events.step("starting the restore service");
         let mut host = Host::open(&mut session, mux, area, events)?;
-        host.events.step(if opts.selection.is_all() {
-            "sending the whole backup"
-        } else {
-            "sending the chosen files"
-        });
+        host.events
+            .step(if opts.selection.is_all() && plan.partial.is_none() {
+                "sending the whole backup"
+            } else {
+                "sending the chosen files"
+            });
         let last =
             host.converse_when_free(&mut session, mux, &request(&target.udid, &plan, opts))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
@@ -286,6 +391,7 @@ pub fn run(
         target: target.udid.clone(),
         files: plan.files,
         bytes: plan.bytes,
+        partial: plan.partial.clone(),
     })
 }
 
@@ -428,34 +534,59 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_selective_restore_keeps_the_rest_of_the_device() {
-        let t = tempfile::tempdir().unwrap();
-        let b = t.path().join("A");
+    /// A finished backup of `udid` in `root` holding a folder row in each
+    /// of `domains`, with Info.plist `extra` keys.
+    fn backup_with(root: &Path, udid: &str, domains: &[&str], extra: Dictionary) {
+        let b = root.join(udid);
         std::fs::create_dir_all(&b).unwrap();
         let mut w =
             ibackup_store::manifest_db::ManifestWriter::create(&b.join("Manifest.db")).unwrap();
-        w.insert(
-            "CameraRollDomain",
-            &ibackup_store::mbfile::MbFile {
-                relative_path: "Media".into(),
-                mode: 0o040755,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        for d in domains {
+            w.insert(
+                d,
+                &ibackup_store::mbfile::MbFile {
+                    relative_path: "Media".into(),
+                    mode: 0o040755,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
         w.finish().unwrap();
         Value::Dictionary(Dictionary::new())
             .to_file_xml(b.join("Manifest.plist"))
+            .unwrap();
+        Value::Dictionary(extra)
+            .to_file_xml(b.join("Info.plist"))
             .unwrap();
         let mut st = Dictionary::new();
         st.insert("SnapshotState".into(), Value::from("finished"));
         Value::Dictionary(st)
             .to_file_xml(b.join("Status.plist"))
             .unwrap();
+    }
 
+    const WHOLE: [&str; 4] = [
+        "HomeDomain",
+        "SystemPreferencesDomain",
+        "WirelessDomain",
+        "CameraRollDomain",
+    ];
+
+    fn removes(root: &Path, source: &str, target: &str, o: &RestoreOptions) -> bool {
+        let p = plan(root, source, target, o).unwrap();
+        request(target, &p, o)
+            .options
+            .bool_of("RemoveItemsNotRestored")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_selective_restore_keeps_the_rest_of_the_device() {
+        let t = tempfile::tempdir().unwrap();
+        backup_with(t.path(), "A", &WHOLE, Dictionary::new());
         let o = opts(&["photos"]);
-        let p = plan(t.path(), "A", &o).unwrap();
+        let p = plan(t.path(), "A", "B", &o).unwrap();
         assert!(p.filtered.is_some());
         let r = request("B", &p, &o);
         assert_eq!(
@@ -466,22 +597,52 @@ mod tests {
         assert_eq!(r.options.bool_of("RestoreSystemFiles"), Some(true));
         assert_eq!(r.options.str_of("Password"), Some("pw"));
         let all = opts(&[]);
-        let p = plan(t.path(), "A", &all).unwrap();
-        assert!(p.filtered.is_none());
-        assert_eq!(
-            request("A", &p, &all)
-                .options
-                .bool_of("RemoveItemsNotRestored"),
-            Some(true)
-        );
+        let p = plan(t.path(), "A", "A", &all).unwrap();
+        assert!(p.filtered.is_none() && p.partial.is_none());
+        assert!(removes(t.path(), "A", "A", &all), "a whole backup, whole");
 
         assert!(matches!(
-            plan(t.path(), "A", &opts(&["messages"])),
+            plan(t.path(), "A", "B", &opts(&["messages"])),
             Err(EngineError::Usage(_))
         ));
         assert!(matches!(
-            plan(t.path(), "Z", &all),
+            plan(t.path(), "Z", "Z", &all),
             Err(EngineError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn a_whole_restore_of_part_of_a_device_removes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let all = opts(&[]);
+        // Made with --only: Info.plist says so.
+        let mut only = Dictionary::new();
+        only.insert(
+            INFO_ONLY_KEY.into(),
+            Value::Array(vec![Value::from("photos")]),
+        );
+        backup_with(t.path(), "F", &WHOLE, only);
+        let p = plan(t.path(), "F", "B", &all).unwrap();
+        assert!(p.partial.as_deref().unwrap().contains("--only photos"));
+        assert!(!removes(t.path(), "F", "B", &all));
+        // Another tool's filtered backup: no home folder.
+        backup_with(t.path(), "P", &["CameraRollDomain"], Dictionary::new());
+        let p = plan(t.path(), "P", "B", &all).unwrap();
+        assert!(p.partial.as_deref().unwrap().contains("HomeDomain"));
+        assert!(!removes(t.path(), "P", "B", &all));
+        // Whole-looking, but the target's own backup has an app it lacks.
+        backup_with(t.path(), "A", &WHOLE, Dictionary::new());
+        let mut more = WHOLE.to_vec();
+        more.push("AppDomain-com.example.b-only");
+        backup_with(t.path(), "B", &more, Dictionary::new());
+        let p = plan(t.path(), "A", "B", &all).unwrap();
+        assert!(p
+            .partial
+            .as_deref()
+            .unwrap()
+            .contains("AppDomain-com.example.b-only"));
+        assert!(!removes(t.path(), "A", "B", &all));
+        // The other way round nothing is lacking.
+        assert!(removes(t.path(), "B", "A", &all));
     }
 }

@@ -143,6 +143,8 @@ impl Rule {
 pub struct Selection {
     /// Category names as given (checked), for messages.
     pub categories: Vec<String>,
+    /// Whole domains given with `--domain`, as given.
+    pub domains: Vec<String>,
     rules: Vec<OwnedRule>,
 }
 
@@ -206,8 +208,19 @@ impl Selection {
                 domain: d.clone(),
                 prefix: String::new(),
             });
+            s.domains.push(d.clone());
         }
         Ok(s)
+    }
+
+    /// What was chosen, as the user named it: the categories, then the
+    /// domains (`domain:<name>`), for messages and records.
+    pub fn names(&self) -> Vec<String> {
+        self.categories
+            .iter()
+            .cloned()
+            .chain(self.domains.iter().map(|d| format!("domain:{d}")))
+            .collect()
     }
 
     /// Nothing chosen: everything is selected.

@@ -220,6 +220,10 @@ enum Cmd {
         /// Force a full backup.
         #[arg(long)]
         full: bool,
+        /// Before continuing the last backup, read every file of it against
+        /// its digest (by default only that each is there, of its size).
+        #[arg(long)]
+        check_content: bool,
         #[command(flatten)]
         only: Only,
         #[command(flatten)]
@@ -290,6 +294,9 @@ enum Cmd {
     Verify {
         /// The backup folder, or one device's backup in it (DIR/<UDID>) (default: `dir` in the configuration).
         dir: Option<PathBuf>,
+        /// Only that every file is there and of its size; read no content.
+        #[arg(long)]
+        quick: bool,
         #[command(flatten)]
         snap: SnapshotArg,
         #[command(flatten)]
@@ -494,18 +501,27 @@ fn verify(
     dir: &Path,
     snap: &SnapshotArg,
     password_file: Option<&Path>,
+    quick: bool,
 ) -> Result<(), EngineError> {
     let backup = backup_folder(cli, dir, snap)?;
     let pw = passwords::given(password_file)?;
-    let scratch = std::env::temp_dir().join(format!("ibackup-verify-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let r = ibackup_store::verify::verify(&backup, pw.as_deref(), &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let r = r?;
+    let scratch = tempfile::Builder::new()
+        .prefix("ibackup-verify-")
+        .tempdir()?;
+    let digests = ibackup_engine::snapshots::digests_for(&backup);
+    let r = ibackup_store::verify::verify_with(
+        &backup,
+        scratch.path(),
+        &ibackup_store::verify::Options {
+            password: pw.as_deref(),
+            digests: digests.as_deref(),
+            quick,
+        },
+    )?;
     if cli.json {
         println!(
             "{}",
-            json!({"event": "verify", "ok": r.is_sound(), "files": r.files, "bytes": r.bytes, "encrypted": r.encrypted, "problems": r.problems, "warnings": r.warnings})
+            json!({"event": "verify", "ok": r.is_sound(), "files": r.files, "bytes": r.bytes, "encrypted": r.encrypted, "content_checked": r.content_checked, "content_unchecked": r.content_unchecked, "problems": r.problems, "warnings": r.warnings})
         );
     } else if !cli.quiet {
         for p in &r.problems {
@@ -515,11 +531,17 @@ fn verify(
             println!("warning: {w}");
         }
         println!(
-            "{}: {} files, {}{}",
+            "{}: {} {}, {}{}; {}",
             backup.display(),
             r.files,
+            plural(r.files, "file", "files"),
             human_bytes(r.bytes),
-            if r.encrypted { ", encrypted" } else { "" }
+            if r.encrypted { ", encrypted" } else { "" },
+            if quick {
+                "presence and size checked".to_string()
+            } else {
+                format!("content of {} read and checked", r.content_checked)
+            }
         );
     }
     if r.is_sound() {
@@ -584,6 +606,15 @@ impl Report {
             None if self.json => println!("{}", json!({"event": "step", "message": text})),
             None => eprintln!("{text}"),
         }
+    }
+}
+
+/// `one` for 1, else `many` ("1 file", "2 files").
+pub(crate) fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
     }
 }
 
@@ -684,6 +715,7 @@ fn run_backup(
     mux: &MuxClient,
     dir: &Path,
     full: bool,
+    check_content: bool,
     only: &Only,
     pw: &PasswordArgs,
 ) -> Result<(), EngineError> {
@@ -707,7 +739,9 @@ fn run_backup(
             passwords::given(pw_file.as_deref())?
         },
         selection,
+        check_content,
     };
+    let filtered = !opts.selection.is_all();
     let started = Instant::now();
     let r = backup::run(mux, &dev, dir, &opts, &mut report)
         .map_err(|e| e.after_stop(stop::left_by(&cli.cmd)));
@@ -718,19 +752,33 @@ fn run_backup(
     if cli.json {
         println!(
             "{}",
-            json!({"event": "result", "ok": true, "udid": o.udid, "full": o.full, "files": o.files_received, "bytes": o.bytes_received, "seconds": secs, "path": o.path, "snapshot": o.snapshot, "commit_seconds": o.commit_seconds, "refused_paths": o.refused_paths})
+            json!({"event": "result", "ok": true, "udid": o.udid, "full": o.full, "files": o.files_received, "bytes": o.bytes_received, "seconds": secs, "path": o.path, "snapshot": o.snapshot, "commit_seconds": o.commit_seconds, "refused_paths": o.refused_paths, "repaired": o.repaired, "kept_files": o.kept_files, "kept_bytes": o.kept_bytes})
         );
     } else if !cli.quiet {
+        let kept = if filtered {
+            format!(
+                "; kept {} {} ({}) of the chosen categories",
+                o.kept_files,
+                plural(o.kept_files, "file", "files"),
+                human_bytes(o.kept_bytes)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{} backup of {} complete: {} files, {} received in {:.1} s. Backup: {} (snapshot {})",
+            "{} backup of {} complete: {} {}, {} received in {:.1} s{kept}. Backup: {} (snapshot {})",
             if o.full { "Full" } else { "Incremental" },
             o.udid,
             o.files_received,
+            plural(o.files_received, "file", "files"),
             human_bytes(o.bytes_received),
             secs,
             o.path.display(),
             o.snapshot
         );
+        if let Some(why) = &o.repaired {
+            println!("It is full because the last backup was not whole ({why}); this one is.");
+        }
         if o.refused_paths > 0 {
             eprintln!(
                 "Warning: the device named {} paths outside the backup folder; they were refused.",
@@ -845,8 +893,19 @@ fn iso_date(secs: i64) -> String {
 
 fn run(cli: &Cli) -> Result<(), EngineError> {
     match &cli.cmd {
-        Cmd::Verify { dir, snap, pw } => {
-            return verify(cli, &dir_or_config(dir)?, snap, pw.password_file.as_deref())
+        Cmd::Verify {
+            dir,
+            quick,
+            snap,
+            pw,
+        } => {
+            return verify(
+                cli,
+                &dir_or_config(dir)?,
+                snap,
+                pw.password_file.as_deref(),
+                *quick,
+            )
         }
         Cmd::Ls {
             dir,
@@ -935,13 +994,24 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
-        Cmd::Full { dir, only, pw } => run_backup(cli, &mux, &backups_dir(dir)?, true, only, pw),
+        Cmd::Full { dir, only, pw } => {
+            run_backup(cli, &mux, &backups_dir(dir)?, true, false, only, pw)
+        }
         Cmd::Backup {
             dir,
             full,
+            check_content,
             only,
             pw,
-        } => run_backup(cli, &mux, &backups_dir(dir)?, *full, only, pw),
+        } => run_backup(
+            cli,
+            &mux,
+            &backups_dir(dir)?,
+            *full,
+            *check_content,
+            only,
+            pw,
+        ),
         Cmd::Watch {
             dir,
             every,

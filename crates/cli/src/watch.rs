@@ -68,6 +68,7 @@ pub fn run(
             trust_wait: trust,
             selection,
             password,
+            check_content: false,
         })
     };
     let say = |text: String, value: serde_json::Value| {

@@ -525,6 +525,98 @@ fn verify_passes_a_sound_backup_and_names_damage() {
     );
 }
 
+/// The backup folder's content file of the first file row whose
+/// `Domain/path` starts with `prefix`: (name, path).
+fn content_file(backup: &Path, prefix: &str) -> (String, std::path::PathBuf) {
+    let db = ibackup_store::manifest_db::ManifestDb::open(&backup.join("Manifest.db")).unwrap();
+    let mut hit = None;
+    db.for_each(|r| {
+        let name = format!("{}/{}", r.domain, r.relative_path);
+        if hit.is_none() && r.flags == 1 && r.file.size > 64 && name.starts_with(prefix) {
+            hit = Some((
+                format!("{}-{}", r.domain, r.relative_path),
+                backup.join(&r.file_id[..2]).join(&r.file_id),
+            ));
+        }
+        Ok(())
+    })
+    .unwrap();
+    hit.expect("a file there")
+}
+
+#[test]
+fn verify_reads_every_byte_and_the_next_backup_repairs_a_damaged_one() {
+    let host = SimHost::start(&[(Profile::Small, 163)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let ib = |args: &[&str]| {
+        run({
+            let mut c = ibackup(&host);
+            c.args(["-u", a]).args(args).arg(&dir);
+            c
+        })
+    };
+    assert_ok(&ib(&["full"]), "backup");
+    let o = ib(&["verify"]);
+    assert_ok(&o, "verify");
+    assert!(
+        text(&o).contains("content of 2"),
+        "every file read: {}",
+        text(&o)
+    );
+
+    // Four bytes of a photo overwritten, its size unchanged: the format has
+    // no digest for it, ibackup's record has.
+    let (photo, path) = content_file(&dir.join(a), "CameraRollDomain/Media/DCIM");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40..44].copy_from_slice(b"\0\0\0\0");
+    // A new inode: older snapshots share the old one.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let o = ib(&["verify"]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("damaged: {photo}")),
+        "{}",
+        text(&o)
+    );
+    assert_ok(&ib(&["verify", "--quick"]), "a quick check sees sizes only");
+
+    // The nightly backup does not carry on from it: with --check-content
+    // it reads everything, finds the photo, and makes a full backup.
+    let o = ib(&["backup", "--check-content"]);
+    assert_ok(&o, "backup over a damaged photo");
+    assert!(
+        text(&o).contains("Full backup") && text(&o).contains("not whole"),
+        "{}",
+        text(&o)
+    );
+    assert_ok(&ib(&["verify"]), "verify after the repair");
+
+    // A content file deleted: found by the cheap check every run does.
+    let (gone, path) = content_file(&dir.join(a), "HomeDomain/Library");
+    std::fs::remove_file(&path).unwrap();
+    let o = ib(&["--json", "backup"]);
+    assert_ok(&o, "backup over a missing file");
+    let result = text(&o)
+        .lines()
+        .find(|l| l.contains("\"event\":\"result\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .expect("a result line");
+    assert_eq!(result["full"], true, "{result}");
+    assert!(
+        result["repaired"].as_str().unwrap().contains(&gone),
+        "{result}"
+    );
+    assert_ok(&ib(&["verify"]), "verify after the second repair");
+    let o = ib(&["backup"]);
+    assert!(
+        text(&o).contains("Incremental backup"),
+        "whole again: {}",
+        text(&o)
+    );
+}
+
 #[test]
 fn info_validate_and_unpair() {
     let host = SimHost::start(&[(Profile::Empty, 171)], |_, c| {

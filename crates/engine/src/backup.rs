@@ -48,6 +48,9 @@ pub struct Options {
     pub selection: Selection,
     /// The backup password, needed to filter an encrypted backup.
     pub password: Option<String>,
+    /// Before continuing the last backup, read all of it against its
+    /// digests (not only that every file is there and of its size).
+    pub check_content: bool,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             trust_wait: Duration::from_secs(120),
             selection: Selection::default(),
             password: None,
+            check_content: false,
         }
     }
 }
@@ -74,6 +78,13 @@ pub struct Outcome {
     pub snapshot: String,
     /// Time spent committing it (staged folder checked, renamed into place).
     pub commit_seconds: f64,
+    /// Why the last backup could not be continued, when it could not: the
+    /// backup was then made full, so that this one is whole.
+    pub repaired: Option<String>,
+    /// Files in the stored backup, and their bytes (after `--only`, what
+    /// was kept).
+    pub kept_files: u64,
+    pub kept_bytes: u64,
 }
 
 /// Device error numbers for host-side failures (libimobiledevice `errno_to_device_error`).
@@ -306,6 +317,7 @@ impl<'a> Host<'a> {
                     let old = std::fs::symlink_metadata(t).ok();
                     std::fs::rename(p, t)?;
                     self.dir.wrote(&backup_name, old.as_ref(), written);
+                    self.dir.received(&backup_name, t);
                     self.files += 1;
                 }
                 (Some(p), _, Some(e)) => {
@@ -525,8 +537,9 @@ impl<'a> Host<'a> {
                             if let Some(parent) = b.parent() {
                                 self.dir.make_folder(parent)?;
                             }
-                            if let Err(e) = std::fs::rename(&a, &b) {
-                                failure = Some((device_errno(&e), e.to_string()));
+                            match std::fs::rename(&a, &b) {
+                                Ok(()) => self.dir.moved(from, to, &b),
+                                Err(e) => failure = Some((device_errno(&e), e.to_string())),
                             }
                         }
                         (Err(e), _) | (_, Err(e)) => {
@@ -549,8 +562,8 @@ impl<'a> Host<'a> {
                         self.dir.changed(&to);
                         // b may be a link to a committed file: unlink, then copy to a new inode.
                         let _ = std::fs::remove_file(&b);
-                        std::fs::copy(a, b)
-                            .map(|_| ())
+                        std::fs::copy(a, &b)
+                            .map(|_| self.dir.received(&to, &b))
                             .map_err(|e| (device_errno(&e), e.to_string()))
                     }
                     (Err(e), _) | (_, Err(e)) => {
@@ -681,7 +694,25 @@ pub fn run(
     // The device continues from the index it is shown; a filtered index
     // would make it skip what was dropped, so it gets a full backup.
     let was_filtered = filtered_marker(root, &device.udid).exists();
-    let full = opts.full || !has_previous || was_filtered;
+    let mut full = opts.full || !has_previous || was_filtered;
+    // The device sends only what changed on the phone: a file missing or
+    // damaged in the last backup would stay so for ever. Continue only a
+    // whole backup; else make a full one, and say why.
+    let mut repaired = None;
+    if !full {
+        events.step(if opts.check_content {
+            "checking the last backup (every file against its digest)"
+        } else {
+            "checking the last backup (every file there, of its size)"
+        });
+        if let Some(why) = previous_damage(&dir.committed(), opts.check_content) {
+            events.step(&format!(
+                "the last backup is not whole ({why}): making a full backup, so that this one is"
+            ));
+            full = true;
+            repaired = Some(why);
+        }
+    }
     let t0 = std::time::Instant::now();
     if !dir.links_files() {
         events.step(
@@ -761,6 +792,9 @@ pub fn run(
             path: dir.committed(),
             snapshot: String::new(),
             commit_seconds: 0.0,
+            repaired: repaired.clone(),
+            kept_files: 0,
+            kept_bytes: 0,
         })
     })();
     // Best effort: after a lost connection there is no device to tell.
@@ -791,7 +825,18 @@ pub fn run(
                 }
                 std::fs::write(&marker, opts.selection.categories.join(",") + "\n")?;
             }
-            let snap = dir.commit(full, !opts.selection.is_all())?;
+            // The device may turn an incremental request into a full backup
+            // (after encryption was turned on, or an index it could not
+            // read): its Status.plist says which it made.
+            let device_full = Value::from_file(dir.staging().join("Status.plist"))
+                .ok()
+                .and_then(Value::into_dictionary)
+                .and_then(|d| d.bool_of("IsFullBackup"))
+                .unwrap_or(false);
+            outcome.full |= device_full;
+            let snap = dir.commit(outcome.full, !opts.selection.is_all())?;
+            outcome.kept_files = snap.files;
+            outcome.kept_bytes = snap.bytes;
             if opts.selection.is_all() {
                 let _ = std::fs::remove_file(&marker);
             }
@@ -805,6 +850,80 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// What is wrong with the committed backup `folder`, if anything, in a
+/// phrase: a file missing, of the wrong size, a link where a file or
+/// folder should be, or (with `content`) bytes that do not match their
+/// digest. A plain backup is checked against its index; an encrypted one
+/// (whose index needs the password) against ibackup's digest record.
+fn previous_damage(folder: &Path, content: bool) -> Option<String> {
+    use ibackup_store::verify::{verify_with, Options as Check};
+    let digests = crate::snapshots::digests_for(folder);
+    let scratch = tempfile::tempdir().ok()?;
+    let check = Check {
+        password: None,
+        digests: digests.as_deref(),
+        quick: !content,
+    };
+    let problems = match verify_with(folder, scratch.path(), &check) {
+        Ok(r) if r.is_sound() => return None,
+        Ok(r) => (r.problems, r.problem_count),
+        Err(ibackup_store::StoreError::PasswordRequired) => {
+            match record_damage(folder, digests.as_deref(), content) {
+                Some(p) => (vec![p], 1),
+                None => return None,
+            }
+        }
+        Err(e) => (vec![e.to_string()], 1),
+    };
+    let (list, count) = problems;
+    Some(match count {
+        0 | 1 => list.into_iter().next().unwrap_or_default(),
+        n => format!(
+            "{n} problems, e.g. {}",
+            list.into_iter().next().unwrap_or_default()
+        ),
+    })
+}
+
+/// [`previous_damage`] for an encrypted backup: every file ibackup's record
+/// names is there, of the size received (and content); links are damage.
+fn record_damage(folder: &Path, digests: Option<&Path>, content: bool) -> Option<String> {
+    let d = ibackup_store::digests::Digests::open(digests?)?;
+    let bounds = ibackup_store::paths::content_bounds(folder);
+    let mut first: Option<String> = None;
+    let mut count = 0u64;
+    let _ = d.for_each(|id, e| {
+        let rel = Path::new(&id[..2.min(id.len())]).join(id);
+        let bad = match ibackup_store::paths::open_in(folder, &rel, &bounds) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Some(format!("missing: {id}"))
+            }
+            Err(err) => Some(format!("unusable: {id}: {err}")),
+            Ok(f) => match f.metadata() {
+                Ok(m) if m.len() != e.size => Some(format!("wrong size: {id}")),
+                Ok(_) if content => match ibackup_store::digests::sha256_of(f) {
+                    Ok(got) if got.sha256 == e.sha256 => None,
+                    _ => Some(format!("damaged: {id} does not match its recorded digest")),
+                },
+                Ok(_) => None,
+                Err(err) => Some(format!("unusable: {id}: {err}")),
+            },
+        };
+        if let Some(b) = bad {
+            count += 1;
+            first.get_or_insert(b);
+        }
+        Ok(())
+    });
+    first.map(|f| {
+        if count == 1 {
+            f
+        } else {
+            format!("{count} problems, e.g. {f}")
+        }
+    })
 }
 
 /// Present while `DIR/<UDID>/` holds a filtered backup (`backup --only`).

@@ -66,6 +66,26 @@ fn sidecar(root: &Path, udid: &str, id: &str) -> PathBuf {
     dir(root, udid).join(format!("{id}.json"))
 }
 
+/// The digest record of snapshot `id` ([`ibackup_store::digests`]).
+pub fn digests_path(root: &Path, udid: &str, id: &str) -> PathBuf {
+    dir(root, udid).join(format!("{id}.digests.db"))
+}
+
+/// The digest record of the backup folder `folder`: `DIR/<UDID>` (the
+/// newest snapshot) or `DIR/.ibackup/snapshots/<UDID>/<ID>`; `None` for a
+/// folder ibackup keeps no record of (Finder's, another tool's).
+pub fn digests_for(folder: &Path) -> Option<PathBuf> {
+    let name = folder.file_name()?.to_string_lossy().into_owned();
+    let parent = folder.parent()?;
+    let found = if parent.parent()?.ends_with(".ibackup/snapshots") {
+        parent.join(format!("{name}.digests.db"))
+    } else {
+        let id = newest_id(parent, &name)?;
+        digests_path(parent, &name, &id)
+    };
+    found.is_file().then_some(found)
+}
+
 fn newest_file(root: &Path, udid: &str) -> PathBuf {
     dir(root, udid).join("newest")
 }
@@ -430,6 +450,7 @@ pub fn commit(
     staging: &Path,
     info: Info,
     inherit: &[String],
+    record: Option<&Path>,
 ) -> Result<Info> {
     let d = dir(root, udid);
     fs::create_dir_all(&d)?;
@@ -485,6 +506,9 @@ pub fn commit(
         &sidecar(root, udid, &id),
         &serde_json::to_vec_pretty(&info).expect("json"),
     )?;
+    if let Some(r) = record {
+        fs::rename(r, digests_path(root, udid, &id))?;
+    }
     let swapped = (|| -> Result<()> {
         if let Some(p) = &prev {
             fs::rename(&committed, d.join(p))?;
@@ -626,6 +650,7 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
                 hand_back(&d, udid, prev, &staging, &p.inherit)?;
                 fs::rename(d.join(prev), &committed)?;
                 let _ = fs::remove_file(sidecar(root, udid, &p.new));
+                let _ = fs::remove_file(digests_path(root, udid, &p.new));
             }
             // Both renames done (or nothing to move): only `newest` is stale.
             (true, true, true) | (true, false, _) => {
@@ -634,6 +659,7 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
             // Nothing moved yet.
             _ => {
                 let _ = fs::remove_file(sidecar(root, udid, &p.new));
+                let _ = fs::remove_file(digests_path(root, udid, &p.new));
             }
         }
         fs::remove_file(pending_file(root, udid))?;
@@ -647,7 +673,10 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
     let newest = newest_id(root, udid);
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name.strip_suffix(".json") {
+        if let Some(id) = name
+            .strip_suffix(".json")
+            .or_else(|| name.strip_suffix(".digests.db"))
+        {
             if id != "pending"
                 && id != "handover"
                 && Some(id) != newest.as_deref()
@@ -883,6 +912,7 @@ fn finish_removal(root: &Path, udid: &str, h: &Handover) -> Result<()> {
         fs::rename(&from, t.join(&h.from))?;
     }
     let _ = fs::remove_file(sidecar(root, udid, &h.from));
+    let _ = fs::remove_file(digests_path(root, udid, &h.from));
     match fs::remove_file(handover_file(root, udid)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
@@ -1003,9 +1033,9 @@ mod tests {
             folders: None,
         };
         fake_backup(&staging, b"one");
-        let a = commit(root, "U", &staging, info(1000), &[]).unwrap();
+        let a = commit(root, "U", &staging, info(1000), &[], None).unwrap();
         fake_backup(&staging, b"two");
-        let b = commit(root, "U", &staging, info(2000), &[]).unwrap();
+        let b = commit(root, "U", &staging, info(2000), &[], None).unwrap();
         let l = list(root, "U").unwrap();
         assert_eq!(
             l.iter()
@@ -1035,7 +1065,7 @@ mod tests {
         assert_eq!(list(root, "U").unwrap().len(), 2, "no half snapshot");
 
         // Interrupted after both renames: only `newest` was stale.
-        let c = commit(root, "U", &staging, info(3000), &[]).unwrap();
+        let c = commit(root, "U", &staging, info(3000), &[], None).unwrap();
         fs::write(newest_file(root, "U"), &b.id).unwrap();
         fs::write(
             pending_file(root, "U"),
@@ -1100,7 +1130,7 @@ mod tests {
         assert!(l[0].newest && l[0].path == root.join("U"));
         fake_backup(&root.join("staging"), b"new");
         let info = describe(&root.join("staging"), "", true, "complete");
-        commit(root, "U", &root.join("staging"), info, &[]).unwrap();
+        commit(root, "U", &root.join("staging"), info, &[], None).unwrap();
         let l = list(root, "U").unwrap();
         assert_eq!(l.len(), 2);
         assert!(!l[0].newest && l[1].newest);
@@ -1118,7 +1148,7 @@ mod tests {
             let mut info = describe(&root.join("staging"), "", true, "complete");
             info.date = 1000 * (n as i64 + 1);
             ids.push(
-                commit(root, "U", &root.join("staging"), info, &[])
+                commit(root, "U", &root.join("staging"), info, &[], None)
                     .unwrap()
                     .id,
             );
@@ -1215,11 +1245,11 @@ mod tests {
         let root = t.path();
         let inherit = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
-        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        let a = commit(root, "U", &s1, night(1000), &[], None).unwrap().id;
         // A quiet night: both folders move on whole.
         let s2 = stage(root, &[]);
         let ab_inode = fs::metadata(root.join("U/ab")).unwrap();
-        let b = commit(root, "U", &s2, night(87_000), &inherit(&["ab", "cd"]))
+        let b = commit(root, "U", &s2, night(87_000), &inherit(&["ab", "cd"]), None)
             .unwrap()
             .id;
         {
@@ -1237,7 +1267,7 @@ mod tests {
         // cd changes: the snapshot before keeps the old cd, and the links
         // to the newest's cd now lead to it.
         let s3 = stage(root, &[("cd/y", b"22")]);
-        let c = commit(root, "U", &s3, night(90_000), &inherit(&["ab"]))
+        let c = commit(root, "U", &s3, night(90_000), &inherit(&["ab"]), None)
             .unwrap()
             .id;
         assert_eq!(
@@ -1246,7 +1276,7 @@ mod tests {
         );
         // ab changes too.
         let s4 = stage(root, &[("ab/x", b"11")]);
-        let e = commit(root, "U", &s4, night(91_000), &inherit(&["cd"]))
+        let e = commit(root, "U", &s4, night(91_000), &inherit(&["cd"]), None)
             .unwrap()
             .id;
         links_are_one_step(root);
@@ -1294,9 +1324,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
         let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
-        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        let a = commit(root, "U", &s1, night(1000), &[], None).unwrap().id;
         let s2 = stage(root, &[("cd/y", b"22")]);
-        commit(root, "U", &s2, night(87_000), &["ab".to_string()]).unwrap();
+        commit(root, "U", &s2, night(87_000), &["ab".to_string()], None).unwrap();
         assert_eq!(
             fs::read_link(dir(root, "U").join(&a).join("ab")).unwrap(),
             to_newest("U", "ab"),
@@ -1305,7 +1335,7 @@ mod tests {
         // The user deletes the newest to start afresh; the next backup is full.
         fs::remove_dir_all(root.join("U")).unwrap();
         let s3 = stage(root, &[("ab/x", b"111"), ("cd/y", b"222")]);
-        let c = commit(root, "U", &s3, night(90_000), &[]).unwrap().id;
+        let c = commit(root, "U", &s3, night(90_000), &[], None).unwrap().id;
         let all = list(root, "U").unwrap();
         let old = all.iter().find(|s| s.info.id == a).unwrap();
         assert!(
@@ -1331,11 +1361,18 @@ mod tests {
         let root = t.path();
         let d = dir(root, "U");
         let s1 = stage(root, &[("ab/x", b"1"), ("cd/y", b"2")]);
-        let a = commit(root, "U", &s1, night(1000), &[]).unwrap().id;
+        let a = commit(root, "U", &s1, night(1000), &[], None).unwrap().id;
         let s2 = stage(root, &[]);
-        let b = commit(root, "U", &s2, night(2000), &["ab".into(), "cd".into()])
-            .unwrap()
-            .id;
+        let b = commit(
+            root,
+            "U",
+            &s2,
+            night(2000),
+            &["ab".into(), "cd".into()],
+            None,
+        )
+        .unwrap()
+        .id;
 
         // Killed in the middle of the next commit, after ab moved into
         // staging and the links to cd were turned to b's.
@@ -1380,7 +1417,7 @@ mod tests {
         // finishes it. (c changes cd, so b holds the cd a links to.)
         let _ = fs::remove_dir_all(&staging);
         let s3 = stage(root, &[("cd/y", b"22")]);
-        let c = commit(root, "U", &s3, night(3000), &["ab".into()])
+        let c = commit(root, "U", &s3, night(3000), &["ab".into()], None)
             .unwrap()
             .id;
         let h = Handover {

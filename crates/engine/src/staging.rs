@@ -41,6 +41,66 @@ pub struct BackupDir {
     made: Mutex<Option<Identity>>,
     /// Whether the disk has hard links ([`can_link_files`]), asked once.
     links_files: std::sync::OnceLock<bool>,
+    /// The digest record of the backup being staged (see [`Recorder`]).
+    record: Mutex<Option<Recorder>>,
+}
+
+/// What the recorder is told, in the order it happened.
+enum RecordJob {
+    /// A file the device sent, named by its file ID, opened where it landed.
+    Put(String, File),
+    /// A content file that is gone (or whose content is no longer known).
+    Forget(String),
+}
+
+/// Writes the staged backup's digest record ([`ibackup_store::digests`])
+/// on a thread of its own: each file the device sends is read back once,
+/// while the next one arrives (on the other core, from the page cache),
+/// so recording costs the backup little time.
+struct Recorder {
+    tx: std::sync::mpsc::SyncSender<RecordJob>,
+    handle: JoinHandle<Result<()>>,
+    path: PathBuf,
+}
+
+impl Recorder {
+    fn start(path: PathBuf, previous: Option<PathBuf>) -> Recorder {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordJob>(64);
+        let at = path.clone();
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut d = ibackup_store::digests::Digests::create(&at, previous.as_deref())?;
+            for job in rx {
+                match job {
+                    RecordJob::Put(id, f) => {
+                        let e = ibackup_store::digests::sha256_of(f)?;
+                        d.put(&id, e)?;
+                    }
+                    RecordJob::Forget(id) => d.forget(&id)?,
+                }
+            }
+            d.finish()?;
+            Ok(())
+        });
+        Recorder { tx, handle, path }
+    }
+
+    /// Wait for every file to be recorded; the record's path.
+    fn finish(self) -> Result<PathBuf> {
+        drop(self.tx);
+        match self.handle.join() {
+            Ok(Ok(())) => Ok(self.path),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::Io(std::io::Error::other(
+                "recording the backup's digests failed",
+            ))),
+        }
+    }
+}
+
+/// The file ID a device path ends in, if it names one.
+fn file_id_of(device_path: &str) -> Option<&str> {
+    let name = device_path.trim_end_matches('/').rsplit('/').next()?;
+    ibackup_store::paths::is_file_id(name).then_some(name)
 }
 
 /// What tells one folder from another: device and inode on Unix; on
@@ -164,6 +224,7 @@ impl BackupDir {
             counts: Mutex::new(None),
             made: Mutex::new(None),
             links_files: std::sync::OnceLock::new(),
+            record: Mutex::new(None),
         };
         dir.recover()?;
         Ok(dir)
@@ -216,6 +277,7 @@ impl BackupDir {
         remove_tree(&self.old())?;
         snapshots::recover(&self.root, &self.udid)?;
         remove_tree(&self.staging())?;
+        let _ = fs::remove_file(self.record_path());
         Ok(())
     }
 
@@ -241,6 +303,14 @@ impl BackupDir {
         fs::create_dir_all(&staging)?;
         *self.made.lock().expect("made lock") = Some(identity(&staging)?);
         let committed = self.committed();
+        // The record starts from the previous one when the backup continues
+        // it (the device then sends only what changed).
+        let previous = snapshots::newest_id(&self.root, &self.udid)
+            .map(|id| snapshots::digests_path(&self.root, &self.udid, &id))
+            .filter(|p| link_previous && committed.is_dir() && p.is_file());
+        self.drop_record();
+        *self.record.lock().expect("record lock") =
+            Some(Recorder::start(self.record_path(), previous));
         if !link_previous || !committed.is_dir() {
             self.set_counts(Some(Counts { files: 0, bytes: 0 }));
             return Ok(());
@@ -303,6 +373,59 @@ impl BackupDir {
         Ok(())
     }
 
+    /// Where the staged backup's digest record is written.
+    fn record_path(&self) -> PathBuf {
+        self.root
+            .join(".ibackup/staging")
+            .join(format!("{}.digests.db", self.udid))
+    }
+
+    fn send(&self, job: RecordJob) {
+        if let Some(r) = &*self.record.lock().expect("record lock") {
+            // A recorder that stopped says why when it is finished.
+            let _ = r.tx.send(job);
+        }
+    }
+
+    /// The device sent the file now at `local` (`device_path`): record its
+    /// digest, if it is a content file.
+    pub fn received(&self, device_path: &str, local: &Path) {
+        if let Some(id) = file_id_of(device_path) {
+            match ibackup_store::paths::open_no_follow(local) {
+                Ok(f) => self.send(RecordJob::Put(id.to_string(), f)),
+                Err(e) => {
+                    log::info!("{} not recorded: {e}", local.display());
+                    self.send(RecordJob::Forget(id.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The device moved `from` to `to` (now at `local`).
+    pub fn moved(&self, from: &str, to: &str, local: &Path) {
+        let (a, b) = (file_id_of(from), file_id_of(to));
+        if a != b {
+            if let Some(a) = a {
+                self.send(RecordJob::Forget(a.to_string()));
+            }
+            if b.is_some() && local.is_file() {
+                self.received(to, local);
+            }
+        }
+    }
+
+    /// Finish the record; its path (`None` when none was started).
+    fn finish_record(&self) -> Result<Option<PathBuf>> {
+        let r = self.record.lock().expect("record lock").take();
+        r.map(Recorder::finish).transpose()
+    }
+
+    /// Stop recording and delete the record.
+    fn drop_record(&self) {
+        let _ = self.finish_record();
+        let _ = fs::remove_file(self.record_path());
+    }
+
     fn set_counts(&self, c: Option<Counts>) {
         *self.counts.lock().expect("counts lock") = c;
     }
@@ -335,6 +458,11 @@ impl BackupDir {
     /// `device_path`, which was `old` (looked at without following links),
     /// has been removed.
     pub fn removed(&self, device_path: &str, old: &fs::Metadata) {
+        if place(device_path) == Place::ContentFile {
+            if let Some(id) = file_id_of(device_path) {
+                self.send(RecordJob::Forget(id.to_string()));
+            }
+        }
         match place(device_path) {
             Place::Outside => {}
             Place::ContentFile if old.is_file() => self.adjust_counts(|c| {
@@ -558,7 +686,15 @@ impl BackupDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(info.date);
-        snapshots::commit(&self.root, &self.udid, &staging, info, &inherit)
+        let record = self.finish_record()?;
+        snapshots::commit(
+            &self.root,
+            &self.udid,
+            &staging,
+            info,
+            &inherit,
+            record.as_deref(),
+        )
     }
 
     /// Replace each staged content file whose bytes equal the newest
@@ -602,6 +738,7 @@ impl BackupDir {
     /// Drop the staging folder (after a failed session).
     pub fn abandon(&self) {
         let _ = self.ready();
+        self.drop_record();
         let _ = remove_tree(&self.staging());
     }
 }
@@ -610,6 +747,7 @@ impl Drop for BackupDir {
     /// No linking thread outlives the session (nor the lock).
     fn drop(&mut self) {
         let _ = self.ready();
+        let _ = self.finish_record();
     }
 }
 
@@ -844,6 +982,20 @@ impl Area<'_> {
     pub fn removed(&self, device_path: &str, old: &fs::Metadata) {
         if let Area::Staging(d) = self {
             d.removed(device_path, old);
+        }
+    }
+
+    /// The device sent a file (see [`BackupDir::received`]).
+    pub fn received(&self, device_path: &str, local: &Path) {
+        if let Area::Staging(d) = self {
+            d.received(device_path, local);
+        }
+    }
+
+    /// The device moved a file (see [`BackupDir::moved`]).
+    pub fn moved(&self, from: &str, to: &str, local: &Path) {
+        if let Area::Staging(d) = self {
+            d.moved(from, to, local);
         }
     }
 

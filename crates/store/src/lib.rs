@@ -7,6 +7,7 @@
 
 pub mod categories;
 pub mod crypto;
+pub mod digests;
 pub mod error;
 pub mod extract;
 pub mod manifest_db;

@@ -108,9 +108,120 @@ pub fn is_inside(path: &Path, folder: &Path) -> bool {
     full.starts_with(&folder)
 }
 
+/// Open `path` for reading without following a symbolic link in its last
+/// component, and only if it is a regular file.
+pub fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    #[cfg(not(unix))]
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(link_error(path));
+    }
+    let f = o.open(path).map_err(|e| {
+        // O_NOFOLLOW on a link fails with ELOOP.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            link_error(path)
+        } else {
+            e
+        }
+    })?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+fn link_error(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{} is a symbolic link where the backup holds a file; it is not followed",
+            path.display()
+        ),
+    )
+}
+
+/// The folders a backup folder's content may lie in, resolved: the folder
+/// itself and, for a snapshot in ibackup's history
+/// (`DIR/.ibackup/snapshots/<UDID>/<ID>`), the other snapshots of that
+/// device and the newest (`DIR/<UDID>`), to which its unchanged content
+/// folders link (see the engine's `snapshots` module). Nothing else.
+pub fn content_bounds(backup: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(me) = std::fs::canonicalize(backup) else {
+        return out;
+    };
+    out.push(me.clone());
+    if let (Some(history), Some(snapshots)) = (me.parent(), me.parent().and_then(Path::parent)) {
+        if snapshots.ends_with(".ibackup/snapshots") {
+            out.push(history.to_path_buf());
+            if let (Some(udid), Some(root)) = (
+                history.file_name(),
+                snapshots.parent().and_then(Path::parent),
+            ) {
+                if let Ok(newest) = std::fs::canonicalize(root.join(udid)) {
+                    out.push(newest);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Open `folder/rel` (plain relative components) for reading, following
+/// no symbolic link but one: a first-level folder of a history snapshot
+/// that links to a real folder inside `bounds` ([`content_bounds`]). A
+/// backup folder someone hands us may hold links to anywhere; none of them
+/// leads ibackup outside it.
+pub fn open_in(folder: &Path, rel: &Path, bounds: &[PathBuf]) -> std::io::Result<std::fs::File> {
+    let parts: Vec<_> = rel.components().collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let mut cur = folder.to_path_buf();
+    for (depth, c) in dirs.iter().enumerate() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a plain path", rel.display()),
+            ));
+        };
+        cur.push(name);
+        let md = std::fs::symlink_metadata(&cur)?;
+        if md.file_type().is_symlink() {
+            let inside = depth == 0
+                && std::fs::canonicalize(&cur).is_ok_and(|t| {
+                    t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
+                });
+            if !inside {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is a symbolic link leading outside the backup; it is not followed",
+                        cur.display()
+                    ),
+                ));
+            }
+        } else if !md.is_dir() {
+            return Err(std::io::ErrorKind::NotADirectory.into());
+        }
+    }
+    open_no_follow(&cur.join(last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use std::io::Read;
 
     #[test]
     fn known_file_ids() {
@@ -151,6 +262,56 @@ mod tests {
         for d in ["", "a/b", "..", "SysContainerDomain-../../../var"] {
             assert!(check_domain(d).is_err(), "{d:?}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn content_is_opened_without_following_links_out_of_the_backup() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, b"host file").unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"x").unwrap();
+        // DIR/<UDID> and a history snapshot linking its folder "ab" to it.
+        let root = t.path().join("DIR");
+        let newest = root.join("U");
+        let snap = root.join(".ibackup/snapshots/U/S1");
+        std::fs::create_dir_all(newest.join("ab")).unwrap();
+        std::fs::write(newest.join("ab/ok"), b"real").unwrap();
+        std::fs::create_dir_all(&snap).unwrap();
+        symlink("../../../../U/ab", snap.join("ab")).unwrap();
+        symlink(&outside, snap.join("cd")).unwrap();
+        symlink(&secret, newest.join("ab/leak")).unwrap();
+        symlink(&outside, newest.join("ef")).unwrap();
+
+        let b = content_bounds(&newest);
+        let mut s = String::new();
+        open_in(&newest, Path::new("ab/ok"), &b)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "real");
+        assert!(
+            open_in(&newest, Path::new("ab/leak"), &b).is_err(),
+            "a file link"
+        );
+        assert!(
+            open_in(&newest, Path::new("ef/f"), &b).is_err(),
+            "a folder link in the newest"
+        );
+        let b = content_bounds(&snap);
+        assert!(
+            open_in(&snap, Path::new("ab/ok"), &b).is_ok(),
+            "a snapshot's own link"
+        );
+        assert!(
+            open_in(&snap, Path::new("cd/f"), &b).is_err(),
+            "a snapshot link elsewhere"
+        );
+        assert!(open_in(&snap, Path::new("../secret"), &b).is_err());
+        assert!(open_no_follow(&newest.join("ab")).is_err(), "a folder");
     }
 
     #[test]

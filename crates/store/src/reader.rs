@@ -146,6 +146,8 @@ pub fn decrypt_stream(key: &[u8; 32], input: &mut dyn Read, output: &mut dyn Wri
 pub struct Contents<'a> {
     path: &'a Path,
     keybag: Option<&'a Keybag>,
+    /// Where content may be read from ([`crate::paths::content_bounds`]).
+    bounds: &'a [PathBuf],
 }
 
 impl Contents<'_> {
@@ -168,11 +170,19 @@ impl Contents<'_> {
         }
     }
 
+    /// Open a file's content as stored, following no link that leads
+    /// outside the backup ([`crate::paths::open_in`]).
+    pub fn open(&self, file_id: &str) -> std::io::Result<File> {
+        let path = self.content_path(file_id);
+        let rel = path.strip_prefix(self.path).unwrap_or(&path);
+        crate::paths::open_in(self.path, rel, self.bounds)
+    }
+
     /// Write the plaintext of the file `row` to `out`; its length. A
     /// missing content file of an empty file reads as empty.
     pub fn read(&self, row: &ManifestRow, out: &mut dyn Write) -> Result<u64> {
         let path = self.content_path(&row.file_id);
-        let mut input = match File::open(&path) {
+        let mut input = match self.open(&row.file_id) {
             // Devices may store an empty file's content as nothing at all.
             Ok(f) if row.file.size == 0 && f.metadata()?.len() == 0 => return Ok(0),
             Ok(f) => f,
@@ -214,6 +224,7 @@ impl Contents<'_> {
 pub struct Backup {
     pub path: PathBuf,
     pub index: Index,
+    bounds: Vec<PathBuf>,
     _scratch: tempfile::TempDir,
 }
 
@@ -228,6 +239,7 @@ impl Backup {
         Ok(Backup {
             path: path.to_path_buf(),
             index,
+            bounds: crate::paths::content_bounds(path),
             _scratch: scratch,
         })
     }
@@ -256,6 +268,7 @@ impl Backup {
         Contents {
             path: &self.path,
             keybag: self.index.keybag.as_ref(),
+            bounds: &self.bounds,
         }
     }
 

@@ -1,13 +1,20 @@
 //! Checking a backup folder: is it a complete backup whose index can be
-//! read and whose every file is present, of the right size and, where the
-//! device recorded one, of the right digest?
+//! read and whose every file is present, of the right size and of the
+//! right content? Content is checked against ibackup's own record of each
+//! file's SHA-256 ([`crate::digests`]) where there is one, else against the
+//! digest the device recorded (few files since iOS 10), else not at all,
+//! and the report says how many files that was. Content files are read
+//! on every core, and never through a link that leads outside the backup.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use plist::Value;
 use sha1::{Digest, Sha1};
 
+use crate::digests::{sha256_of, Digests};
 use crate::error::{Result, StoreError};
 use crate::mbfile::FLAG_FILE;
 use crate::reader::open_index;
@@ -18,6 +25,12 @@ pub struct Report {
     pub files: u64,
     pub bytes: u64,
     pub encrypted: bool,
+    /// Files whose content was read and found as recorded.
+    pub content_checked: u64,
+    /// Files whose content could not be checked beyond their size: no
+    /// digest of ibackup's nor of the device's (a backup made by another
+    /// tool, or before ibackup kept digests), or a quick check.
+    pub content_unchecked: u64,
     /// Things that make the backup unusable or incomplete (at most
     /// MAX_LISTED of a kind, then a line with the count of the rest).
     pub problems: Vec<String>,
@@ -31,6 +44,16 @@ impl Report {
     pub fn is_sound(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// How much to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    pub password: Option<&'a str>,
+    /// ibackup's digest record of this backup, if it has one.
+    pub digests: Option<&'a Path>,
+    /// Presence and size only: no file is read.
+    pub quick: bool,
 }
 
 /// At most this many problems are listed; the count says the rest.
@@ -58,8 +81,60 @@ fn dict(path: &Path) -> std::result::Result<plist::Dictionary, String> {
     }
 }
 
-/// Verify the backup folder `backup` (a `<UDID>/` folder).
+/// What a file's content must hash to.
+enum Expect {
+    Sha256([u8; 32]),
+    Sha1(Vec<u8>),
+}
+
+/// One file to read: its name for messages, the open file, what it must be.
+struct Job {
+    name: String,
+    file: File,
+    expect: Expect,
+}
+
+/// A list of problems shared by the reading threads.
+#[derive(Default)]
+struct Found {
+    list: Vec<String>,
+    count: u64,
+}
+
+fn check_content(job: Job) -> Option<String> {
+    let Job { name, file, expect } = job;
+    let matches = match &expect {
+        Expect::Sha256(want) => sha256_of(file).map(|e| e.sha256 == *want),
+        Expect::Sha1(want) => {
+            let mut h = Sha1::new();
+            let mut f = file;
+            std::io::copy(&mut f, &mut h).map(|_| h.finalize().as_slice() == want.as_slice())
+        }
+    };
+    match matches {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "damaged: {name} does not match its recorded digest"
+        )),
+        Err(e) => Some(format!("unreadable: {name}: {e}")),
+    }
+}
+
+/// Verify the backup folder `backup` (a `<UDID>/` folder): presence, size,
+/// and the digests the device recorded.
 pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<Report> {
+    verify_with(
+        backup,
+        scratch,
+        &Options {
+            password,
+            ..Options::default()
+        },
+    )
+}
+
+/// Verify `backup` as `opts` says.
+pub fn verify_with(backup: &Path, scratch: &Path, opts: &Options) -> Result<Report> {
     let mut r = Report::default();
     if !backup.is_dir() {
         r.problems
@@ -83,9 +158,9 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
             ));
         }
     }
-    let (db, keybag) = match open_index(backup, password, scratch) {
+    let (db, keybag) = match open_index(backup, opts.password, scratch) {
         Ok(x) => (x.db, x.keybag),
-        Err(StoreError::WrongPassword) => return Err(StoreError::WrongPassword),
+        Err(e @ (StoreError::WrongPassword | StoreError::PasswordRequired)) => return Err(e),
         Err(e) => {
             r.problems.push(format!("Manifest.db cannot be read: {e}"));
             r.problem_count = r.problems.len() as u64;
@@ -93,47 +168,122 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
         }
     };
     r.encrypted = keybag.is_some();
+    let bounds = crate::paths::content_bounds(backup);
+    let record = opts.digests.and_then(Digests::open);
     let mut listed: HashSet<String> = HashSet::new();
     let (mut n_problems, mut n_warnings) = (0u64, 0u64);
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let walk = db.for_each(|row| {
-        if row.flags != FLAG_FILE {
-            return Ok(());
+    let found = Mutex::new(Found::default());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);
+    let rx = Mutex::new(rx);
+    let walk = std::thread::scope(|scope| {
+        // Dropped when the rows are done, which ends the readers.
+        let tx = tx;
+        for _ in 0..threads {
+            let (rx, found) = (&rx, &found);
+            scope.spawn(move || loop {
+                let job = match rx.lock().expect("jobs").recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                if let Some(p) = check_content(job) {
+                    let mut f = found.lock().expect("found");
+                    let Found { list, count } = &mut *f;
+                    note(list, count, p);
+                }
+            });
         }
-        r.files += 1;
-        let name = format!("{}-{}", row.domain, row.relative_path);
-        let path = backup.join(&row.file_id[..2]).join(&row.file_id);
-        listed.insert(row.file_id.clone());
-        let Ok(md) = std::fs::metadata(&path) else {
-            note(&mut problems, &mut n_problems, format!("missing: {name} ({})", row.file_id));
-            return Ok(());
-        };
-        r.bytes += md.len();
-        let size = row.file.size;
-        if r.encrypted {
-            if md.len() != size / 16 * 16 + 16 {
-                note(&mut warnings, &mut n_warnings, format!("{name}: stored {} bytes for Size {size} (Size is unreliable for files changed during a backup)", md.len()));
+        db.for_each(|row| {
+            if row.flags != FLAG_FILE {
+                return Ok(());
             }
-        } else if md.len() != size {
-            note(&mut problems, &mut n_problems, format!("wrong size: {name} is {} bytes, the index says {size}", md.len()));
-        }
-        if let Some(want) = &row.file.digest {
-            let mut h = Sha1::new();
-            let mut f = std::fs::File::open(&path)?;
-            std::io::copy(&mut f, &mut h)?;
-            if h.finalize().as_slice() != want.as_slice() {
-                note(&mut problems, &mut n_problems, format!("damaged: {name} does not match its recorded digest"));
+            r.files += 1;
+            let name = format!("{}-{}", row.domain, row.relative_path);
+            let rel = PathBuf::from(&row.file_id[..2]).join(&row.file_id);
+            listed.insert(row.file_id.clone());
+            let file = match crate::paths::open_in(backup, &rel, &bounds) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    note(&mut problems, &mut n_problems, format!("missing: {name} ({})", row.file_id));
+                    return Ok(());
+                }
+                Err(e) => {
+                    note(&mut problems, &mut n_problems, format!("unusable: {name} ({}): {e}", row.file_id));
+                    return Ok(());
+                }
+            };
+            let len = file.metadata()?.len();
+            r.bytes += len;
+            let size = row.file.size;
+            let recorded = match &record {
+                Some(d) => d.get(&row.file_id)?,
+                None => None,
+            };
+            if let Some(e) = recorded.filter(|e| e.size != len) {
+                note(&mut problems, &mut n_problems, format!("wrong size: {name} is {len} bytes, {} were received", e.size));
+                return Ok(());
             }
-        }
-        Ok(())
+            if r.encrypted {
+                if len != size / 16 * 16 + 16 && recorded.is_none() {
+                    note(&mut warnings, &mut n_warnings, format!("{name}: stored {len} bytes for Size {size} (Size is unreliable for files changed during a backup)"));
+                }
+            } else if len != size {
+                note(&mut problems, &mut n_problems, format!("wrong size: {name} is {len} bytes, the index says {size}"));
+                return Ok(());
+            }
+            if opts.quick {
+                r.content_unchecked += 1;
+                return Ok(());
+            }
+            let expect = match (recorded, &row.file.digest) {
+                (Some(e), _) => Expect::Sha256(e.sha256),
+                (None, Some(d)) => Expect::Sha1(d.clone()),
+                (None, None) => {
+                    r.content_unchecked += 1;
+                    return Ok(());
+                }
+            };
+            r.content_checked += 1;
+            // Ends only if every reader has stopped, which they do not.
+            let _ = tx.send(Job { name, file, expect });
+            Ok(())
+        })
     });
     if let Err(e) = walk {
         r.problems.push(format!("Manifest.db has a bad row: {e}"));
     }
+    let Found { list, count } = found.into_inner().expect("found");
+    r.content_checked -= count.min(r.content_checked);
+    let beyond = count - list.len() as u64;
+    for p in list {
+        note(&mut problems, &mut n_problems, p);
+    }
+    n_problems += beyond;
     for e in std::fs::read_dir(backup)?.flatten() {
         let dir_name = e.file_name().to_string_lossy().into_owned();
-        if dir_name.len() != 2 || !e.path().is_dir() {
+        if dir_name.len() != 2 {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.file_type().is_symlink() {
+            let inside = std::fs::canonicalize(e.path()).is_ok_and(|t| {
+                t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
+            });
+            if !inside {
+                note(
+                    &mut problems,
+                    &mut n_problems,
+                    format!(
+                        "content folder {dir_name} is a symbolic link leading outside the backup"
+                    ),
+                );
+                continue;
+            }
+        } else if !md.is_dir() {
             continue;
         }
         for f in std::fs::read_dir(e.path())?.flatten() {
@@ -146,6 +296,17 @@ pub fn verify(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<R
                 );
             }
         }
+    }
+    if r.content_unchecked > 0 && !opts.quick {
+        warnings.insert(
+            0,
+            format!(
+                "{} file{} checked for presence and size only: no digest was recorded for {} (a backup made by another tool, or before ibackup kept digests)",
+                r.content_unchecked,
+                if r.content_unchecked == 1 { "" } else { "s" },
+                if r.content_unchecked == 1 { "it" } else { "them" }
+            ),
+        );
     }
     and_more(&mut problems, n_problems, " problems");
     and_more(&mut warnings, n_warnings, " warnings");
@@ -246,11 +407,12 @@ mod tests {
             verify(&b, Some("nope"), t.path()),
             Err(StoreError::WrongPassword)
         ));
-        let r = verify(&b, None, t.path()).unwrap();
         assert!(
-            r.problems.iter().any(|p| p.contains("password")),
-            "{:?}",
-            r.problems
+            matches!(
+                verify(&b, None, t.path()),
+                Err(StoreError::PasswordRequired)
+            ),
+            "a sound encrypted backup asks for its password, it is not damaged"
         );
     }
 
@@ -312,6 +474,80 @@ mod tests {
             .iter()
             .any(|p| p.contains("Manifest.db cannot be read")));
         assert_eq!(r.problem_count, 2, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn ibackups_record_catches_a_same_size_corruption_and_links_are_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let b = plain_backup(t.path());
+        let (a, bb) = (
+            file_id("HomeDomain", "a.txt"),
+            file_id("HomeDomain", "b.txt"),
+        );
+        let digests = t.path().join("d.db");
+        let mut d = Digests::create(&digests, None).unwrap();
+        d.put(&bb, sha256_of(&b"world!"[..]).unwrap()).unwrap();
+        d.finish().unwrap();
+        let opts = Options {
+            digests: Some(&digests),
+            ..Options::default()
+        };
+        let r = verify_with(&b, t.path(), &opts).unwrap();
+        assert!(r.is_sound(), "{:?}", r.problems);
+        assert_eq!(
+            (r.content_checked, r.content_unchecked),
+            (2, 0),
+            "a by the device's SHA-1, b by ours"
+        );
+
+        // b has no device digest: only the record tells.
+        std::fs::write(b.join(&bb[..2]).join(&bb), b"WORLD!").unwrap();
+        let r = verify_with(&b, t.path(), &opts).unwrap();
+        assert_eq!(
+            r.problems,
+            ["damaged: HomeDomain-b.txt does not match its recorded digest"]
+        );
+        let quick = verify_with(
+            &b,
+            t.path(),
+            &Options {
+                quick: true,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert!(quick.is_sound() && quick.content_unchecked == 2);
+        let r = verify(&b, None, t.path()).unwrap();
+        assert!(r.is_sound(), "without a record it cannot be told");
+        assert!(
+            r.warnings[0].starts_with("1 file checked for presence and size only"),
+            "{:?}",
+            r.warnings
+        );
+
+        #[cfg(unix)]
+        {
+            let host = t.path().join("host-file");
+            std::fs::write(&host, b"WORLD!").unwrap();
+            std::fs::remove_file(b.join(&bb[..2]).join(&bb)).unwrap();
+            std::os::unix::fs::symlink(&host, b.join(&bb[..2]).join(&bb)).unwrap();
+            let r = verify(&b, None, t.path()).unwrap();
+            assert!(
+                r.problems[0].starts_with("unusable: HomeDomain-b.txt"),
+                "{:?}",
+                r.problems
+            );
+            std::fs::rename(b.join(&a[..2]), t.path().join("moved")).unwrap();
+            std::os::unix::fs::symlink(t.path().join("moved"), b.join(&a[..2])).unwrap();
+            let r = verify(&b, None, t.path()).unwrap();
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.contains(&format!("content folder {} is a symbolic link", &a[..2]))),
+                "{:?}",
+                r.problems
+            );
+        }
     }
 
     #[test]

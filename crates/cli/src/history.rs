@@ -69,23 +69,44 @@ fn copy_tree(
     }
     let (mut files, mut linked) = (0u64, true);
     // An older snapshot's unchanged folders are links to a later one's:
-    // followed, so OUT gets real folders.
-    for e in walkdir::WalkDir::new(folder).follow_links(true) {
-        if stop() {
-            // The caller removes what was built.
-            return Err(EngineError::Interrupted(stopped::CHECKOUT));
-        }
-        let e = e.map_err(|e| EngineError::Io(e.into()))?;
-        let rel = e.path().strip_prefix(folder).expect("below folder");
-        let dest = to.join(rel);
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).map_err(output(&dest))?;
-        } else if e.file_type().is_file() {
-            if std::fs::hard_link(e.path(), &dest).is_err() {
-                linked = false;
-                std::fs::copy(e.path(), &dest).map_err(output(&dest))?;
+    // followed (only those, only there), so OUT gets real folders. Any
+    // other link is damage: a backup folder leads nowhere outside itself.
+    let bounds = ibackup_store::paths::content_bounds(folder);
+    let damaged = |p: &Path| {
+        EngineError::Damaged(format!(
+            "{} is a symbolic link leading outside the backup; nothing was checked out",
+            p.display()
+        ))
+    };
+    let mut trees = vec![(folder.to_path_buf(), to.to_path_buf())];
+    while let Some((from, into)) = trees.pop() {
+        for e in walkdir::WalkDir::new(&from) {
+            if stop() {
+                // The caller removes what was built.
+                return Err(EngineError::Interrupted(stopped::CHECKOUT));
             }
-            files += 1;
+            let e = e.map_err(|e| EngineError::Io(e.into()))?;
+            let rel = e.path().strip_prefix(&from).expect("below folder");
+            let dest = into.join(rel);
+            if e.file_type().is_symlink() {
+                let inside = from == folder
+                    && e.depth() == 1
+                    && std::fs::canonicalize(e.path()).is_ok_and(|t| {
+                        t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
+                    });
+                if !inside {
+                    return Err(damaged(e.path()));
+                }
+                trees.push((std::fs::canonicalize(e.path())?, dest));
+            } else if e.file_type().is_dir() {
+                std::fs::create_dir_all(&dest).map_err(output(&dest))?;
+            } else if e.file_type().is_file() {
+                if std::fs::hard_link(e.path(), &dest).is_err() {
+                    linked = false;
+                    std::fs::copy(e.path(), &dest).map_err(output(&dest))?;
+                }
+                files += 1;
+            }
         }
     }
     Ok((files, linked))

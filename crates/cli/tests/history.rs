@@ -383,3 +383,81 @@ fn nightly_full_backups_share_unchanged_files_too() {
         "newest",
     );
 }
+
+/// Every byte of the files below `dir`, as one string, to look for a
+/// secret in.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        if e.file_type().is_file() {
+            v.extend(std::fs::read(e.path()).unwrap());
+        }
+    }
+    v
+}
+
+#[test]
+fn a_crafted_backup_folder_leads_nowhere_outside_itself() {
+    let host = SimHost::start(&[(Profile::Small, 371), (Profile::Empty, 372)], |_, _| {});
+    let (a, b) = (&host.udids[0], &host.udids[1]);
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)]), "first backup");
+    assert_ok(&ib(&host, &["-u", a, "backup", p(&dir)]), "second backup");
+    let secret = b"HOST SECRET: root password is hunter2";
+    let secret_file = host.root.path().join("host-secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let contains_secret = |d: &Path| all_bytes(d).windows(secret.len()).any(|w| w == secret);
+
+    // A content file of the newest backup replaced by a link to a host file.
+    let sms = ibackup_store::paths::file_id("HomeDomain", "Library/SMS/sms.db");
+    let at = dir.join(a).join(&sms[..2]).join(&sms);
+    std::fs::remove_file(&at).unwrap();
+    std::os::unix::fs::symlink(&secret_file, &at).unwrap();
+
+    let o = ib(&host, &["verify", p(&dir)]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(text(&o).contains("symbolic link"), "{}", text(&o));
+    let out = host.path("out");
+    let o = ib(&host, &["extract", p(&dir), "--to", p(&out)]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(!contains_secret(&out), "extract copied the host file");
+    let before = device_tree(&host.devices[1].join("fs"), &[]);
+    let o = ib(
+        &host,
+        &["-u", b, "restore", "--source", a, "--no-reboot", p(&dir)],
+    );
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(!contains_secret(&host.devices[1].join("fs")), "restore sent the host file");
+    assert_eq!(device_tree(&host.devices[1].join("fs"), &[]), before, "B untouched");
+
+    // An older snapshot's folder link pointed at a folder of the host.
+    let snaps = snapshots(&host, &dir);
+    let old = snaps.iter().find(|s| s["newest"] == false).expect("an older snapshot");
+    let old_path = Path::new(old["path"].as_str().unwrap()).to_path_buf();
+    let evil = host.path("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(evil.join(&sms), secret).unwrap();
+    let folder = old_path.join(&sms[..2]);
+    if std::fs::symlink_metadata(&folder).unwrap().file_type().is_symlink() {
+        std::fs::remove_file(&folder).unwrap();
+    } else {
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+    std::os::unix::fs::symlink(&evil, &folder).unwrap();
+    let id = old["id"].as_str().unwrap();
+    let co = host.path("co");
+    std::fs::create_dir_all(&co).unwrap();
+    let o = ib(&host, &["checkout", p(&dir), p(&co), "--snapshot", id]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(!contains_secret(&co), "checkout linked the host folder in");
+    let o = ib(&host, &["verify", "--snapshot", id, p(&dir)]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+
+    // The next backup does not continue the damaged one: it makes a full
+    // one, which verifies.
+    let o = ib(&host, &["-u", a, "backup", p(&dir)]);
+    assert_ok(&o, "backup over the crafted folder");
+    assert!(text(&o).contains("Full backup"), "{}", text(&o));
+    assert_ok(&ib(&host, &["verify", p(&dir)]), "verify after");
+    assert!(!contains_secret(&dir.join(a)), "no host byte in the backup");
+}

@@ -373,10 +373,7 @@ impl<'a> Host<'a> {
         let mut errors = Dictionary::new();
         for p in paths {
             FileStreamWriter::new(&mut self.s).name(p)?;
-            let opened = self
-                .dir
-                .resolve(p)
-                .and_then(|local| File::open(local).map_err(EngineError::from));
+            let opened = self.dir.open(p);
             match opened {
                 Ok(mut f) => {
                     let mut chunk = vec![0u8; SEND_BLOCK];

@@ -172,17 +172,32 @@ fn plan(root: &Path, source: &str, target: &str, opts: &RestoreOptions) -> Resul
     let backup = Backup::open(&folder, opts.password.as_deref())?;
     // Every file the device will ask for must be there, or the device
     // stops half way with MBErrorDomain 205.
-    let (mut files, mut bytes, mut missing) = (0u64, 0u64, Vec::new());
+    let (mut files, mut bytes, mut missing, mut unusable) = (0u64, 0u64, Vec::new(), Vec::new());
     backup.for_each(|row| {
         if row.flags == FLAG_FILE && opts.selection.matches(&row.domain, &row.relative_path) {
             files += 1;
             bytes += row.file.size;
-            if !backup.content_path(&row.file_id).is_file() && row.file.size > 0 {
-                missing.push(format!("{}-{}", row.domain, row.relative_path));
+            match backup.contents().open(&row.file_id) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && row.file.size == 0 => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing.push(format!("{}-{}", row.domain, row.relative_path))
+                }
+                // A link where a file should be: sending it would send
+                // whatever it leads to.
+                Err(e) => unusable.push(format!("{}-{} ({e})", row.domain, row.relative_path)),
             }
         }
         Ok(())
     })?;
+    if !unusable.is_empty() {
+        return Err(EngineError::Damaged(format!(
+            "{} files of {} cannot be used, e.g. {}",
+            unusable.len(),
+            folder.display(),
+            unusable[0]
+        )));
+    }
     if !missing.is_empty() {
         return Err(EngineError::Damaged(format!(
             "{} files are missing from {}, e.g. {}",

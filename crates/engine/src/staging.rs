@@ -943,6 +943,30 @@ impl Area<'_> {
         }
     }
 
+    /// Open a file the device asks for, following no symbolic link out
+    /// of the backup folder ([`ibackup_store::paths::open_in`]): a backup
+    /// someone handed us must not send the host's files to a phone.
+    pub fn open(&self, device_path: &str) -> Result<File> {
+        let local = self.resolve(device_path)?;
+        let (base, overridden) = match self {
+            Area::Staging(d) => (d.staging(), false),
+            Area::ReadOnly {
+                root, overrides, ..
+            } => (
+                root.clone(),
+                overrides.contains_key(device_path.trim_end_matches('/')),
+            ),
+        };
+        if overridden {
+            return Ok(File::open(local)?);
+        }
+        let rel = local.strip_prefix(&base).map_err(|_| {
+            EngineError::Protocol(format!("refused device path {device_path:?}"))
+        })?;
+        let bounds = ibackup_store::paths::content_bounds(&base);
+        Ok(ibackup_store::paths::open_in(&base, rel, &bounds)?)
+    }
+
     /// Where a device path may be written; a read-only area refuses.
     pub fn resolve_write(&self, device_path: &str) -> Result<PathBuf> {
         match self {

@@ -505,9 +505,7 @@ fn verify(
 ) -> Result<(), EngineError> {
     let backup = backup_folder(cli, dir, snap)?;
     let pw = passwords::given(password_file)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("ibackup-verify-")
-        .tempdir()?;
+    let scratch = ibackup_store::scratch("verify")?;
     let digests = ibackup_engine::snapshots::digests_for(&backup);
     let r = ibackup_store::verify::verify_with(
         &backup,
@@ -891,7 +889,30 @@ fn iso_date(secs: i64) -> String {
     ibackup_engine::snapshots::format_date(secs).replace(' ', "T") + "Z"
 }
 
+/// Before reading `dir` (the backup folder, or one device's in it):
+/// repair what an interrupted run left there.
+fn repair(dir: &Path) {
+    ibackup_engine::snapshots::repair_for_reading(dir);
+    if let Some(parent) = dir.parent().filter(|p| p.join(".ibackup").is_dir()) {
+        ibackup_engine::snapshots::repair_for_reading(parent);
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), EngineError> {
+    match &cli.cmd {
+        Cmd::Verify { dir, .. }
+        | Cmd::Ls { dir, .. }
+        | Cmd::Extract { dir, .. }
+        | Cmd::Snapshots { dir }
+        | Cmd::Prune { dir, .. }
+        | Cmd::Restore { dir, .. } => {
+            if let Some(d) = dir.clone().or_else(|| cfg().dir.clone()) {
+                repair(&d);
+            }
+        }
+        Cmd::Checkout { dir, .. } | Cmd::Info { dir: Some(dir) } => repair(dir),
+        _ => {}
+    }
     match &cli.cmd {
         Cmd::Verify {
             dir,

@@ -109,6 +109,12 @@ fn on_signal() {
 
 /// Report the interruption as the command's failure and exit.
 fn end_now(plan: &Plan) -> ! {
-    let code = crate::report_failure(plan.cli, &EngineError::Interrupted(plan.left));
+    // Ended without winding down, a backup leaves its staging folder.
+    let left = if plan.left == stopped::BACKUP {
+        stopped::BACKUP_AT_ONCE
+    } else {
+        plan.left
+    };
+    let code = crate::report_failure(plan.cli, &EngineError::Interrupted(left));
     std::process::exit(code.into())
 }

@@ -461,3 +461,49 @@ fn a_crafted_backup_folder_leads_nowhere_outside_itself() {
     assert_ok(&ib(&host, &["verify", p(&dir)]), "verify after");
     assert!(!contains_secret(&dir.join(a)), "no host byte in the backup");
 }
+
+#[test]
+fn a_commit_killed_between_its_renames_is_repaired_by_the_commands_that_read() {
+    let host = SimHost::start(&[(Profile::Small, 381)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)]), "first backup");
+    assert_ok(&ib(&host, &["-u", a, "backup", p(&dir)]), "second backup");
+    let before = hashes(&dir.join(a));
+    let snaps = dir.join(".ibackup/snapshots").join(a);
+    let newest = std::fs::read_to_string(snaps.join("newest")).unwrap();
+    // Where a kill between the commit's two renames leaves things: the
+    // newest moved into the history, the new one still in staging.
+    std::fs::write(
+        snaps.join("pending.json"),
+        format!(r#"{{"new":"20991231T000000Z","prev":"{newest}","inherit":[]}}"#),
+    )
+    .unwrap();
+    std::fs::write(snaps.join("20991231T000000Z.json"), b"{}").unwrap();
+    std::fs::write(snaps.join("20991231T000000Z.json.ibackup-part"), b"{").unwrap();
+    std::fs::rename(dir.join(a), snaps.join(&newest)).unwrap();
+    std::fs::create_dir_all(dir.join(".ibackup/staging").join(a)).unwrap();
+    let stale_index = std::env::temp_dir().join("ibackup-index-4194303-crashed");
+    std::fs::create_dir_all(&stale_index).unwrap();
+
+    let o = ib(&host, &["--json", "snapshots", p(&dir)]);
+    assert_ok(&o, "snapshots");
+    let listed: Vec<serde_json::Value> = text(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(listed.len(), 2, "{}", text(&o));
+    assert!(listed.iter().any(|s| s["newest"] == true && s["id"] == newest.as_str()));
+    assert_eq!(hashes(&dir.join(a)), before, "the newest is back, whole");
+    assert_ok(&ib(&host, &["verify", p(&dir)]), "verify");
+    assert_ok(&ib(&host, &["ls", p(&dir)]), "ls");
+    for left in [
+        snaps.join("pending.json"),
+        snaps.join("20991231T000000Z.json"),
+        snaps.join("20991231T000000Z.json.ibackup-part"),
+        dir.join(".ibackup/staging").join(a),
+        stale_index,
+    ] {
+        assert!(!left.exists(), "{} is left behind", left.display());
+    }
+}

@@ -80,6 +80,10 @@ pub enum EngineError {
 pub mod stopped {
     pub const BACKUP: &str =
         "nothing from this run was kept and the last backup is intact. Run it again to back up";
+    /// A backup ended at once (a second Ctrl-C): what it staged is still
+    /// on the disk until the next run clears it.
+    pub const BACKUP_AT_ONCE: &str =
+        "the last backup is intact; what this run had received is still in DIR/.ibackup/staging and the next ibackup command on DIR removes it";
     pub const RESTORE: &str = "the restore did not finish; the backup is untouched. Run it again";
     pub const ENCRYPTION: &str =
         "run `ibackup info` to see whether the device's encryption setting changed";

@@ -209,9 +209,7 @@ fn plan(root: &Path, source: &str, target: &str, opts: &RestoreOptions) -> Resul
     let filtered = if opts.selection.is_all() {
         None
     } else {
-        let t = tempfile::Builder::new()
-            .prefix("ibackup-restore-")
-            .tempdir()?;
+        let t = ibackup_store::scratch("restore")?;
         let (rows, _) =
             backup.write_filtered_index(&opts.selection, &t.path().join("Manifest.db"))?;
         if rows == 0 {

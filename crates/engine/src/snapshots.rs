@@ -669,6 +669,12 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
         finish_removal(root, udid, &h)?;
     }
     remove_tree(&trash(root, udid))?;
+    // A record being written when the process was killed.
+    for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".ibackup-part") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
     // Sidecars whose folder is gone (a prune interrupted after the move).
     let newest = newest_id(root, udid);
     for e in fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -687,6 +693,46 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Before a command reads `root`: finish or undo what an interrupted
+/// backup, commit or prune left (the newest folder moved away mid-commit,
+/// a staging folder, half-written records), for each device with
+/// anything to repair, when no backup of it is running. A disk that
+/// cannot be written is read as it is.
+pub fn repair_for_reading(root: &Path) {
+    let meta = root.join(".ibackup");
+    if !meta.is_dir() {
+        return;
+    }
+    let mut udids = BTreeSet::new();
+    for sub in ["snapshots", "staging"] {
+        for e in fs::read_dir(meta.join(sub)).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let udid = name.split('.').next().unwrap_or("").to_string();
+            if !udid.is_empty() {
+                udids.insert(udid);
+            }
+        }
+    }
+    for udid in udids {
+        let d = dir(root, &udid);
+        let leftovers = pending_file(root, &udid).exists()
+            || handover_file(root, &udid).exists()
+            || meta.join("staging").join(&udid).exists()
+            || trash(root, &udid).exists()
+            || fs::read_dir(&d).into_iter().flatten().flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".ibackup-part")
+            });
+        if !leftovers {
+            continue;
+        }
+        match crate::staging::BackupDir::open(root, &udid) {
+            Ok(_) => log::info!("repaired what an interrupted run left for {udid}"),
+            Err(EngineError::Busy(_)) => {}
+            Err(e) => log::info!("could not repair {udid} now ({e}); reading as it is"),
+        }
+    }
 }
 
 /// Every snapshot of `udid` in `root`, oldest first. A newest folder with

@@ -232,9 +232,7 @@ impl Backup {
     /// Open `path` (a `<UDID>/` folder). Wrong passwords fail here, before
     /// anything is written anywhere.
     pub fn open(path: &Path, password: Option<&str>) -> Result<Backup> {
-        let scratch = tempfile::Builder::new()
-            .prefix("ibackup-index-")
-            .tempdir()?;
+        let scratch = crate::scratch("index")?;
         let index = open_index(path, password, scratch.path())?;
         Ok(Backup {
             path: path.to_path_buf(),

@@ -1096,11 +1096,12 @@ pub(crate) fn log_line(cli: &Cli, line: &str) {
         ibackup_engine::snapshots::format_date(ibackup_engine::snapshots::now())
     );
     use std::io::Write;
-    let r = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()));
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    // The log names devices and folders: the user's alone.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let r = o.open(path).and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = r {
         eprintln!("ibackup: cannot write the log {}: {e}", path.display());
     }

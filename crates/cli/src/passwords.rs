@@ -15,6 +15,9 @@ fn from_file(f: &Path) -> Result<String, EngineError> {
         ))
     })?;
     let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if let Some(w) = readable_by_others(f) {
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), w.as_bytes());
+    }
     if s.is_empty() {
         return Err(EngineError::Usage(format!(
             "the password file {} is empty",
@@ -22,6 +25,25 @@ fn from_file(f: &Path) -> Result<String, EngineError> {
         )));
     }
     Ok(s)
+}
+
+/// A warning when other users may read the password file `f`.
+#[cfg(unix)]
+fn readable_by_others(f: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "ibackup: warning: the password file {} can be read by other users; make it yours alone: chmod 600 {}\n",
+            f.display(),
+            f.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_f: &Path) -> Option<String> {
+    None
 }
 
 fn from_env(var: &str) -> Option<String> {

@@ -617,6 +617,40 @@ fn verify_reads_every_byte_and_the_next_backup_repairs_a_damaged_one() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn backups_the_history_and_the_log_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = SimHost::start(&[(Profile::Small, 165)], |_, _| {});
+    let a = &host.udids[0];
+    let dir = host.path("backups");
+    let log = host.root.path().join("ibackup.log");
+    let pw = host.root.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["-u", a, "--log"]).arg(&log).arg("full").arg(&dir);
+        c
+    });
+    assert_ok(&o, "backup");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join(a)), 0o700, "DIR/<UDID>");
+    assert_eq!(mode(&dir.join(".ibackup")), 0o700, "the history");
+    assert_eq!(mode(&log), 0o600, "the log");
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["verify", "--password-file"]).arg(&pw).arg(&dir);
+        c
+    });
+    assert_ok(&o, "verify");
+    assert!(
+        text(&o).contains("can be read by other users"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn info_validate_and_unpair() {
     let host = SimHost::start(&[(Profile::Empty, 171)], |_, c| {

@@ -427,18 +427,32 @@ fn a_crafted_backup_folder_leads_nowhere_outside_itself() {
         &["-u", b, "restore", "--source", a, "--no-reboot", p(&dir)],
     );
     assert_eq!(o.status.code(), Some(9), "{}", text(&o));
-    assert!(!contains_secret(&host.devices[1].join("fs")), "restore sent the host file");
-    assert_eq!(device_tree(&host.devices[1].join("fs"), &[]), before, "B untouched");
+    assert!(
+        !contains_secret(&host.devices[1].join("fs")),
+        "restore sent the host file"
+    );
+    assert_eq!(
+        device_tree(&host.devices[1].join("fs"), &[]),
+        before,
+        "B untouched"
+    );
 
     // An older snapshot's folder link pointed at a folder of the host.
     let snaps = snapshots(&host, &dir);
-    let old = snaps.iter().find(|s| s["newest"] == false).expect("an older snapshot");
+    let old = snaps
+        .iter()
+        .find(|s| s["newest"] == false)
+        .expect("an older snapshot");
     let old_path = Path::new(old["path"].as_str().unwrap()).to_path_buf();
     let evil = host.path("evil");
     std::fs::create_dir_all(&evil).unwrap();
     std::fs::write(evil.join(&sms), secret).unwrap();
     let folder = old_path.join(&sms[..2]);
-    if std::fs::symlink_metadata(&folder).unwrap().file_type().is_symlink() {
+    if std::fs::symlink_metadata(&folder)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    {
         std::fs::remove_file(&folder).unwrap();
     } else {
         std::fs::remove_dir_all(&folder).unwrap();
@@ -493,7 +507,9 @@ fn a_commit_killed_between_its_renames_is_repaired_by_the_commands_that_read() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert_eq!(listed.len(), 2, "{}", text(&o));
-    assert!(listed.iter().any(|s| s["newest"] == true && s["id"] == newest.as_str()));
+    assert!(listed
+        .iter()
+        .any(|s| s["newest"] == true && s["id"] == newest.as_str()));
     assert_eq!(hashes(&dir.join(a)), before, "the newest is back, whole");
     assert_ok(&ib(&host, &["verify", p(&dir)]), "verify");
     assert_ok(&ib(&host, &["ls", p(&dir)]), "ls");

@@ -721,9 +721,11 @@ pub fn repair_for_reading(root: &Path) {
             || handover_file(root, &udid).exists()
             || meta.join("staging").join(&udid).exists()
             || trash(root, &udid).exists()
-            || fs::read_dir(&d).into_iter().flatten().flatten().any(|e| {
-                e.file_name().to_string_lossy().ends_with(".ibackup-part")
-            });
+            || fs::read_dir(&d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".ibackup-part"));
         if !leftovers {
             continue;
         }

@@ -169,6 +169,25 @@ pub fn existing_folder(dir: &Path) -> std::io::Result<()> {
     ))
 }
 
+/// Make the folder `p` readable by its owner alone (Unix: 0700), where
+/// the disk has permissions.
+fn private(p: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if fs::metadata(p)?.permissions().mode() & 0o077 != 0 {
+            // A disk without Unix permissions (FAT, exFAT) may refuse;
+            // its mount options decide then.
+            if let Err(e) = fs::set_permissions(p, fs::Permissions::from_mode(0o700)) {
+                log::info!("{} kept its permissions: {e}", p.display());
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+    Ok(())
+}
+
 /// The I/O kind of an error, for a failure that is told again later.
 fn io_kind(e: &EngineError) -> std::io::ErrorKind {
     match e {
@@ -202,6 +221,10 @@ impl BackupDir {
         for sub in ["staging", "locks", "snapshots"] {
             fs::create_dir_all(meta.join(sub)).map_err(unwritable)?;
         }
+        // Backups hold messages, photos and health data: the history and
+        // every backup folder (made in staging) are the user's alone, as
+        // Finder keeps its backups.
+        private(&meta).map_err(unwritable)?;
         let lock_path = meta.join("locks").join(format!("{udid}.lock"));
         let lock = File::options()
             .create(true)
@@ -301,6 +324,7 @@ impl BackupDir {
         let staging = self.staging();
         remove_tree(&staging)?;
         fs::create_dir_all(&staging)?;
+        private(&staging)?;
         *self.made.lock().expect("made lock") = Some(identity(&staging)?);
         let committed = self.committed();
         // The record starts from the previous one when the backup continues
@@ -960,9 +984,9 @@ impl Area<'_> {
         if overridden {
             return Ok(File::open(local)?);
         }
-        let rel = local.strip_prefix(&base).map_err(|_| {
-            EngineError::Protocol(format!("refused device path {device_path:?}"))
-        })?;
+        let rel = local
+            .strip_prefix(&base)
+            .map_err(|_| EngineError::Protocol(format!("refused device path {device_path:?}")))?;
         let bounds = ibackup_store::paths::content_bounds(&base);
         Ok(ibackup_store::paths::open_in(&base, rel, &bounds)?)
     }

@@ -23,7 +23,11 @@ pub use error::StoreError;
 /// process is gone) are removed first, so nothing piles up.
 pub fn scratch(kind: &str) -> std::io::Result<tempfile::TempDir> {
     let prefix = format!("ibackup-{kind}-");
-    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(&prefix) else {
             continue;

@@ -54,7 +54,8 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
     let mut out = std::io::BufWriter::new(stdout.lock());
     use std::io::Write;
     let mut out_failed = None;
-    b.for_each(|row| {
+    let mut bad = Vec::new();
+    b.for_each_lenient(|row| {
         if !sel.matches(&row.domain, &row.relative_path) {
             return Ok(());
         }
@@ -76,13 +77,15 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
                        "modified": row.file.last_modified, "file_id": row.file_id, "target": row.file.target})
             )
         } else if row.flags == FLAG_FILE && !cli.quiet {
+            // Escaped: a name holding a newline or a terminal escape must
+            // not fake lines or move the cursor.
             writeln!(
                 out,
                 "{:>12}  {}  {}/{}",
                 row.file.size,
                 date(row.file.last_modified),
-                row.domain,
-                row.relative_path
+                escaped(&row.domain),
+                escaped(&row.relative_path)
             )
         } else {
             Ok(())
@@ -93,14 +96,15 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
             out_failed = Some(e);
             ibackup_store::StoreError::Record("standard output failed".into())
         })
-    })
+    }, &mut |why| bad.push(why))
     .or_else(|e| if out_failed.is_some() { Ok(()) } else { Err(e) })?;
     if let Some(e) = out_failed.or_else(|| out.flush().err()) {
         crate::stdout_failed(e);
     }
     if !cli.json && !cli.quiet {
         eprintln!(
-            "{files} files, {}{}",
+            "{files} {}, {}{}",
+            crate::plural(files, "file", "files"),
             human_bytes(bytes),
             if b.encrypted() {
                 ", encrypted backup"
@@ -109,7 +113,39 @@ pub fn ls(cli: &Cli, backup: &Path, only: &Only, pw: &PasswordArgs) -> Result<()
             }
         );
     }
+    // Everything usable was listed; the rows that were not are said, and
+    // the exit code tells a script the listing is not the whole backup.
+    if !bad.is_empty() {
+        for why in bad.iter().take(ibackup_store::verify::MAX_LISTED) {
+            eprintln!("problem: {}", escaped(why));
+        }
+        return Err(EngineError::Damaged(format!(
+            "{} {} of its index could not be read and {} left out of the listing",
+            bad.len(),
+            crate::plural(bad.len() as u64, "row", "rows"),
+            if bad.len() == 1 { "was" } else { "were" }
+        )));
+    }
     Ok(())
+}
+
+/// `s` with control characters (newlines, terminal escapes) and
+/// backslashes written as escapes, for a line on a terminal.
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return s.into();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() || c == '\\' {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect::<String>()
+        .into()
 }
 
 pub fn extract(
@@ -129,7 +165,11 @@ pub fn extract(
     let done = ibackup_store::extract::extract(&b, &sel, to, &mut |files, bytes| {
         if show && last.elapsed() >= Duration::from_secs(10) {
             last = Instant::now();
-            eprintln!("{files} files, {} so far", human_bytes(bytes));
+            eprintln!(
+                "{files} {}, {} so far",
+                crate::plural(files, "file", "files"),
+                human_bytes(bytes)
+            );
         }
         // Ctrl-C: the files being written are finished, no other begun.
         if ibackup_proto::interrupt::STOP.requested() {
@@ -138,16 +178,11 @@ pub fn extract(
             std::ops::ControlFlow::Continue(())
         }
     })
-    .map_err(|e| match e {
-        ibackup_store::StoreError::UnsafePath { path, why } => EngineError::Damaged(format!(
-            "the backup names an unsafe path {path:?} ({why}); nothing was extracted"
-        )),
-        other => other.into(),
-    })?;
+    .map_err(EngineError::from)?;
     let secs = started.elapsed().as_secs_f64();
     if !cli.json && !cli.quiet {
         for r in &done.renamed {
-            eprintln!("note: {r}");
+            eprintln!("note: {}", escaped(r));
         }
     }
     if done.damaged > 0 || done.n_too_large > 0 {
@@ -159,10 +194,10 @@ pub fn extract(
             );
         } else {
             for p in &done.problems {
-                eprintln!("problem: {p}");
+                eprintln!("problem: {}", escaped(p));
             }
             for p in &done.too_large {
-                eprintln!("not extracted: {p}");
+                eprintln!("not extracted: {}", escaped(p));
             }
         }
     }
@@ -197,8 +232,9 @@ pub fn extract(
         );
     } else if !cli.quiet {
         println!(
-            "Extracted {} files ({}) to {} in {:.1} s.",
+            "Extracted {} {} ({}) to {} in {:.1} s.",
             done.files,
+            crate::plural(done.files, "file", "files"),
             human_bytes(done.bytes),
             to.display(),
             secs
@@ -215,6 +251,24 @@ pub fn encryption(
     new_file: Option<&Path>,
 ) -> Result<(), EngineError> {
     let dev = crate::choose(cli, mux)?;
+    let mut report = Report::new(cli.json, cli.quiet);
+    let on = restore::encryption_is_on(mux, &dev, cli.trust(), &mut report)?;
+    match (action, on) {
+        (EncryptionAction::On, true) => {
+            return Err(EngineError::Usage(format!(
+                "backup encryption is already on on {}; `ibackup encryption change` changes its password",
+                dev.udid
+            )))
+        }
+        (EncryptionAction::Off | EncryptionAction::Change, false) => {
+            return Err(EngineError::Usage(format!(
+                "backup encryption is off on {}, so there is no password to {}; turn it on with `ibackup encryption on`",
+                dev.udid,
+                if matches!(action, EncryptionAction::Off) { "remove" } else { "change" }
+            )))
+        }
+        _ => {}
+    }
     let current = || passwords::current(pw.password_file.as_deref(), "Current backup password");
     let change = match action {
         // The password to set: the new-password sources first, then the
@@ -231,7 +285,6 @@ pub fn encryption(
             new: passwords::new(new_file)?,
         },
     };
-    let mut report = Report::new(cli.json, cli.quiet);
     restore::change_password(mux, &dev, &change, cli.trust(), &mut report)?;
     let what = match action {
         EncryptionAction::On => "Backup encryption is on: later backups of this device are encrypted and include Health and Keychain data. Keep the password safe; it cannot be recovered.",
@@ -291,8 +344,9 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
         );
     } else if !cli.quiet {
         println!(
-            "Restored {} files ({}) from the backup of {} to {} in {:.1} s.{}",
+            "Restored {} {} ({}) from the backup of {} to {} in {:.1} s.{}",
             o.files,
+            crate::plural(o.files, "file", "files"),
             human_bytes(o.bytes),
             o.source,
             o.target,
@@ -311,4 +365,23 @@ pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escaped;
+
+    #[test]
+    fn names_cannot_fake_lines_or_move_the_cursor() {
+        assert_eq!(escaped("Library/SMS/sms.db"), "Library/SMS/sms.db");
+        assert_eq!(escaped("ünï cödé.txt"), "ünï cödé.txt");
+        assert_eq!(
+            escaped("a\nproblem: fake"),
+            "a\\nproblem: fake",
+            "a newline stays on its line"
+        );
+        assert_eq!(escaped("x\u{1b}[2Jy"), "x\\u{1b}[2Jy");
+        assert_eq!(escaped("back\\slash"), "back\\\\slash");
+        assert!(!escaped("tab\there\r").contains(['\t', '\r']));
+    }
 }

@@ -168,7 +168,8 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
     })?;
     if !cli.quiet && !cli.json {
         println!(
-            "Checked out {files} files to {} ({}).",
+            "Checked out {files} {} to {} ({}).",
+            crate::plural(files, "file", "files"),
             to.display(),
             if linked {
                 "hard links: no extra space; never edit them, they are the snapshot's files"
@@ -209,8 +210,9 @@ pub fn prune(
                 );
             }
             println!(
-                "{udid}: {} snapshots kept, {} {}, {} {}.",
+                "{udid}: {} {} kept, {} {}, {} {}.",
                 r.kept.len(),
+                crate::plural(r.kept.len() as u64, "snapshot", "snapshots"),
                 r.removed.len(),
                 if dry_run {
                     "would be removed"

@@ -366,12 +366,24 @@ struct KeepArgs {
 }
 
 impl KeepArgs {
+    /// The rules given, else the configuration's `[keep]` (for `prune`
+    /// and `watch` alike).
     fn keep(&self) -> ibackup_engine::snapshots::Keep {
-        ibackup_engine::snapshots::Keep {
+        let given = ibackup_engine::snapshots::Keep {
             last: self.keep_last.unwrap_or(0),
             daily: self.keep_daily.unwrap_or(0),
             weekly: self.keep_weekly.unwrap_or(0),
             monthly: self.keep_monthly.unwrap_or(0),
+        };
+        if !given.is_empty() {
+            return given;
+        }
+        let k = cfg().keep;
+        ibackup_engine::snapshots::Keep {
+            last: k.last.unwrap_or(0),
+            daily: k.daily.unwrap_or(0),
+            weekly: k.weekly.unwrap_or(0),
+            monthly: k.monthly.unwrap_or(0),
         }
     }
 }
@@ -523,10 +535,10 @@ fn verify(
         );
     } else if !cli.quiet {
         for p in &r.problems {
-            println!("problem: {p}");
+            println!("problem: {}", data::escaped(p));
         }
         for w in &r.warnings {
-            println!("warning: {w}");
+            println!("warning: {}", data::escaped(w));
         }
         println!(
             "{}: {} {}, {}{}; {}",
@@ -777,49 +789,121 @@ fn run_backup(
         if let Some(why) = &o.repaired {
             println!("It is full because the last backup was not whole ({why}); this one is.");
         }
-        if o.refused_paths > 0 {
-            eprintln!(
-                "Warning: the device named {} paths outside the backup folder; they were refused.",
-                o.refused_paths
-            );
+    }
+    if o.refused_paths > 0 {
+        return Err(EngineError::RefusedPaths {
+            refused: o.refused_paths,
+        });
+    }
+    Ok(())
+}
+
+/// The last backup of `udid` in `dir`: its date and Status.plist state.
+type LastBackup = (Option<i64>, String);
+
+fn last_backup(dir: &Path, udid: &str) -> Option<LastBackup> {
+    use ibackup_proto::plistx::DictExt;
+    let st = plist::Value::from_file(dir.join(udid).join("Status.plist"))
+        .ok()?
+        .into_dictionary()?;
+    let date = match st.get("Date") {
+        Some(plist::Value::Date(d)) => {
+            let t: std::time::SystemTime = (*d).into();
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs() as i64)
         }
+        _ => None,
+    };
+    Some((
+        date,
+        st.str_of("SnapshotState").unwrap_or("unknown").to_string(),
+    ))
+}
+
+/// The last try, when it failed and no backup (by another tool, say) was
+/// made since (the last backup says the rest).
+fn failed_since(dir: &Path, udid: &str, last: Option<&LastBackup>) -> Option<attempts::Attempt> {
+    let since = last.and_then(|(d, _)| *d).unwrap_or(i64::MIN);
+    attempts::last(dir, udid).filter(|a| !a.ok && a.date >= since)
+}
+
+/// The lines about the backups in `dir` of `udid`.
+fn print_backup_state(dir: &Path, last: Option<&LastBackup>, failed: Option<&attempts::Attempt>) {
+    match last {
+        Some((date, state)) => println!(
+            "Last backup:       {} ({})",
+            date.map_or("unknown date".into(), |d| format!(
+                "{} UTC",
+                ibackup_engine::snapshots::format_date(d)
+            )),
+            if state == "finished" {
+                "complete".to_string()
+            } else {
+                format!("incomplete: {state}")
+            }
+        ),
+        None => println!("Last backup:       none in {}", dir.display()),
+    }
+    if let Some(a) = failed {
+        println!(
+            "Last attempt:      {} UTC, failed (exit {}): {}",
+            ibackup_engine::snapshots::format_date(a.date),
+            a.exit_code,
+            a.error.clone().unwrap_or_default()
+        );
+    }
+}
+
+/// `info --dir` with the device not connected (or usbmuxd not running):
+/// what DIR knows of it.
+fn info_offline(cli: &Cli, dir: &Path, why: EngineError) -> Result<(), EngineError> {
+    let mut found = devices_in(cli, dir)?;
+    let udid = match found.len() {
+        1 => found.remove(0),
+        _ => return Err(why),
+    };
+    let last = last_backup(dir, &udid);
+    let failed = failed_since(dir, &udid, last.as_ref());
+    if cli.json {
+        println!(
+            "{}",
+            json!({"udid": udid, "connected": false,
+                   "last_backup": last.as_ref().map(|(d, s)| json!({"date": d.map(iso_date), "state": s})),
+                   "last_attempt_failed": failed.as_ref().map(|a| json!({"date": iso_date(a.date), "exit_code": a.exit_code, "error": a.error}))})
+        );
+    } else {
+        println!(
+            "UDID:              {udid} (not connected: {})",
+            exit::describe(&why).1
+        );
+        print_backup_state(dir, last.as_ref(), failed.as_ref());
     }
     Ok(())
 }
 
 fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineError> {
     use ibackup_proto::plistx::DictExt;
-    let dev = choose(cli, mux)?;
+    let dev = match (choose(cli, mux), dir) {
+        (Ok(d), _) => d,
+        (
+            Err(
+                e @ (EngineError::NoDevice
+                | EngineError::DeviceNotFound(_)
+                | EngineError::Usbmuxd { .. }),
+            ),
+            Some(d),
+        ) => return info_offline(cli, d, e),
+        (Err(e), _) => return Err(e),
+    };
     let mut report = Report::new(cli.json, cli.quiet);
     let mut s = device::open(mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
     let v = s.values()?;
     let backup = s.domain("com.apple.mobile.backup")?;
     let disk = s.domain("com.apple.disk_usage")?;
     let encrypted = backup.bool_of("WillEncrypt").unwrap_or(false);
-    let last = dir.map(|d| d.join(&dev.udid)).and_then(|b| {
-        let st = plist::Value::from_file(b.join("Status.plist"))
-            .ok()?
-            .into_dictionary()?;
-        let date = match st.get("Date") {
-            Some(plist::Value::Date(d)) => {
-                let t: std::time::SystemTime = (*d).into();
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs() as i64)
-            }
-            _ => None,
-        };
-        Some((
-            date,
-            st.str_of("SnapshotState").unwrap_or("unknown").to_string(),
-        ))
-    });
-    // Shown when the last try did not work and no backup (by another tool,
-    // say) was made since (the last backup says the rest).
-    let since = last.as_ref().and_then(|(d, _)| *d).unwrap_or(i64::MIN);
-    let failed = dir
-        .and_then(|d| attempts::last(d, &dev.udid))
-        .filter(|a| !a.ok && a.date >= since);
+    let last = dir.and_then(|d| last_backup(d, &dev.udid));
+    let failed = dir.and_then(|d| failed_since(d, &dev.udid, last.as_ref()));
     let field = |k: &str| v.str_of(k).unwrap_or("").to_string();
     if cli.json {
         println!(
@@ -856,29 +940,8 @@ fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineErro
                 "off"
             }
         );
-        match (dir, last) {
-            (Some(_), Some((date, state))) => println!(
-                "Last backup:       {} ({})",
-                date.map_or("unknown date".into(), |d| format!(
-                    "{} UTC",
-                    ibackup_engine::snapshots::format_date(d)
-                )),
-                if state == "finished" {
-                    "complete".to_string()
-                } else {
-                    format!("incomplete: {state}")
-                }
-            ),
-            (Some(d), None) => println!("Last backup:       none in {}", d.display()),
-            (None, _) => {}
-        }
-        if let Some(a) = failed {
-            println!(
-                "Last attempt:      {} UTC, failed (exit {}): {}",
-                ibackup_engine::snapshots::format_date(a.date),
-                a.exit_code,
-                a.error.unwrap_or_default()
-            );
+        if let Some(d) = dir {
+            print_backup_state(d, last.as_ref(), failed.as_ref());
         }
     }
     Ok(())
@@ -969,21 +1032,23 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
     match &cli.cmd {
         Cmd::Devices => {
             let list = device::list(&mux)?;
-            if cli.json {
-                for d in &list {
+            if list.is_empty() && !cli.json {
+                println!("No devices connected.");
+            }
+            for d in &list {
+                let (name, model) = device::name_and_model(&mux, d);
+                if cli.json {
                     println!(
                         "{}",
-                        json!({"udid": d.udid, "connection": d.connection_type, "device_id": d.device_id})
+                        json!({"udid": d.udid, "connection": d.connection_type, "device_id": d.device_id, "name": name, "model": model})
                     );
-                }
-            } else if list.is_empty() {
-                println!("No devices connected.");
-            } else {
-                for d in &list {
+                } else {
                     println!(
-                        "{}\t{}",
+                        "{}\t{}\t{}\t{}",
                         d.udid,
-                        if d.is_network() { "Wi-Fi" } else { "USB" }
+                        if d.is_network() { "Wi-Fi" } else { "USB" },
+                        data::escaped(&name),
+                        model
                     );
                 }
             }
@@ -1000,7 +1065,10 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         }
         Cmd::Validate => {
             let dev = choose(cli, &mux)?;
-            device::validate(&mux, &dev)?;
+            device::validate(&mux, &dev).map_err(|e| match e {
+                EngineError::NotTrusted => EngineError::NotPaired(dev.udid.clone()),
+                e => e,
+            })?;
             if !cli.quiet {
                 println!("{} trusts this computer.", dev.udid);
             }
@@ -1132,7 +1200,9 @@ pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    // What a user must know is said in sentences and step lines; the
+    // log's own lines (`[… WARN ibackup_engine::…]`) are for RUST_LOG.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
         .format_timestamp_millis()
         .init();
     let mut cli = Cli::parse();

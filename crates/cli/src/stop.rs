@@ -110,10 +110,12 @@ fn on_signal() {
 /// Report the interruption as the command's failure and exit.
 fn end_now(plan: &Plan) -> ! {
     // Ended without winding down, a backup leaves its staging folder.
-    let left = if plan.left == stopped::BACKUP {
-        stopped::BACKUP_AT_ONCE
-    } else {
+    let left = if plan.left != stopped::BACKUP {
         plan.left
+    } else if ibackup_engine::staging::COMMITTING.load(Ordering::SeqCst) {
+        stopped::BACKUP_MID_COMMIT
+    } else {
+        stopped::BACKUP_AT_ONCE
     };
     let code = crate::report_failure(plan.cli, &EngineError::Interrupted(left));
     std::process::exit(code.into())

@@ -29,14 +29,7 @@ pub fn run(
         Some(e) => config::parse_duration(e)?,
         None => Duration::from_secs(24 * 3600),
     };
-    let mut rules = keep.keep();
-    let k = cfg().keep;
-    if rules.is_empty() {
-        rules.last = k.last.unwrap_or(0);
-        rules.daily = k.daily.unwrap_or(0);
-        rules.weekly = k.weekly.unwrap_or(0);
-        rules.monthly = k.monthly.unwrap_or(0);
-    }
+    let rules = keep.keep();
     // Check every device's settings now, not at 3 a.m.
     for (udid, d) in &cfg().devices {
         Selection::parse(&d.only, &[])
@@ -116,10 +109,11 @@ pub fn run(
             attempts::record(dir, &o.udid, Ok(()));
             say(
                 format!(
-                    "{}: backup complete, snapshot {}, {} files, {} received",
+                    "{}: backup complete, snapshot {}, {} {}, {} received",
                     o.udid,
                     o.snapshot,
                     o.files_received,
+                    crate::plural(o.files_received, "file", "files"),
                     human_bytes(o.bytes_received)
                 ),
                 json!({"event": "backup_done", "udid": o.udid, "snapshot": o.snapshot, "files": o.files_received, "bytes": o.bytes_received, "full": o.full}),
@@ -146,7 +140,11 @@ pub fn run(
             )
         }
         Note::Pruned(u, ids) => say(
-            format!("{u}: pruned {} old snapshots", ids.len()),
+            format!(
+                "{u}: pruned {} old {}",
+                ids.len(),
+                crate::plural(ids.len() as u64, "snapshot", "snapshots")
+            ),
             json!({"event": "pruned", "udid": u, "removed": ids}),
         ),
     };

@@ -307,8 +307,21 @@ fn a_hostile_device_cannot_write_outside_its_backup() {
     );
     assert!(!Path::new("/tmp/ibackup-absolute-escape").exists());
     assert!(!dir.join("OTHER-UDID").exists());
-    assert_ok(&o, "backup with refused paths");
-    assert!(t.contains("refused"), "the user is told: {t}");
+    // Finished and whole, but not a plain success: exit 17 says the
+    // device asked for something refused.
+    assert_eq!(o.status.code(), Some(17), "{t}");
+    assert!(
+        t.contains("Full backup of") && t.contains("refused"),
+        "the user is told: {t}"
+    );
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.arg("verify").arg(&dir);
+            c
+        }),
+        "the backup was kept",
+    );
 }
 
 #[test]
@@ -696,6 +709,7 @@ fn info_validate_and_unpair() {
         "not trusted after unpair: {}",
         text(&o)
     );
+    assert!(text(&o).contains("Run `ibackup pair`"), "{}", text(&o));
     assert_eq!(
         std::fs::read_dir(host.devices[0].join("state/trusted_hosts"))
             .unwrap()
@@ -1167,6 +1181,16 @@ fn a_full_host_disk_is_reported_with_the_space_needed() {
         t.contains("disk is full") && t.contains("Free at least") && t.contains("MB"),
         "{t}"
     );
+    // Enough: the 40 MB file did not fit in the 18 MB left, so at least the
+    // 22 MB it lacked, not the last write's few bytes.
+    let mb: f64 = t
+        .split("Free at least ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a figure");
+    assert!(mb >= 20.0, "{t}");
+    assert!(t.contains("the last backup is intact"), "{t}");
     assert_eq!(snapshot(&dir.join(a)), before, "the last backup is intact");
     std::fs::remove_file(fs.join("big.bin")).unwrap();
     assert_ok(
@@ -1224,6 +1248,12 @@ fn wifi_devices_are_listed_marked_and_used_only_with_network() {
     });
     assert_ok(&o, "devices");
     assert!(text(&o).contains(&format!("{a}\tWi-Fi")), "{}", text(&o));
+    // Each device by its name and model too, not only its UDID.
+    assert!(
+        text(&o).contains("\tSimulated iPhone 211\tiPhone"),
+        "{}",
+        text(&o)
+    );
     let o = run({
         let mut c = ibackup(&host);
         c.arg("info");

@@ -68,6 +68,17 @@ fn encryption_on_backup_extract_change_and_off() {
     );
     assert_eq!(code(&o), Some(2), "off while off: {}", text(&o));
     assert!(text(&o).contains("encryption is off"), "{}", text(&o));
+    // Without a password at hand either: the device's state is said, no
+    // password is asked for.
+    for action in ["off", "change"] {
+        let o = ib(&host, &["-u", a, "encryption", action], &[]);
+        assert_eq!(code(&o), Some(2), "{action} while off: {}", text(&o));
+        assert!(
+            text(&o).contains("encryption is off") && !text(&o).contains("is encrypted"),
+            "{}",
+            text(&o)
+        );
+    }
     let o = ib(&host, &["-u", a, "encryption", "on"], &[]);
     assert_eq!(
         code(&o),
@@ -268,6 +279,9 @@ fn encryption_on_backup_extract_change_and_off() {
     assert_ok(&o, "encryption off");
     let o = ib(&host, &["-u", a, "backup", p(&dir)], &[]);
     assert_ok(&o, "backup after off");
+    // Asked for an incremental one, the device made a full backup (it
+    // cannot continue an encrypted one plain): the summary says which.
+    assert!(text(&o).contains("Full backup"), "{}", text(&o));
     assert!(std::fs::read(backup.join("Manifest.db"))
         .unwrap()
         .starts_with(b"SQLite format 3"));
@@ -577,6 +591,30 @@ fn an_encrypted_backup_restores_selectively_with_its_password() {
         &want,
         "B holds A's messages and health",
     );
+
+    // A wrong password with --only is found before the phone is received
+    // (it is needed only to rewrite the index at the end), and the last
+    // backup is left as it was.
+    let index = std::fs::read(dir.join(a).join("Manifest.db")).unwrap();
+    let o = ib(
+        &host,
+        &["-u", a, "backup", "--only", "photos", p(&dir)],
+        &[("IBACKUP_PASSWORD", "wrong")],
+    );
+    assert_eq!(code(&o), Some(13), "{}", text(&o));
+    assert!(
+        text(&o).contains("before anything was received") && !text(&o).contains("receiving"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(dir.join(a).join("Manifest.db")).unwrap(),
+        index
+    );
+    // A sound encrypted backup verified without its password asks for it
+    // (exit 13), rather than calling the backup damaged.
+    let o = ib(&host, &["verify", p(&dir.join(a))], &[]);
+    assert_eq!(code(&o), Some(13), "{}", text(&o));
 }
 
 #[test]
@@ -640,18 +678,32 @@ fn restoring_a_filtered_backup_whole_leaves_the_rest_of_the_target_alone() {
     let host = SimHost::start(&[(Profile::Small, 235), (Profile::Small, 236)], |_, _| {});
     let (a, b) = (&host.udids[0], &host.udids[1]);
     let dir = host.path("backups");
-    assert_ok(
-        &ib(
-            &host,
-            &["-u", a, "backup", "--only", "photos", p(&dir)],
-            &[],
-        ),
-        "backup --only photos",
+    let o = ib(
+        &host,
+        &["-u", a, "backup", "--only", "photos", p(&dir)],
+        &[],
     );
+    assert_ok(&o, "backup --only photos");
     let photos = only(&backup_tree(&dir.join(a)), |k| {
         k.starts_with("CameraRollDomain")
     });
     assert!(photos.len() > 10, "the backup holds photos");
+    let files = photos
+        .values()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    assert!(
+        text(&o).contains(&format!("kept {files} files")),
+        "the summary says what was kept: {}",
+        text(&o)
+    );
+    let o = ib(&host, &["--json", "snapshots", p(&dir)], &[]);
+    let snap: serde_json::Value = serde_json::from_str(text(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        snap["files"], files,
+        "snapshots counts what was kept: {snap}"
+    );
+    assert_eq!(snap["result"], "filtered");
     let before = device_tree(&host.devices[1].join("fs"), &[]);
     // No --only: the user asks for "the backup", which is only photos.
     let o = ib(

@@ -162,6 +162,24 @@ fn config_file_log_and_wait_for_device() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("backup - ok"), "{logged}");
 
+    // `prune` with no rules given applies the configuration's [keep].
+    assert_ok(
+        &run({
+            let mut c = ibackup(&host);
+            c.args(["--config", p(&config), "backup"]);
+            c
+        }),
+        "a second backup",
+    );
+    assert_eq!(snapshot_count(&dir, a), 2);
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["--config", p(&config), "prune"]);
+        c
+    });
+    assert_ok(&o, "prune by the configuration's rules");
+    assert_eq!(snapshot_count(&dir, a), 1, "{}", text(&o));
+
     // A night without the phone: a non-zero exit with the reason, logged.
     edit_device(&host.devices[0], |c| c.attached = false);
     let o = run({
@@ -174,6 +192,18 @@ fn config_file_log_and_wait_for_device() {
     assert!(
         logged.contains("backup - failed (exit 3): No iPhone or iPad is connected"),
         "{logged}"
+    );
+    // What DIR knows of the phone, with the phone away.
+    let o = run({
+        let mut c = ibackup(&host);
+        c.args(["--config", p(&config), "info", "--dir", p(&dir)]);
+        c
+    });
+    assert_ok(&o, "info --dir without the device");
+    let t = text(&o);
+    assert!(
+        t.contains("not connected") && t.contains("Last backup:") && t.contains("(complete)"),
+        "{t}"
     );
 
     // A typo in the configuration is an error, not silently ignored.

@@ -328,8 +328,24 @@ impl<'a> Host<'a> {
                             Some(e.to_string()),
                             Value::Dictionary(Dictionary::new()),
                         )?;
-                        let needed = batch_bytes.saturating_sub(self.bytes - start_bytes).max(1);
-                        return Err(EngineError::DiskFull { needed });
+                        // What the batch still holds, or what the rest of
+                        // the backup holds by the device's progress, the
+                        // larger, with a tenth more: a figure that frees
+                        // enough, not the few bytes the last write lacked.
+                        let batch = batch_bytes.saturating_sub(self.bytes - start_bytes);
+                        let rest = if self.percent >= 1.0 && self.percent < 100.0 {
+                            (self.bytes as f64 * (100.0 - self.percent) / self.percent) as u64
+                        } else {
+                            0
+                        };
+                        let needed = batch
+                            .max(rest)
+                            .saturating_add(batch.max(rest) / 10)
+                            .max(1 << 20);
+                        return Err(EngineError::DiskFull {
+                            needed,
+                            first: false,
+                        });
                     }
                     // A disk that went away fails every file after, and a
                     // file too large for it (FAT32: 4 GiB) every backup
@@ -688,6 +704,26 @@ pub fn run(
         return Err(EngineError::PasswordRequired);
     }
     let has_previous = dir.committed().join("Manifest.db").is_file();
+    // `--only` needs the password only at the end, to rewrite the index:
+    // a wrong one is found now, on the last backup, not after the whole
+    // phone was received. (`--full` skips this, for a password changed
+    // since the last backup.)
+    if let (false, false, Some(pw), true) = (
+        opts.selection.is_all(),
+        opts.full,
+        &opts.password,
+        has_previous,
+    ) {
+        match Backup::open(&dir.committed(), Some(pw)) {
+            Err(ibackup_store::StoreError::WrongPassword) => {
+                return Err(EngineError::PasswordNotForLast {
+                    folder: dir.committed().display().to_string(),
+                })
+            }
+            Err(e) => log::info!("the password was not tried on the last backup: {e}"),
+            Ok(_) => {}
+        }
+    }
     // The device continues from the index it is shown; a filtered index
     // would make it skip what was dropped, so it gets a full backup.
     let was_filtered = filtered_marker(root, &device.udid).exists();
@@ -775,6 +811,7 @@ pub fn run(
                     needed: parse_needed(&description)
                         .map(|n| n.saturating_sub(free))
                         .unwrap_or(0),
+                    first: false,
                 });
             }
             return Err(EngineError::DeviceRefused { code, description });
@@ -798,6 +835,14 @@ pub fn run(
     if let Err(e) = lock.release(&mut session, mux) {
         log::info!("sync lock not released: {e}");
     }
+    // A first backup has no earlier one to keep intact: said so.
+    let result = result.map_err(|e| match e {
+        EngineError::DiskFull { needed, .. } => EngineError::DiskFull {
+            needed,
+            first: !has_previous,
+        },
+        e => e,
+    });
     match result {
         Ok(mut outcome) => {
             let t0 = std::time::Instant::now();
@@ -815,6 +860,7 @@ pub fn run(
             if !opts.selection.is_all() {
                 events.step("keeping only the chosen categories");
                 if let Err(e) = dir.link_all().and_then(|()| {
+                    dir.recount();
                     keep_only(&dir.staging(), &opts.selection, opts.password.as_deref())
                 }) {
                     dir.abandon();
@@ -852,75 +898,118 @@ pub fn run(
 /// What is wrong with the committed backup `folder`, if anything, in a
 /// phrase: a file missing, of the wrong size, a link where a file or
 /// folder should be, or (with `content`) bytes that do not match their
-/// digest. A plain backup is checked against its index; an encrypted one
-/// (whose index needs the password) against ibackup's digest record.
+/// digest. Checked against ibackup's digest record where there is one
+/// (one `lstat` a file: cheap enough for every night), else against the
+/// index (a plain backup another tool or an earlier version made).
 fn previous_damage(folder: &Path, content: bool) -> Option<String> {
     use ibackup_store::verify::{verify_with, Options as Check};
     let digests = crate::snapshots::digests_for(folder);
+    if let Some(record) = &digests {
+        return record_damage(folder, record, content);
+    }
     let scratch = tempfile::tempdir().ok()?;
     let check = Check {
         password: None,
-        digests: digests.as_deref(),
+        digests: None,
         quick: !content,
     };
-    let problems = match verify_with(folder, scratch.path(), &check) {
-        Ok(r) if r.is_sound() => return None,
-        Ok(r) => (r.problems, r.problem_count),
-        Err(ibackup_store::StoreError::PasswordRequired) => {
-            match record_damage(folder, digests.as_deref(), content) {
-                Some(p) => (vec![p], 1),
-                None => return None,
-            }
-        }
-        Err(e) => (vec![e.to_string()], 1),
-    };
-    let (list, count) = problems;
-    Some(match count {
-        0 | 1 => list.into_iter().next().unwrap_or_default(),
-        n => format!(
-            "{n} problems, e.g. {}",
-            list.into_iter().next().unwrap_or_default()
-        ),
-    })
+    match verify_with(folder, scratch.path(), &check) {
+        Ok(r) if r.is_sound() => None,
+        Ok(r) => Some(summary(r.problem_count, r.problems.into_iter().next())),
+        // Encrypted, and no record to check it by: the device will read
+        // the index itself.
+        Err(ibackup_store::StoreError::PasswordRequired) => None,
+        Err(e) => Some(e.to_string()),
+    }
 }
 
-/// [`previous_damage`] for an encrypted backup: every file ibackup's record
-/// names is there, of the size received (and content); links are damage.
-fn record_damage(folder: &Path, digests: Option<&Path>, content: bool) -> Option<String> {
-    let d = ibackup_store::digests::Digests::open(digests?)?;
-    let bounds = ibackup_store::paths::content_bounds(folder);
+/// "a problem" or "N problems, e.g. a problem".
+fn summary(count: u64, first: Option<String>) -> String {
+    let first = first.unwrap_or_default();
+    if count <= 1 {
+        first
+    } else {
+        format!("{count} problems, e.g. {first}")
+    }
+}
+
+/// [`previous_damage`] by ibackup's record: every file it names is there
+/// as a regular file of the size received (and, with `content`, of the
+/// recorded digest), and no content folder is a link.
+fn record_damage(folder: &Path, record: &Path, content: bool) -> Option<String> {
+    let Some(d) = ibackup_store::digests::Digests::open(record) else {
+        return Some(format!(
+            "its digest record {} is unreadable",
+            record.display()
+        ));
+    };
     let mut first: Option<String> = None;
     let mut count = 0u64;
-    let _ = d.for_each(|id, e| {
-        let rel = Path::new(&id[..2.min(id.len())]).join(id);
-        let bad = match ibackup_store::paths::open_in(folder, &rel, &bounds) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                Some(format!("missing: {id}"))
-            }
-            Err(err) => Some(format!("unusable: {id}: {err}")),
-            Ok(f) => match f.metadata() {
-                Ok(m) if m.len() != e.size => Some(format!("wrong size: {id}")),
-                Ok(_) if content => match ibackup_store::digests::sha256_of(f) {
-                    Ok(got) if got.sha256 == e.sha256 => None,
-                    _ => Some(format!("damaged: {id} does not match its recorded digest")),
-                },
-                Ok(_) => None,
+    let mut bad = |what: String| {
+        count += 1;
+        first.get_or_insert(what);
+    };
+    for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        if e.file_name().len() == 2 && e.file_type().is_ok_and(|t| t.is_symlink()) {
+            bad(format!(
+                "content folder {} is a symbolic link",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    let bounds = [folder.to_path_buf()];
+    let walk = d.for_each(|id, e| {
+        if id.len() < 2 {
+            return Ok(());
+        }
+        let rel = Path::new(&id[..2]).join(id);
+        let problem = if content {
+            match ibackup_store::paths::open_in(folder, &rel, &bounds) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("missing: {id}"))
+                }
                 Err(err) => Some(format!("unusable: {id}: {err}")),
-            },
+                Ok(f) => match ibackup_store::digests::sha256_of(f) {
+                    Ok(got) if got == e => None,
+                    Ok(got) if got.size != e.size => Some(format!("wrong size: {id}")),
+                    Ok(_) => Some(format!("damaged: {id} does not match its recorded digest")),
+                    Err(err) => Some(format!("unreadable: {id}: {err}")),
+                },
+            }
+        } else {
+            match std::fs::symlink_metadata(folder.join(&rel)) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("missing: {id}"))
+                }
+                Err(err) => Some(format!("unusable: {id}: {err}")),
+                Ok(m) if !m.is_file() => Some(format!("unusable: {id} is not a regular file")),
+                Ok(m) if m.len() != e.size => Some(format!("wrong size: {id}")),
+                Ok(_) => None,
+            }
         };
-        if let Some(b) = bad {
-            count += 1;
-            first.get_or_insert(b);
+        if let Some(p) = problem {
+            bad(p);
         }
         Ok(())
     });
-    first.map(|f| {
-        if count == 1 {
-            f
-        } else {
-            format!("{count} problems, e.g. {f}")
+    if let Err(e) = walk {
+        bad(format!("its digest record cannot be read: {e}"));
+    }
+    // Named as the user knows it where the index is plain.
+    let named = |f: String| -> String {
+        let db = ibackup_store::manifest_db::ManifestDb::open(&folder.join("Manifest.db"));
+        let id = f
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .find(|w| ibackup_store::paths::is_file_id(w));
+        match (db, id) {
+            (Ok(db), Some(id)) => match db.name_of(id) {
+                Ok(Some(name)) => f.replacen(id, &format!("{name} ({id})"), 1),
+                _ => f,
+            },
+            _ => f,
         }
-    })
+    };
+    first.map(|f| summary(count, Some(named(f))))
 }
 
 /// Present while `DIR/<UDID>/` holds a filtered backup (`backup --only`).

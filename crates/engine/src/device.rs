@@ -23,6 +23,28 @@ pub fn list(mux: &dyn Transport) -> Result<Vec<DeviceRecord>> {
     })
 }
 
+/// A device's name and model ("Anna's iPhone", "iPhone14,5"), from the
+/// values lockdownd gives without pairing; empty where it does not answer.
+pub fn name_and_model(mux: &dyn Transport, device: &DeviceRecord) -> (String, String) {
+    let asked = mux
+        .connect(device.device_id, LOCKDOWN_PORT)
+        .map_err(EngineError::from)
+        .and_then(|s| {
+            let mut l = LockdownClient::new(s, "ibackup");
+            l.get_value(None, None).map_err(EngineError::from)
+        });
+    let Ok(Value::Dictionary(d)) = asked else {
+        return (String::new(), String::new());
+    };
+    let get = |k: &str| {
+        d.get(k)
+            .and_then(Value::as_string)
+            .unwrap_or("")
+            .to_string()
+    };
+    (get("DeviceName"), get("ProductType"))
+}
+
 /// The one device to use: the given UDID, or the only one attached.
 /// Wi-Fi devices are considered only with `network`.
 pub fn choose(mux: &dyn Transport, udid: Option<&str>, network: bool) -> Result<DeviceRecord> {

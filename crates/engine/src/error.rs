@@ -18,14 +18,20 @@ pub enum EngineError {
     },
     #[error("the device has not trusted this computer yet")]
     NotTrusted,
+    /// `validate`: the device does not trust this computer (never paired,
+    /// or unpaired).
+    #[error("{0} does not trust this computer")]
+    NotPaired(String),
     #[error("the user tapped Don't Trust on the device")]
     TrustDenied,
     #[error("the device is locked with a passcode")]
     Locked,
     #[error("the connection to the device was lost: {0}")]
     ConnectionLost(String),
+    /// `first`: there was no earlier backup of the device (so none that
+    /// stays intact).
     #[error("the backup disk is full: {needed} more bytes are needed")]
-    DiskFull { needed: u64 },
+    DiskFull { needed: u64, first: bool },
     #[error("the device refused: {description} (error {code})")]
     DeviceRefused { code: u64, description: String },
     /// The backup disk cannot hold a file this large (FAT32: 4 GiB); the
@@ -47,6 +53,10 @@ pub enum EngineError {
     WrongPassword,
     #[error("the backup is encrypted and no password was given")]
     PasswordRequired,
+    /// `backup --only` of an encrypted device: the password given does
+    /// not open the last backup in `folder`, checked before the transfer.
+    #[error("the password does not open the last backup in {folder}")]
+    PasswordNotForLast { folder: String },
     #[error("Find My is on on the target device")]
     FindMy,
     #[error("the backup is from iOS {backup}, newer than the target's iOS {target}")]
@@ -70,6 +80,11 @@ pub enum EngineError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The backup finished and is whole, but the device asked to write or
+    /// move `refused` paths outside its folder, which were refused: a
+    /// device (or a tool in between) misbehaving is worth an exit code.
+    #[error("the device named {refused} paths outside the backup folder")]
+    RefusedPaths { refused: u64 },
     /// Stopped on request (Ctrl-C, a stop signal) before the end; the
     /// text says what that left (see [`stopped`]).
     #[error("interrupted: {0}")]
@@ -84,6 +99,9 @@ pub mod stopped {
     /// on the disk until the next run clears it.
     pub const BACKUP_AT_ONCE: &str =
         "the last backup is intact; what this run had received is still in DIR/.ibackup/staging and the next ibackup command on DIR removes it";
+    /// Ended while the backup was being made the newest.
+    pub const BACKUP_MID_COMMIT: &str =
+        "it ended while the finished backup was being saved; the next ibackup command on DIR completes or undoes that, and `ibackup snapshots DIR` then shows whether it was kept. The last backup is intact either way";
     pub const RESTORE: &str = "the restore did not finish; the backup is untouched. Run it again";
     pub const ENCRYPTION: &str =
         "run `ibackup info` to see whether the device's encryption setting changed";
@@ -129,6 +147,13 @@ impl From<ProtoError> for EngineError {
                 ) =>
             {
                 EngineError::ConnectionLost(STALLED.into())
+            }
+            // Cut mid-message: Rust's "failed to fill whole buffer" says
+            // nothing to a user.
+            ProtoError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                EngineError::ConnectionLost(
+                    "the connection ended in the middle of a message".into(),
+                )
             }
             // Any I/O failure on a device stream is the connection going away.
             ProtoError::Io(io) => EngineError::ConnectionLost(io.to_string()),

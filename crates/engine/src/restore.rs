@@ -156,6 +156,26 @@ fn plan(root: &Path, source: &str, target: &str, opts: &RestoreOptions) -> Resul
         .and_then(Value::into_dictionary);
     match status.as_ref().and_then(|s| s.str_of("SnapshotState")) {
         Some("finished") => {}
+        _ if !folder.join("Manifest.db").exists() && !folder.exists() => {
+            // Restoring to a new device names the backup to restore.
+            let mut there: Vec<String> = std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().join("Manifest.db").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            there.sort();
+            return Err(EngineError::Usage(if there.is_empty() {
+                format!("{} holds no backup of {source}", root.display())
+            } else {
+                format!(
+                    "{} holds no backup of {source}; to restore another device's backup to it, give --source UDID, one of: {}",
+                    root.display(),
+                    there.join(", ")
+                )
+            }));
+        }
         _ if !folder.join("Manifest.db").exists() => {
             return Err(EngineError::Damaged(format!(
                 "{} holds no backup of {source}",
@@ -424,6 +444,19 @@ pub fn will_encrypt(session: &mut device::Session) -> Result<bool> {
         .unwrap_or(false))
 }
 
+/// Whether the device encrypts its backups, asked before any password is:
+/// `encryption off` on a device that does not encrypt is told so, not
+/// asked for a password it has not got.
+pub fn encryption_is_on(
+    mux: &dyn Transport,
+    target: &DeviceRecord,
+    trust_wait: Duration,
+    events: &mut dyn Events,
+) -> Result<bool> {
+    let mut session = device::open(mux, target, trust_wait, &mut || events.waiting_for_trust())?;
+    will_encrypt(&mut session)
+}
+
 /// Turn backup encryption on or off, or change its password, as Finder
 /// does: a `ChangePassword` request to mobilebackup2 (fact sheet §5.7).
 pub fn change_password(
@@ -618,10 +651,11 @@ mod tests {
             plan(t.path(), "A", "B", &opts(&["messages"])),
             Err(EngineError::Usage(_))
         ));
-        assert!(matches!(
-            plan(t.path(), "Z", "Z", &all),
-            Err(EngineError::Damaged(_))
-        ));
+        match plan(t.path(), "Z", "Z", &all) {
+            Err(EngineError::Usage(m)) => assert!(m.contains("--source UDID, one of: A"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("Z has no backup"),
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ use ibackup_store::paths::check_relative;
 use crate::error::{EngineError, Result};
 use crate::snapshots;
 
+/// True while a backup is being committed (made the newest): a process
+/// ended then leaves it to the next run to finish or undo, and says so.
+pub static COMMITTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub struct BackupDir {
     pub root: PathBuf,
     pub udid: String,
@@ -382,6 +386,7 @@ impl BackupDir {
                 remove_tree(&staging)?;
                 return Err(EngineError::DiskFull {
                     needed: want - free,
+                    first: false,
                 });
             }
         }
@@ -448,6 +453,12 @@ impl BackupDir {
     fn drop_record(&self) {
         let _ = self.finish_record();
         let _ = fs::remove_file(self.record_path());
+    }
+
+    /// Files were removed behind the session's back (`backup --only`
+    /// keeping some): the commit counts what is there.
+    pub fn recount(&self) {
+        self.set_counts(None);
     }
 
     fn set_counts(&self, c: Option<Counts>) {
@@ -660,6 +671,14 @@ impl BackupDir {
     /// Make the staging folder the newest complete backup; the backup it
     /// replaces stays as a snapshot (see [`crate::snapshots`]).
     pub fn commit(&self, full: bool, filtered: bool) -> Result<snapshots::Info> {
+        struct Committing;
+        impl Drop for Committing {
+            fn drop(&mut self) {
+                COMMITTING.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        COMMITTING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _committing = Committing;
         self.ready()?;
         let staging = self.staging();
         // The folders the device never touched come along whole.

@@ -167,9 +167,9 @@ fn write_file(
     row: &ManifestRow,
     to: &Path,
 ) -> Result<(Option<u64>, Option<String>)> {
-    let mut part = to.as_os_str().to_os_string();
-    part.push(".ibackup-part");
-    let part = PathBuf::from(part);
+    // Beside the file, named by its file ID: a name of OUT's longest
+    // (255 bytes) plus a suffix would be too long to make.
+    let part = to.with_file_name(format!(".{}.ibackup-part", row.file_id));
     let _ = fs::remove_file(&part);
     // create_new: never through a link that happens to have this name.
     let file = File::options()
@@ -401,9 +401,6 @@ fn extract_as(
     progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
     rules: Option<NameRules>,
 ) -> Result<Extracted> {
-    // Every row must be safe before the first byte lands (names only:
-    // the records are decoded once, below).
-    backup.index.db.check_names()?;
     usable_output(out, &backup.path)?;
     fs::create_dir_all(out).map_err(output(out))?;
     let mut folders = Folders {
@@ -480,7 +477,8 @@ fn extract_as(
                 }
             });
         }
-        let walk = backup.for_each(|row| {
+        let mut bad_rows = Vec::new();
+        let walk = backup.for_each_lenient(|row| {
             if failed.lock().expect("error slot").is_some() {
                 return Err(StoreError::Record("stopped".into()));
             }
@@ -543,8 +541,14 @@ fn extract_as(
                 _ => {}
             }
             Ok(())
-        });
+        }, &mut |why| bad_rows.push(why));
         drop(tx);
+        // Rows that could not be used (an unsafe name, a record that does
+        // not decode) are skipped, each a problem; the rest comes out.
+        let (list, total) = &mut *problems.lock().expect("problems");
+        for why in bad_rows {
+            note(list, total, why);
+        }
         walk
     })
     // A worker's failure is the cause; the walk only stopped because of it.
@@ -565,7 +569,22 @@ fn extract_as(
     let _ = progress(done.files, done.bytes);
     // Links last, so nothing is ever written through one.
     for (link, target) in links {
-        if fs::symlink_metadata(&link).is_ok() {
+        if let Ok(there) = fs::symlink_metadata(&link) {
+            // The same link from an earlier extraction into OUT is fine;
+            // anything else there is said, not silently kept.
+            let same = there.file_type().is_symlink()
+                && fs::read_link(&link).is_ok_and(|t| t == Path::new(&target));
+            if !same {
+                let below = link.strip_prefix(out).unwrap_or(&link).display();
+                note(
+                    &mut renamed,
+                    &mut n_renamed,
+                    format!(
+                        "{below} is a symbolic link to {target} in the backup; something else is already at that path in {}, so the link was not made",
+                        out.display()
+                    ),
+                );
+            }
             continue;
         }
         if let Some(parent) = link.parent() {
@@ -1037,7 +1056,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_would_leave_out_writes_nothing_at_all() {
+    fn a_path_that_would_leave_out_is_skipped_and_the_rest_comes_out() {
         for (domain, path) in [
             ("HomeDomain", "../../escape.txt"),
             ("HomeDomain", "/etc/escape.txt"),
@@ -1049,15 +1068,55 @@ mod tests {
             let out = t.path().join("deep/out");
             let r = extract(&b, &Selection::default(), &out, &mut |_, _| {
                 ControlFlow::Continue(())
-            });
+            })
+            .unwrap();
+            assert_eq!(r.damaged, 1, "{domain} {path}: {:?}", r.problems);
             assert!(
-                matches!(r, Err(StoreError::UnsafePath { .. })),
-                "{domain} {path}: {r:?}"
+                r.problems[0].starts_with("unusable row"),
+                "{:?}",
+                r.problems
             );
-            assert!(!out.exists(), "{domain} {path}: nothing written");
+            assert_eq!(
+                fs::read(out.join("HomeDomain/ok.txt")).unwrap(),
+                b"ok",
+                "the sound row"
+            );
             assert!(
                 !t.path().join("escape.txt").exists() && !t.path().join("deep/escape.txt").exists()
             );
         }
+    }
+
+    #[test]
+    fn a_name_of_the_longest_length_is_extracted() {
+        let t = tempfile::tempdir().unwrap();
+        let long = format!("{}.jpg", "n".repeat(251));
+        let b = t.path().join("B");
+        fs::create_dir_all(&b).unwrap();
+        let mut w = ManifestWriter::create(&b.join("Manifest.db")).unwrap();
+        w.insert(
+            "HomeDomain",
+            &MbFile {
+                relative_path: long.clone(),
+                mode: S_IFREG | 0o644,
+                size: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let id = file_id("HomeDomain", &long);
+        fs::create_dir_all(b.join(&id[..2])).unwrap();
+        fs::write(b.join(&id[..2]).join(&id), b"ok").unwrap();
+        let out = t.path().join("out");
+        let r = extract(
+            &Backup::open(&b, None).unwrap(),
+            &Selection::default(),
+            &out,
+            &mut |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        assert_eq!((r.files, r.damaged), (1, 0), "{:?}", r.problems);
+        assert_eq!(fs::read(out.join("HomeDomain").join(&long)).unwrap(), b"ok");
     }
 }

@@ -177,6 +177,41 @@ impl ManifestDb {
         Ok(())
     }
 
+    /// [`ManifestDb::for_each`], but a row that cannot be used (an unsafe
+    /// name, a record that does not decode) is handed to `bad` as a
+    /// sentence and skipped: one damaged row does not hide the rest.
+    pub fn for_each_lenient(
+        &self,
+        mut f: impl FnMut(ManifestRow) -> Result<()>,
+        bad: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let raw = (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, Option<Vec<u8>>>(4),
+            );
+            let built = match raw {
+                (Ok(id), Ok(domain), Ok(path), Ok(flags), Ok(blob)) => {
+                    let what = format!("{domain}-{path} ({id})");
+                    Self::build(id, domain, path, flags, blob).map_err(|e| format!("{what}: {e}"))
+                }
+                _ => Err("a row of Manifest.db has columns of the wrong type".to_string()),
+            };
+            match built {
+                Ok(row) => f(row)?,
+                Err(why) => bad(format!("unusable row: {why}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Visit every row with its encoded record as stored, decoding it too.
     pub fn for_each_with_record(
         &self,
@@ -198,6 +233,22 @@ impl ManifestDb {
             f(row, &blob)?;
         }
         Ok(())
+    }
+
+    /// `Domain-relativePath` of the row with this file ID, if there is one.
+    pub fn name_of(&self, file_id: &str) -> Result<Option<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT domain, relativePath FROM Files WHERE fileID = ?1")?;
+        Ok(stmt
+            .query_row(params![file_id], |r| {
+                Ok(format!(
+                    "{}-{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?
+                ))
+            })
+            .optional()?)
     }
 
     pub fn get(&self, domain: &str, relative_path: &str) -> Result<Option<ManifestRow>> {

@@ -251,6 +251,16 @@ impl Backup {
         self.index.db.for_each(f)
     }
 
+    /// Rows in (domain, path) order; rows that cannot be used go to `bad`
+    /// (see [`ManifestDb::for_each_lenient`]).
+    pub fn for_each_lenient(
+        &self,
+        f: impl FnMut(ManifestRow) -> Result<()>,
+        bad: &mut dyn FnMut(String),
+    ) -> Result<()> {
+        self.index.db.for_each_lenient(f, bad)
+    }
+
     /// Where a file's content is: `xx/<fileID>` (iOS 10 on) or flat (before).
     pub fn content_path(&self, file_id: &str) -> PathBuf {
         self.contents().content_path(file_id)

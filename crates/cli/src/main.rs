@@ -67,32 +67,17 @@ mod watch;
 #[derive(Parser)]
 #[command(name = "ibackup", version)]
 struct Cli {
-    /// Use a built-in simulated iPhone instead of usbmuxd (for trying ibackup out).
-    #[arg(long, global = true)]
-    simulated: bool,
+    #[command(flatten)]
+    dev: DeviceFlags,
     /// The device's UDID; may be left out when exactly one device is connected.
     #[arg(short = 'u', long = "udid", global = true)]
     udid: Option<String>,
-    /// Also consider devices usbmuxd sees over Wi-Fi.
-    #[arg(long, global = true)]
-    network: bool,
     /// Print progress and the result as JSON lines.
     #[arg(long, global = true)]
     json: bool,
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Seconds to wait for the user to tap Trust on the device (default 120).
-    #[arg(long, global = true)]
-    trust_timeout: Option<u64>,
-    /// Wait this long for the device to appear (e.g. 10m) instead of failing at once.
-    #[arg(long, global = true, value_name = "DURATION")]
-    wait_for_device: Option<String>,
-    /// Give up on a device that sends and takes nothing for this long (e.g.
-    /// 10m; 0 waits for ever). Default 30m: longer than any pause a phone
-    /// takes while it prepares a backup.
-    #[arg(long, global = true, value_name = "DURATION")]
-    stall_timeout: Option<String>,
     /// The configuration file (default: the platform's, see docs/nightly.md).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -103,15 +88,76 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The flags of the commands that talk to a device. Given before the
+/// command (`ibackup --simulated full DIR`) or after it; the commands that
+/// only read backups neither take nor list them.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct DeviceFlags {
+    /// Use a built-in simulated iPhone instead of usbmuxd (for trying ibackup out).
+    #[arg(long)]
+    simulated: bool,
+    /// Also consider devices usbmuxd sees over Wi-Fi.
+    #[arg(long)]
+    network: bool,
+    /// Seconds to wait for the user to tap Trust on the device (default 120).
+    #[arg(long)]
+    trust_timeout: Option<u64>,
+    /// Wait this long for the device to appear (e.g. 10m) instead of failing at once.
+    #[arg(long, value_name = "DURATION")]
+    wait_for_device: Option<String>,
+    /// Give up on a device that sends and takes nothing for this long (e.g.
+    /// 10m; 0 waits for ever). Default 30m: longer than any pause a phone
+    /// takes while it prepares a backup.
+    #[arg(long, value_name = "DURATION")]
+    stall_timeout: Option<String>,
+}
+
+impl DeviceFlags {
+    /// These, with what `after` (given after the command) adds or overrides.
+    fn merged(self, after: &DeviceFlags) -> DeviceFlags {
+        DeviceFlags {
+            simulated: self.simulated || after.simulated,
+            network: self.network || after.network,
+            trust_timeout: after.trust_timeout.or(self.trust_timeout),
+            wait_for_device: after.wait_for_device.clone().or(self.wait_for_device),
+            stall_timeout: after.stall_timeout.clone().or(self.stall_timeout),
+        }
+    }
+}
+
+impl Cmd {
+    /// The device flags given after the command, for those that take them.
+    fn device_flags(&self) -> Option<&DeviceFlags> {
+        match self {
+            Cmd::Devices { dev }
+            | Cmd::Pair { dev }
+            | Cmd::Validate { dev }
+            | Cmd::Unpair { dev }
+            | Cmd::Info { dev, .. }
+            | Cmd::Full { dev, .. }
+            | Cmd::Backup { dev, .. }
+            | Cmd::Encryption { dev, .. }
+            | Cmd::Restore { dev, .. }
+            | Cmd::Watch { dev, .. } => Some(dev),
+            Cmd::Ls { .. }
+            | Cmd::Extract { .. }
+            | Cmd::Verify { .. }
+            | Cmd::Snapshots { .. }
+            | Cmd::Checkout { .. }
+            | Cmd::Prune { .. } => None,
+        }
+    }
+}
+
 impl Cli {
     fn trust(&self) -> Duration {
-        Duration::from_secs(self.trust_timeout.unwrap_or(120))
+        Duration::from_secs(self.dev.trust_timeout.unwrap_or(120))
     }
 
     /// `--stall-timeout`, else the configuration's, else 30 minutes; zero
     /// is no limit.
     fn stall(&self) -> Result<Option<Duration>, EngineError> {
-        let d = match &self.stall_timeout {
+        let d = match &self.dev.stall_timeout {
             Some(s) => config::parse_duration(s)?,
             None => Duration::from_secs(30 * 60),
         };
@@ -163,21 +209,21 @@ fn backups_dir(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
 
 /// The device to use, waiting for it up to `--wait-for-device`.
 fn choose(cli: &Cli, mux: &MuxClient) -> Result<ibackup_proto::usbmux::DeviceRecord, EngineError> {
-    let wait = match &cli.wait_for_device {
+    let wait = match &cli.dev.wait_for_device {
         Some(w) => config::parse_duration(w)?,
         None => Duration::ZERO,
     };
     let deadline = Instant::now() + wait;
     let mut told = false;
     loop {
-        match device::choose(mux, cli.udid.as_deref(), cli.network) {
+        match device::choose(mux, cli.udid.as_deref(), cli.dev.network) {
             Err(EngineError::NoDevice | EngineError::DeviceNotFound(_))
                 if Instant::now() < deadline =>
             {
                 if !told && !cli.quiet {
                     eprintln!(
                         "Waiting up to {} for the device to be connected...",
-                        cli.wait_for_device.as_deref().unwrap_or("")
+                        cli.dev.wait_for_device.as_deref().unwrap_or("")
                     );
                     told = true;
                 }
@@ -191,23 +237,39 @@ fn choose(cli: &Cli, mux: &MuxClient) -> Result<ibackup_proto::usbmux::DeviceRec
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// List connected devices.
-    Devices,
+    Devices {
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Make this computer trusted by the device (the device asks the user).
-    Pair,
+    Pair {
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Check that the device still trusts this computer.
-    Validate,
+    Validate {
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Make the device forget this computer.
-    Unpair,
+    Unpair {
+        #[command(flatten)]
+        dev: DeviceFlags,
+    },
     /// Name, model, iOS version, storage, backup encryption; with --dir, the last backup there.
     Info {
         /// A backup folder: also show the last backup of this device in it.
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
     },
     /// Back up everything, even if an earlier backup could be continued.
     Full {
         /// The backup folder; the backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
         #[command(flatten)]
         only: Only,
         #[command(flatten)]
@@ -217,6 +279,8 @@ enum Cmd {
     Backup {
         /// The backup folder; the backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
         /// Force a full backup.
         #[arg(long)]
         full: bool,
@@ -240,6 +304,8 @@ enum Cmd {
         /// Read the new password from this file (else IBACKUP_NEW_PASSWORD, else a prompt).
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
     },
     /// List the files in a backup.
     Ls {
@@ -270,6 +336,8 @@ enum Cmd {
     Restore {
         /// The backup folder holding the backup to restore (default: `dir` in the configuration).
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
         /// Restore the backup of this device (default: the target's own).
         #[arg(long)]
         source: Option<String>,
@@ -307,6 +375,8 @@ enum Cmd {
     Watch {
         /// The backup folder; each device's backup goes to DIR/<UDID>/ (default: `dir` in the configuration).
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        dev: DeviceFlags,
         /// How old the last backup may be before a connected device is backed up again.
         #[arg(long, value_name = "DURATION")]
         every: Option<String>,
@@ -679,7 +749,7 @@ fn simulated_unusable(what: &str, dir: &Path, e: ibackup_sim::SimError) -> Engin
 }
 
 fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
-    if !cli.simulated {
+    if !cli.dev.simulated {
         let addr = SocketAddress::from_env()
             .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
         return Ok(MuxClient::new(addr).with_stall_timeout(cli.stall()?));
@@ -973,7 +1043,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
                 repair(&d);
             }
         }
-        Cmd::Checkout { dir, .. } | Cmd::Info { dir: Some(dir) } => repair(dir),
+        Cmd::Checkout { dir, .. } | Cmd::Info { dir: Some(dir), .. } => repair(dir),
         _ => {}
     }
     match &cli.cmd {
@@ -1030,7 +1100,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
     }
     let mux = mux_for(cli)?;
     match &cli.cmd {
-        Cmd::Devices => {
+        Cmd::Devices { .. } => {
             let list = device::list(&mux)?;
             if list.is_empty() && !cli.json {
                 println!("No devices connected.");
@@ -1054,7 +1124,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             }
             Ok(())
         }
-        Cmd::Pair => {
+        Cmd::Pair { .. } => {
             let dev = choose(cli, &mux)?;
             let mut report = Report::new(cli.json, cli.quiet);
             device::open(&mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
@@ -1063,7 +1133,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             }
             Ok(())
         }
-        Cmd::Validate => {
+        Cmd::Validate { .. } => {
             let dev = choose(cli, &mux)?;
             device::validate(&mux, &dev).map_err(|e| match e {
                 EngineError::NotTrusted => EngineError::NotPaired(dev.udid.clone()),
@@ -1074,7 +1144,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             }
             Ok(())
         }
-        Cmd::Unpair => {
+        Cmd::Unpair { .. } => {
             let dev = choose(cli, &mux)?;
             device::unpair(&mux, &dev)?;
             if !cli.quiet {
@@ -1082,8 +1152,8 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             }
             Ok(())
         }
-        Cmd::Info { dir } => info(cli, &mux, dir.as_deref()),
-        Cmd::Full { dir, only, pw } => {
+        Cmd::Info { dir, .. } => info(cli, &mux, dir.as_deref()),
+        Cmd::Full { dir, only, pw, .. } => {
             run_backup(cli, &mux, &backups_dir(dir)?, true, false, only, pw)
         }
         Cmd::Backup {
@@ -1092,6 +1162,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             check_content,
             only,
             pw,
+            ..
         } => run_backup(
             cli,
             &mux,
@@ -1106,11 +1177,13 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             every,
             keep,
             pw,
+            ..
         } => watch::run(cli, &mux, &backups_dir(dir)?, every.as_deref(), keep, pw),
         Cmd::Encryption {
             action,
             pw,
             new_password_file,
+            ..
         } => data::encryption(cli, &mux, *action, pw, new_password_file.as_deref()),
         Cmd::Restore {
             dir,
@@ -1121,6 +1194,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             no_reboot,
             settings,
             pw,
+            ..
         } => data::restore(
             cli,
             &mux,
@@ -1206,11 +1280,14 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let mut cli = Cli::parse();
+    if let Some(after) = cli.cmd.device_flags().cloned() {
+        cli.dev = std::mem::take(&mut cli.dev).merged(&after);
+    }
     let loaded = config::Config::load(cli.config.as_deref());
     let r = loaded.map(|c| {
-        cli.trust_timeout = cli.trust_timeout.or(c.trust_timeout);
-        cli.wait_for_device = cli.wait_for_device.take().or(c.wait_for_device.clone());
-        cli.stall_timeout = cli.stall_timeout.take().or(c.stall_timeout.clone());
+        cli.dev.trust_timeout = cli.dev.trust_timeout.or(c.trust_timeout);
+        cli.dev.wait_for_device = cli.dev.wait_for_device.take().or(c.wait_for_device.clone());
+        cli.dev.stall_timeout = cli.dev.stall_timeout.take().or(c.stall_timeout.clone());
         cli.log = cli.log.take().or(c.log_file.clone());
         passwords::set_fallback_file(c.password_file.clone());
         let _ = CONFIG.set(c);

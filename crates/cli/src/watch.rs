@@ -38,7 +38,7 @@ pub fn run(
     let opts = WatchOptions {
         every,
         keep: rules,
-        network: cli.network,
+        network: cli.dev.network,
         recheck: Duration::from_secs(60).min(every),
         retry_after: Duration::from_secs(600).min(every),
     };

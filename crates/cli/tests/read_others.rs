@@ -70,3 +70,34 @@ fn backups_by_idevicebackup2_and_pymobiledevice3_plain_and_encrypted() {
         );
     }
 }
+
+#[test]
+fn each_commands_help_shows_the_flags_it_uses() {
+    let help = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ibackup"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for cmd in ["ls", "verify", "extract", "snapshots", "checkout", "prune"] {
+        let h = help(&[cmd]);
+        for flag in [
+            "--simulated",
+            "--network",
+            "--trust-timeout",
+            "--stall-timeout",
+            "--wait-for-device",
+        ] {
+            assert!(!h.contains(flag), "`{cmd} --help` shows {flag}:\n{h}");
+        }
+        assert!(h.contains("--json"), "{h}");
+    }
+    let h = help(&["backup"]);
+    assert!(
+        h.contains("--simulated") && h.contains("--trust-timeout") && h.contains("--check-content"),
+        "{h}"
+    );
+}

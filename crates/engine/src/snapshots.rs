@@ -77,7 +77,10 @@ pub fn digests_path(root: &Path, udid: &str, id: &str) -> PathBuf {
 pub fn digests_for(folder: &Path) -> Option<PathBuf> {
     let name = folder.file_name()?.to_string_lossy().into_owned();
     let parent = folder.parent()?;
-    let found = if parent.parent()?.ends_with(".ibackup/snapshots") {
+    let found = if parent
+        .parent()
+        .is_some_and(|p| p.ends_with(".ibackup/snapshots"))
+    {
         parent.join(format!("{name}.digests.db"))
     } else {
         let id = newest_id(parent, &name)?;
@@ -1004,6 +1007,33 @@ fn links(_md: &fs::Metadata) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_snapshot_folder_finds_its_own_digest_record() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let d = dir(root, "U");
+        fs::create_dir_all(d.join("S1")).unwrap();
+        fs::create_dir_all(root.join("U")).unwrap();
+        fs::write(newest_file(root, "U"), b"S2").unwrap();
+        assert_eq!(digests_for(&root.join("U")), None, "no record yet");
+        fs::write(digests_path(root, "U", "S2"), b"").unwrap();
+        fs::write(digests_path(root, "U", "S1"), b"").unwrap();
+        assert_eq!(
+            digests_for(&root.join("U")),
+            Some(digests_path(root, "U", "S2")),
+            "the newest's"
+        );
+        assert_eq!(
+            digests_for(&d.join("S1")),
+            Some(digests_path(root, "U", "S1"))
+        );
+        assert_eq!(
+            digests_for(&root.join("Other")),
+            None,
+            "a folder of no record"
+        );
+    }
 
     const DAY: i64 = 86_400;
 

@@ -1108,6 +1108,9 @@ mod tests {
         let id = file_id("HomeDomain", &long);
         fs::create_dir_all(b.join(&id[..2])).unwrap();
         fs::write(b.join(&id[..2]).join(&id), b"ok").unwrap();
+        plist::Value::Dictionary(plist::Dictionary::new())
+            .to_file_xml(b.join("Manifest.plist"))
+            .unwrap();
         let out = t.path().join("out");
         let r = extract(
             &Backup::open(&b, None).unwrap(),

@@ -746,6 +746,22 @@ pub fn run(
             repaired = Some(why);
         }
     }
+    // A full backup re-sends the whole phone: about what the last one
+    // took. Said before the transfer when the disk looks short (only said:
+    // the phone may hold less now, and it asks for the space itself).
+    if full && has_previous {
+        let last = crate::snapshots::newest_info(root, &device.udid).map(|i| i.bytes);
+        let free = fs4::available_space(root).ok();
+        if let (Some(last), Some(free)) = (last, free) {
+            if free < last {
+                events.step(&format!(
+                    "the backup disk has {} MB free and the last backup of this phone took {} MB: a full backup may not fit (`ibackup prune` frees old snapshots)",
+                    free / 1_000_000,
+                    last / 1_000_000
+                ));
+            }
+        }
+    }
     let t0 = std::time::Instant::now();
     if !dir.links_files() {
         events.step(

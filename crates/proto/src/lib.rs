@@ -16,6 +16,7 @@ pub mod host;
 pub mod interrupt;
 pub mod lockdown;
 pub mod mb2;
+pub mod mux;
 pub mod pairing;
 pub mod plistx;
 pub mod receive;

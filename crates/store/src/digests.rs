@@ -133,24 +133,32 @@ impl Digests {
     }
 }
 
+thread_local! {
+    /// One read buffer per thread, reused: a fresh one per file would be
+    /// zeroed again for every small file (most of a backup's).
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 * 1024]);
+}
+
 /// The size and SHA-256 of what `f` holds, read to its end.
 pub fn sha256_of(mut f: impl Read) -> std::io::Result<Entry> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Entry {
-        size,
-        sha256: h.finalize().into(),
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Entry {
+            size,
+            sha256: h.finalize().into(),
+        })
     })
 }
 

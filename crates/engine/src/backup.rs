@@ -278,9 +278,13 @@ impl<'a> Host<'a> {
                 let _ = std::fs::remove_file(part);
                 File::options().write(true).create_new(true).open(part)
             };
+            let mut following = false;
             if let Some(p) = &part {
                 match open(p) {
-                    Ok(f) => out = Some(f),
+                    Ok(f) => {
+                        out = Some(f);
+                        following = self.dir.receiving(&backup_name, p);
+                    }
                     Err(e) => write_err = Some(e),
                 }
             }
@@ -296,7 +300,12 @@ impl<'a> Host<'a> {
                             .receive_into(file, len, &mut self.buf)
                             .map_err(ibackup_proto::error::ProtoError::Io)?
                         {
-                            None if writing => written += len,
+                            None if writing => {
+                                written += len;
+                                if following {
+                                    self.dir.receiving_more(len);
+                                }
+                            }
                             None => {}
                             Some(e) => write_err = Some(e),
                         }
@@ -312,12 +321,17 @@ impl<'a> Host<'a> {
                 }
             };
             drop(out);
+            // The digest of what landed, taken as it landed; a file that did
+            // not land whole is forgotten.
+            let whole = finished && write_err.is_none() && target.is_some();
+            if following {
+                self.dir.received_whole(whole);
+            }
             match (&part, &target, write_err) {
                 (Some(p), Some(t), None) if finished => {
                     let old = std::fs::symlink_metadata(t).ok();
                     std::fs::rename(p, t)?;
                     self.dir.wrote(&backup_name, old.as_ref(), written);
-                    self.dir.received(&backup_name, t);
                     self.files += 1;
                 }
                 (Some(p), _, Some(e)) => {

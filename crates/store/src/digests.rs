@@ -133,6 +133,27 @@ impl Digests {
     }
 }
 
+/// A digest taken piece by piece, as a file arrives.
+#[derive(Default)]
+pub struct Hasher {
+    h: Sha256,
+    size: u64,
+}
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.h.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub fn finish(self) -> Entry {
+        Entry {
+            size: self.size,
+            sha256: self.h.finalize().into(),
+        }
+    }
+}
+
 thread_local! {
     /// One read buffer per thread, reused: a fresh one per file would be
     /// zeroed again for every small file (most of a backup's).

@@ -601,7 +601,7 @@ fn verify(
     if cli.json {
         println!(
             "{}",
-            json!({"event": "verify", "ok": r.is_sound(), "files": r.files, "bytes": r.bytes, "encrypted": r.encrypted, "content_checked": r.content_checked, "content_unchecked": r.content_unchecked, "problems": r.problems, "warnings": r.warnings})
+            json!({"event": "verify", "ok": r.is_sound(), "files": r.files, "bytes": r.bytes, "encrypted": r.encrypted, "content_checked": r.content_checked, "content_unchecked": r.content_unchecked, "unchecked_files": r.unchecked_files, "problems": r.problems, "warnings": r.warnings})
         );
     } else if !cli.quiet {
         for p in &r.problems {

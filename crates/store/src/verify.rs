@@ -31,6 +31,8 @@ pub struct Report {
     /// digest of ibackup's nor of the device's (a backup made by another
     /// tool, or before ibackup kept digests), or a quick check.
     pub content_unchecked: u64,
+    /// Which, by name (at most MAX_LISTED; not in a quick check).
+    pub unchecked_files: Vec<String>,
     /// Things that make the backup unusable or incomplete (at most
     /// MAX_LISTED of a kind, then a line with the count of the rest).
     pub problems: Vec<String>,
@@ -242,6 +244,9 @@ pub fn verify_with(backup: &Path, scratch: &Path, opts: &Options) -> Result<Repo
                 (None, Some(d)) => Expect::Sha1(d.clone()),
                 (None, None) => {
                     r.content_unchecked += 1;
+                    if r.unchecked_files.len() < MAX_LISTED {
+                        r.unchecked_files.push(name);
+                    }
                     return Ok(());
                 }
             };
@@ -301,10 +306,11 @@ pub fn verify_with(backup: &Path, scratch: &Path, opts: &Options) -> Result<Repo
         warnings.insert(
             0,
             format!(
-                "{} file{} checked for presence and size only: no digest was recorded for {} (a backup made by another tool, or before ibackup kept digests)",
+                "{} file{} checked for presence and size only: no digest was recorded for {} (a backup made by another tool, or before ibackup kept digests), e.g. {}",
                 r.content_unchecked,
                 if r.content_unchecked == 1 { "" } else { "s" },
-                if r.content_unchecked == 1 { "it" } else { "them" }
+                if r.content_unchecked == 1 { "it" } else { "them" },
+                r.unchecked_files.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             ),
         );
     }
@@ -524,6 +530,7 @@ mod tests {
             "{:?}",
             r.warnings
         );
+        assert_eq!(r.unchecked_files, ["HomeDomain-b.txt"], "which one");
 
         #[cfg(unix)]
         {

@@ -448,3 +448,89 @@ fn segments_never_exceed_the_largest_usbmuxd_takes() {
     // The device's window (1 MiB) allows all of it at once.
     assert_eq!(sizes.iter().sum::<usize>(), 200_000);
 }
+
+/// A little deterministic generator: the test is the same every run.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn damaged_streams_are_refused_or_survived_never_a_panic() {
+    // A valid conversation from the device's side, then damaged copies of
+    // it: bytes flipped, cut short, split anywhere (what the fuzz targets
+    // do at length, here on stable in every test run).
+    let mut h = Mux::new(Role::Host, 512);
+    let mut d = Mux::new(Role::Device, 512);
+    d.listen(LOCKDOWN);
+    let mut device_bytes = Vec::new();
+    let relay = |h: &mut Mux, d: &mut Mux, log: &mut Vec<u8>| loop {
+        let mut moved = false;
+        while let Some(t) = h.poll_transmit() {
+            d.handle_input(&t.bytes).unwrap();
+            moved = true;
+        }
+        while let Some(t) = d.poll_transmit() {
+            log.extend_from_slice(&t.bytes);
+            h.handle_input(&t.bytes).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    };
+    relay(&mut h, &mut d, &mut device_bytes);
+    let id = h.connect(LOCKDOWN).unwrap();
+    relay(&mut h, &mut d, &mut device_bytes);
+    let did = ConnId {
+        local: LOCKDOWN,
+        remote: id.local,
+    };
+    d.send(did, &[42u8; 70_000]).unwrap();
+    relay(&mut h, &mut d, &mut device_bytes);
+    assert!(device_bytes.len() > 70_000);
+
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..400 {
+        let mut bytes = device_bytes.clone();
+        for _ in 0..(rng.next() % 8) {
+            let i = (rng.next() as usize) % bytes.len();
+            bytes[i] ^= (rng.next() % 255 + 1) as u8;
+        }
+        bytes.truncate((rng.next() as usize) % (bytes.len() + 1));
+        let split = 1 + (rng.next() as usize) % 20_000;
+        let mut h = Mux::new(Role::Host, 512);
+        let mut connected = false;
+        for chunk in bytes.chunks(split) {
+            if h.handle_input(chunk).is_err() {
+                break;
+            }
+            while let Some(e) = h.poll_event() {
+                if let Event::Readable(c) = e {
+                    let mut buf = [0u8; 8192];
+                    let _ = h.recv(c, &mut buf);
+                }
+            }
+            if h.is_ready() && !connected {
+                let _ = h.connect(LOCKDOWN);
+                connected = true;
+            }
+            while h.poll_transmit().is_some() {}
+        }
+    }
+    // Plain noise too, for both roles.
+    for _ in 0..400 {
+        let n = (rng.next() % 300) as usize;
+        let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+        for role in [Role::Host, Role::Device] {
+            let mut m = Mux::new(role, 512);
+            let _ = m.handle_input(&noise);
+            while m.poll_transmit().is_some() {}
+        }
+    }
+}

@@ -486,10 +486,7 @@ mod tests {
     fn ibackups_record_catches_a_same_size_corruption_and_links_are_damage() {
         let t = tempfile::tempdir().unwrap();
         let b = plain_backup(t.path());
-        let (a, bb) = (
-            file_id("HomeDomain", "a.txt"),
-            file_id("HomeDomain", "b.txt"),
-        );
+        let bb = file_id("HomeDomain", "b.txt");
         let digests = t.path().join("d.db");
         let mut d = Digests::create(&digests, None).unwrap();
         d.put(&bb, sha256_of(&b"world!"[..]).unwrap()).unwrap();
@@ -534,6 +531,7 @@ mod tests {
 
         #[cfg(unix)]
         {
+            let a = file_id("HomeDomain", "a.txt");
             let host = t.path().join("host-file");
             std::fs::write(&host, b"WORLD!").unwrap();
             std::fs::remove_file(b.join(&bb[..2]).join(&bb)).unwrap();

@@ -752,7 +752,10 @@ pub fn run(
         } else {
             "checking the last backup (every file there, of its size)"
         });
-        if let Some(why) = previous_damage(&dir.committed(), opts.check_content) {
+        let t0 = std::time::Instant::now();
+        let damage = previous_damage(&dir.committed(), opts.check_content);
+        log::info!("last backup checked in {:?}", t0.elapsed());
+        if let Some(why) = damage {
             events.step(&format!(
                 "the last backup is not whole ({why}): making a full backup, so that this one is"
             ));
@@ -975,25 +978,26 @@ fn record_damage(folder: &Path, record: &Path, content: bool) -> Option<String> 
     };
     let mut first: Option<String> = None;
     let mut count = 0u64;
-    let mut bad = |what: String| {
-        count += 1;
+    // A problem, and how many there are of its kind.
+    let mut bad = |what: String, times: u64| {
+        count += times;
         first.get_or_insert(what);
     };
     for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
         if e.file_name().len() == 2 && e.file_type().is_ok_and(|t| t.is_symlink()) {
-            bad(format!(
-                "content folder {} is a symbolic link",
-                e.file_name().to_string_lossy()
-            ));
+            bad(
+                format!(
+                    "content folder {} is a symbolic link",
+                    e.file_name().to_string_lossy()
+                ),
+                1,
+            );
         }
     }
     let bounds = [folder.to_path_buf()];
-    let walk = d.for_each(|id, e| {
-        if id.len() < 2 {
-            return Ok(());
-        }
+    let check = |id: &str, e: ibackup_store::digests::Entry| -> Option<String> {
         let rel = Path::new(&id[..2]).join(id);
-        let problem = if content {
+        if content {
             match ibackup_store::paths::open_in(folder, &rel, &bounds) {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     Some(format!("missing: {id}"))
@@ -1016,14 +1020,56 @@ fn record_damage(folder: &Path, record: &Path, content: bool) -> Option<String> 
                 Ok(m) if m.len() != e.size => Some(format!("wrong size: {id}")),
                 Ok(_) => None,
             }
-        };
-        if let Some(p) = problem {
-            bad(p);
         }
-        Ok(())
+    };
+    // Every core looks, a batch of entries at a time (memory stays
+    // bounded whatever the number of files); the first problem told is
+    // the one of the smallest file ID, whichever thread found it.
+    let found: std::sync::Mutex<(u64, Option<(String, String)>)> = Default::default();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<Vec<(String, ibackup_store::digests::Entry)>>(threads * 2);
+    let rx = std::sync::Mutex::new(rx);
+    let walk = std::thread::scope(|scope| {
+        let tx = tx;
+        for _ in 0..threads {
+            let (rx, found, check) = (&rx, &found, &check);
+            scope.spawn(move || loop {
+                let Ok(batch) = rx.lock().expect("batches").recv() else {
+                    return;
+                };
+                for (id, e) in batch {
+                    if let Some(p) = check(&id, e) {
+                        let mut f = found.lock().expect("found");
+                        f.0 += 1;
+                        if f.1.as_ref().is_none_or(|(first, _)| id < *first) {
+                            f.1 = Some((id, p));
+                        }
+                    }
+                }
+            });
+        }
+        let mut batch = Vec::with_capacity(512);
+        let walk = d.for_each(|id, e| {
+            if id.len() >= 2 {
+                batch.push((id.to_string(), e));
+            }
+            if batch.len() == 512 {
+                let _ = tx.send(std::mem::take(&mut batch));
+            }
+            Ok(())
+        });
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        walk
     });
+    let (n, first_file) = found.into_inner().expect("found");
+    if let Some((_, p)) = first_file {
+        bad(p, n);
+    }
     if let Err(e) = walk {
-        bad(format!("its digest record cannot be read: {e}"));
+        bad(format!("its digest record cannot be read: {e}"), 1);
     }
     // Named as the user knows it where the index is plain.
     let named = |f: String| -> String {

@@ -808,7 +808,7 @@ pub fn run(
             // The folder itself says it is part of a device, wherever it is
             // copied: a restore of it then removes nothing it lacks.
             info.insert(
-                crate::restore::INFO_ONLY_KEY.into(),
+                ibackup_store::categories::INFO_ONLY_KEY.into(),
                 Value::Array(
                     opts.selection
                         .names()

@@ -15,7 +15,7 @@ use ibackup_proto::host::Transport;
 use ibackup_proto::mb2::{error_code, Mb2Request};
 use ibackup_proto::plistx::DictExt;
 use ibackup_proto::usbmux::DeviceRecord;
-use ibackup_store::categories::Selection;
+use ibackup_store::categories::{Selection, INFO_ONLY_KEY};
 use ibackup_store::mbfile::FLAG_FILE;
 use ibackup_store::reader::Backup;
 use plist::{Dictionary, Value};
@@ -66,27 +66,15 @@ struct Plan {
     partial: Option<String>,
 }
 
-/// The key ibackup adds to the Info.plist it writes for a backup made with
-/// `--only`: the categories (and `domain:` names) it kept. Host-written,
-/// like the rest of Info.plist; other readers ignore it.
-pub const INFO_ONLY_KEY: &str = "ibackup Only";
-
 /// Domains every backup of a set-up iPhone or iPad holds (the home folder
 /// and the system's own settings): a backup without them is a part of one.
 const EVERY_BACKUP_HAS: [&str; 3] = ["HomeDomain", "SystemPreferencesDomain", "WirelessDomain"];
 
-/// The distinct domains of a backup's index.
+/// The distinct domains of a backup's index (one query, no record decoded).
 fn domains_of(
     backup: &Backup,
 ) -> std::result::Result<std::collections::BTreeSet<String>, ibackup_store::StoreError> {
-    let mut set = std::collections::BTreeSet::new();
-    backup.for_each(|row| {
-        if !set.contains(&row.domain) {
-            set.insert(row.domain);
-        }
-        Ok(())
-    })?;
-    Ok(set)
+    Ok(backup.index.db.domains()?.into_iter().collect())
 }
 
 /// Why `backup` (in `folder`) is not a whole device's backup, if it is

@@ -138,6 +138,11 @@ impl Rule {
     }
 }
 
+/// The key ibackup adds to the Info.plist it writes for a backup made with
+/// `--only`: [`Selection::names`], the categories (and `domain:` names) it
+/// kept. Host-written, like the rest of Info.plist; other readers ignore it.
+pub const INFO_ONLY_KEY: &str = "ibackup Only";
+
 /// What `--only` and `--domain` select. Empty: everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {

@@ -167,14 +167,7 @@ impl ManifestDb {
     /// Visit every row in (domain, relativePath) order without holding the
     /// whole list in memory. Rows whose IDs or paths are unsafe are errors.
     pub fn for_each(&self, mut f: impl FnMut(ManifestRow) -> Result<()>) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            f(Self::row(r)?)?;
-        }
-        Ok(())
+        self.each_row(|row| f(row.map_err(|(_, e)| e)?))
     }
 
     /// [`ManifestDb::for_each`], but a row that cannot be used (an unsafe
@@ -185,31 +178,57 @@ impl ManifestDb {
         mut f: impl FnMut(ManifestRow) -> Result<()>,
         bad: &mut dyn FnMut(String),
     ) -> Result<()> {
+        self.each_row(|row| match row {
+            Ok(row) => f(row),
+            Err((Some(what), e)) => {
+                bad(format!("unusable row: {what}: {e}"));
+                Ok(())
+            }
+            Err((None, _)) => {
+                bad("unusable row: a row of Manifest.db has columns of the wrong type".into());
+                Ok(())
+            }
+        })
+    }
+
+    /// Every row in (domain, relativePath) order, each decoded or the
+    /// reason it cannot be (with `Domain-path (fileID)` where those read).
+    fn each_row(
+        &self,
+        mut f: impl FnMut(std::result::Result<ManifestRow, (Option<String>, StoreError)>) -> Result<()>,
+    ) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY domain, relativePath")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let raw = (
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2),
-                r.get::<_, i64>(3),
-                r.get::<_, Option<Vec<u8>>>(4),
-            );
-            let built = match raw {
-                (Ok(id), Ok(domain), Ok(path), Ok(flags), Ok(blob)) => {
+            let raw = (|| -> rusqlite::Result<_> {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            })();
+            f(match raw {
+                Ok((id, domain, path, flags, blob)) => {
                     let what = format!("{domain}-{path} ({id})");
-                    Self::build(id, domain, path, flags, blob).map_err(|e| format!("{what}: {e}"))
+                    Self::build(id, domain, path, flags, blob).map_err(|e| (Some(what), e))
                 }
-                _ => Err("a row of Manifest.db has columns of the wrong type".to_string()),
-            };
-            match built {
-                Ok(row) => f(row)?,
-                Err(why) => bad(format!("unusable row: {why}")),
-            }
+                Err(e) => Err((None, e.into())),
+            })?;
         }
         Ok(())
+    }
+
+    /// The distinct domains of the index, without decoding any record.
+    pub fn domains(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT domain FROM Files ORDER BY domain")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Visit every row with its encoded record as stored, decoding it too.
@@ -268,28 +287,6 @@ impl ManifestDb {
             .optional()?;
         raw.map(|(a, b, c, d, e)| Self::build(a, b, c, d, e))
             .transpose()
-    }
-
-    fn row(r: &rusqlite::Row<'_>) -> Result<ManifestRow> {
-        Self::build(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)
-    }
-
-    /// Check every row's file ID, domain and path, without decoding the
-    /// records: the same checks reading a row makes, for a caller that must
-    /// know the whole index is safe before acting on any row.
-    pub fn check_names(&self) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT fileID, domain, relativePath FROM Files")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            check_names(
-                &r.get::<_, String>(0)?,
-                &r.get::<_, String>(1)?,
-                &r.get::<_, String>(2)?,
-            )?;
-        }
-        Ok(())
     }
 
     fn build(

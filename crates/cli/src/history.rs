@@ -89,15 +89,13 @@ fn copy_tree(
             let rel = e.path().strip_prefix(&from).expect("below folder");
             let dest = into.join(rel);
             if e.file_type().is_symlink() {
-                let inside = from == folder
-                    && e.depth() == 1
-                    && std::fs::canonicalize(e.path()).is_ok_and(|t| {
-                        t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
-                    });
-                if !inside {
-                    return Err(damaged(e.path()));
+                let target = (from == folder && e.depth() == 1)
+                    .then(|| ibackup_store::paths::snapshot_link_target(e.path(), &bounds))
+                    .flatten();
+                match target {
+                    Some(t) => trees.push((t, dest)),
+                    None => return Err(damaged(e.path())),
                 }
-                trees.push((std::fs::canonicalize(e.path())?, dest));
             } else if e.file_type().is_dir() {
                 std::fs::create_dir_all(&dest).map_err(output(&dest))?;
             } else if e.file_type().is_file() {

@@ -728,7 +728,7 @@ pub fn run(
         &opts.password,
         has_previous,
     ) {
-        match Backup::open(&dir.committed(), Some(pw)) {
+        match ibackup_store::reader::check_password(&dir.committed(), pw) {
             Err(ibackup_store::StoreError::WrongPassword) => {
                 return Err(EngineError::PasswordNotForLast {
                     folder: dir.committed().display().to_string(),
@@ -983,8 +983,14 @@ fn record_damage(folder: &Path, record: &Path, content: bool) -> Option<String> 
         count += times;
         first.get_or_insert(what);
     };
+    // The newest backup's content folders are real folders: a link there
+    // is damage, however it came (the same rule verify applies).
+    let bounds = ibackup_store::paths::content_bounds(folder);
     for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
-        if e.file_name().len() == 2 && e.file_type().is_ok_and(|t| t.is_symlink()) {
+        if e.file_name().len() == 2
+            && e.file_type().is_ok_and(|t| t.is_symlink())
+            && ibackup_store::paths::snapshot_link_target(&e.path(), &bounds).is_none()
+        {
             bad(
                 format!(
                     "content folder {} is a symbolic link",
@@ -994,7 +1000,6 @@ fn record_damage(folder: &Path, record: &Path, content: bool) -> Option<String> 
             );
         }
     }
-    let bounds = [folder.to_path_buf()];
     let check = |id: &str, e: ibackup_store::digests::Entry| -> Option<String> {
         let rel = Path::new(&id[..2]).join(id);
         if content {

@@ -176,6 +176,14 @@ pub fn content_bounds(backup: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Where the symbolic link `link` leads, resolved, when it is a history
+/// snapshot's own link: to a real folder inside `bounds` other than the
+/// backup folder itself ([`content_bounds`]). `None` for any other link.
+pub fn snapshot_link_target(link: &Path, bounds: &[PathBuf]) -> Option<PathBuf> {
+    let t = std::fs::canonicalize(link).ok()?;
+    (t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)).then_some(t)
+}
+
 /// Open `folder/rel` (plain relative components) for reading, following
 /// no symbolic link but one: a first-level folder of a history snapshot
 /// that links to a real folder inside `bounds` ([`content_bounds`]). A
@@ -197,11 +205,7 @@ pub fn open_in(folder: &Path, rel: &Path, bounds: &[PathBuf]) -> std::io::Result
         cur.push(name);
         let md = std::fs::symlink_metadata(&cur)?;
         if md.file_type().is_symlink() {
-            let inside = depth == 0
-                && std::fs::canonicalize(&cur).is_ok_and(|t| {
-                    t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
-                });
-            if !inside {
+            if depth != 0 || snapshot_link_target(&cur, bounds).is_none() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(

@@ -42,6 +42,29 @@ pub struct Index {
     pub manifest_key: Option<[u8; 32]>,
 }
 
+/// Manifest.plist's keybag, unlocked with `password`.
+fn unlocked_keybag(manifest: &plist::Dictionary, password: &str) -> Result<Keybag> {
+    let mut kb = Keybag::parse(
+        manifest
+            .get("BackupKeyBag")
+            .and_then(Value::as_data)
+            .unwrap_or_default(),
+    )?;
+    kb.unlock(password)?
+        .map_err(|_| StoreError::WrongPassword)?;
+    Ok(kb)
+}
+
+/// Whether `password` opens the backup in `backup` (a plain backup takes
+/// any): the keybag alone is unlocked, the index is not decrypted.
+pub fn check_password(backup: &Path, password: &str) -> Result<()> {
+    let manifest = manifest_plist(backup)?;
+    if manifest.get("IsEncrypted").and_then(Value::as_boolean) == Some(true) {
+        unlocked_keybag(&manifest, password)?;
+    }
+    Ok(())
+}
+
 /// Open the index of `backup`; an encrypted one needs `password` and is
 /// decrypted into `scratch` (which must exist).
 pub fn open_index(backup: &Path, password: Option<&str>, scratch: &Path) -> Result<Index> {
@@ -62,14 +85,7 @@ pub fn open_index(backup: &Path, password: Option<&str>, scratch: &Path) -> Resu
         });
     }
     let password = password.ok_or(StoreError::PasswordRequired)?;
-    let mut kb = Keybag::parse(
-        manifest
-            .get("BackupKeyBag")
-            .and_then(Value::as_data)
-            .unwrap_or_default(),
-    )?;
-    kb.unlock(password)?
-        .map_err(|_| StoreError::WrongPassword)?;
+    let kb = unlocked_keybag(&manifest, password)?;
     if plain {
         // Before iOS 10.2 the index stayed plain in encrypted backups.
         return Ok(Index {

@@ -275,10 +275,7 @@ pub fn verify_with(backup: &Path, scratch: &Path, opts: &Options) -> Result<Repo
             continue;
         };
         if md.file_type().is_symlink() {
-            let inside = std::fs::canonicalize(e.path()).is_ok_and(|t| {
-                t.is_dir() && bounds.iter().skip(1).any(|b| t.starts_with(b) && t != *b)
-            });
-            if !inside {
+            if crate::paths::snapshot_link_target(&e.path(), &bounds).is_none() {
                 note(
                     &mut problems,
                     &mut n_problems,

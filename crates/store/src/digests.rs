@@ -183,13 +183,6 @@ pub fn sha256_of(mut f: impl Read) -> std::io::Result<Entry> {
     })
 }
 
-/// [`sha256_of`] a file, opened without following a symbolic link in its
-/// last component (a link where a content file should be is damage, not
-/// a way to a file elsewhere).
-pub fn sha256_file(path: &Path) -> std::io::Result<Entry> {
-    sha256_of(crate::paths::open_no_follow(path)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,17 +234,20 @@ impl Deframer {
     }
 }
 
+/// Bytes written as hex with spaces anywhere, for tests that spell out
+/// packets as usbmuxd sends them.
+#[cfg(test)]
+pub(super) fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     #[test]
     fn packets_as_usbmuxd_writes_them() {

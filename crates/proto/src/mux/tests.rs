@@ -2,16 +2,8 @@
 //! usbmuxd's (so a mistake shared by both roles cannot pass), and the two
 //! roles against each other.
 
-use super::packet::{FIN, PROTO_TCP};
+use super::packet::{hex, FIN, PROTO_TCP};
 use super::*;
-
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.split_whitespace().collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn sent(m: &mut Mux) -> Vec<Vec<u8>> {
     std::iter::from_fn(|| m.poll_transmit())
@@ -34,6 +26,33 @@ fn ready_host() -> Mux {
     sent(&mut h);
     events(&mut h);
     h
+}
+
+/// A ready host connected to lockdownd, the device's SYN|ACK carrying
+/// initial sequence number `isn` (what both sent since is drained).
+fn connected_host(isn: u32) -> (Mux, ConnId) {
+    let mut h = ready_host();
+    let id = h.connect(LOCKDOWN).unwrap();
+    sent(&mut h);
+    let syn_ack = Packet::Tcp {
+        tcp: Tcp {
+            sport: LOCKDOWN,
+            dport: id.local,
+            seq: isn,
+            ack: 1,
+            flags: SYN | ACK,
+            window: 0x200,
+        },
+        payload: vec![],
+    };
+    h.handle_input(&syn_ack.encode(HeaderKind::Long {
+        tx_seq: 0,
+        rx_seq: 1,
+    }))
+    .unwrap();
+    assert_eq!(events(&mut h), [Event::Connected(id)]);
+    sent(&mut h);
+    (h, id)
 }
 
 #[test]
@@ -88,16 +107,8 @@ fn host_handshake_and_connect_byte_for_byte() {
 
 #[test]
 fn the_host_takes_the_devices_initial_sequence_number_from_its_syn_ack() {
-    let mut h = ready_host();
-    let id = h.connect(LOCKDOWN).unwrap();
-    sent(&mut h);
     // ISN 0x1000 (usbmuxd itself assumes 0; the facts say take it).
-    h.handle_input(&hex(
-        "00000006 00000024 feedface 0000 0001  f27e 0001 00001000 00000001 50 12 0200 0000 0000",
-    ))
-    .unwrap();
-    events(&mut h);
-    sent(&mut h);
+    let (mut h, id) = connected_host(0x1000);
     // Five bytes of data at 0x1001.
     h.handle_input(&hex(
         "00000006 00000029 feedface 0001 0002  f27e 0001 00001001 00000001 50 10 0200 0000 0000 68656c6c6f",
@@ -173,15 +184,7 @@ fn a_refused_connection_an_unknown_port_a_log_line_and_a_reset() {
 
 #[test]
 fn a_device_that_overruns_the_window_or_sends_garbage_is_stopped_not_obeyed() {
-    let mut h = ready_host();
-    let id = h.connect(LOCKDOWN).unwrap();
-    sent(&mut h);
-    h.handle_input(&hex(
-        "00000006 00000024 feedface 0000 0001  f27e 0001 00000000 00000001 50 12 0200 0000 0000",
-    ))
-    .unwrap();
-    events(&mut h);
-    sent(&mut h);
+    let (mut h, id) = connected_host(0);
     // Fill the 1 MiB window with full segments, never reading them.
     let mut seq = 1u32;
     let seg = vec![0xabu8; MAX_SEGMENT];

@@ -1025,9 +1025,9 @@ fn iso_date(secs: i64) -> String {
 /// Before reading `dir` (the backup folder, or one device's in it):
 /// repair what an interrupted run left there.
 fn repair(dir: &Path) {
-    ibackup_engine::snapshots::repair_for_reading(dir);
+    ibackup_engine::staging::repair_for_reading(dir);
     if let Some(parent) = dir.parent().filter(|p| p.join(".ibackup").is_dir()) {
-        ibackup_engine::snapshots::repair_for_reading(parent);
+        ibackup_engine::staging::repair_for_reading(parent);
     }
 }
 

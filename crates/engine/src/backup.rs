@@ -3,7 +3,7 @@
 //! when the device reports success.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use plist::{Dictionary, Value};
 
 use crate::device;
 use crate::error::{EngineError, Result};
+use crate::files::{part_path, replace_file};
 use crate::staging::{Area, BackupDir};
 use ibackup_store::categories::Selection;
 use ibackup_store::mbfile::FLAG_FILE;
@@ -710,10 +711,7 @@ pub fn run(
     })?;
     let values = session.values()?;
     let itunes = session.domain("com.apple.iTunes")?;
-    if !opts.selection.is_all()
-        && opts.password.is_none()
-        && crate::restore::will_encrypt(&mut session)?
-    {
+    if !opts.selection.is_all() && opts.password.is_none() && device::will_encrypt(&mut session)? {
         // Filtering rewrites the encrypted index, which needs the password.
         return Err(EngineError::PasswordRequired);
     }
@@ -1126,29 +1124,6 @@ fn as_io(e: EngineError) -> std::io::Error {
         EngineError::Io(io) => io,
         other => std::io::Error::other(other.to_string()),
     }
-}
-
-/// Where a file is written before it is renamed to `path`.
-fn part_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".ibackup-part");
-    path.with_file_name(name)
-}
-
-/// Write `bytes` as a new file at `path`, renamed over whatever is there
-/// (readers see the old or the new content, and a hard-linked old file is
-/// never written into). Flushed before the rename.
-pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let part = part_path(path);
-    let _ = std::fs::remove_file(&part);
-    let mut f = File::options().write(true).create_new(true).open(&part)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&part, path)
 }
 
 /// "need N bytes" in a device's free-space refusal.

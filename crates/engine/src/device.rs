@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use ibackup_proto::host::{is_lockdown_error, LockdownClient, Stream, Transport};
 use ibackup_proto::lockdown::LockdownError;
 use ibackup_proto::pairing::PairRecord;
+use ibackup_proto::plistx::DictExt;
 use ibackup_proto::tls::{self, TlsStream};
 use ibackup_proto::usbmux::{DeviceRecord, LOCKDOWN_PORT};
 use ibackup_proto::ProtoError;
@@ -248,4 +249,12 @@ impl Session {
         }
         Ok(stream)
     }
+}
+
+/// Is backup encryption on for this device (`WillEncrypt`)?
+pub fn will_encrypt(session: &mut Session) -> Result<bool> {
+    Ok(session
+        .domain("com.apple.mobile.backup")?
+        .bool_of("WillEncrypt")
+        .unwrap_or(false))
 }

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod device;
 pub mod error;
+mod files;
 pub mod restore;
 pub mod snapshots;
 pub mod staging;

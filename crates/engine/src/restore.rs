@@ -424,14 +424,6 @@ pub enum PasswordChange {
     Change { old: String, new: String },
 }
 
-/// Is backup encryption on for this device (`WillEncrypt`)?
-pub fn will_encrypt(session: &mut device::Session) -> Result<bool> {
-    Ok(session
-        .domain("com.apple.mobile.backup")?
-        .bool_of("WillEncrypt")
-        .unwrap_or(false))
-}
-
 /// Whether the device encrypts its backups, asked before any password is:
 /// `encryption off` on a device that does not encrypt is told so, not
 /// asked for a password it has not got.
@@ -442,7 +434,7 @@ pub fn encryption_is_on(
     events: &mut dyn Events,
 ) -> Result<bool> {
     let mut session = device::open(mux, target, trust_wait, &mut || events.waiting_for_trust())?;
-    will_encrypt(&mut session)
+    device::will_encrypt(&mut session)
 }
 
 /// Turn backup encryption on or off, or change its password, as Finder
@@ -455,7 +447,7 @@ pub fn change_password(
     events: &mut dyn Events,
 ) -> Result<()> {
     let mut session = device::open(mux, target, trust_wait, &mut || events.waiting_for_trust())?;
-    let on = will_encrypt(&mut session)?;
+    let on = device::will_encrypt(&mut session)?;
     let mut extra = Dictionary::new();
     match (change, on) {
         (PasswordChange::On { .. }, true) => {

@@ -28,9 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::replace_file;
 use crate::error::{EngineError, Result};
-use crate::staging::remove_tree;
+use crate::files::{remove_tree, replace_file};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {
@@ -698,46 +697,17 @@ pub fn recover(root: &Path, udid: &str) -> Result<()> {
     Ok(())
 }
 
-/// Before a command reads `root`: finish or undo what an interrupted
-/// backup, commit or prune left (the newest folder moved away mid-commit,
-/// a staging folder, half-written records), for each device with
-/// anything to repair, when no backup of it is running. A disk that
-/// cannot be written is read as it is.
-pub fn repair_for_reading(root: &Path) {
-    let meta = root.join(".ibackup");
-    if !meta.is_dir() {
-        return;
-    }
-    let mut udids = BTreeSet::new();
-    for sub in ["snapshots", "staging"] {
-        for e in fs::read_dir(meta.join(sub)).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let udid = name.split('.').next().unwrap_or("").to_string();
-            if !udid.is_empty() {
-                udids.insert(udid);
-            }
-        }
-    }
-    for udid in udids {
-        let d = dir(root, &udid);
-        let leftovers = pending_file(root, &udid).exists()
-            || handover_file(root, &udid).exists()
-            || meta.join("staging").join(&udid).exists()
-            || trash(root, &udid).exists()
-            || fs::read_dir(&d)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".ibackup-part"));
-        if !leftovers {
-            continue;
-        }
-        match crate::staging::BackupDir::open(root, &udid) {
-            Ok(_) => log::info!("repaired what an interrupted run left for {udid}"),
-            Err(EngineError::Busy(_)) => {}
-            Err(e) => log::info!("could not repair {udid} now ({e}); reading as it is"),
-        }
-    }
+/// Whether an interrupted commit or prune of `udid` left something in
+/// the history for [`recover`] to finish or undo.
+pub fn leftovers(root: &Path, udid: &str) -> bool {
+    pending_file(root, udid).exists()
+        || handover_file(root, udid).exists()
+        || trash(root, udid).exists()
+        || fs::read_dir(dir(root, udid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".ibackup-part"))
 }
 
 /// Every snapshot of `udid` in `root`, oldest first. A newest folder with

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use ibackup_store::paths::check_relative;
 
 use crate::error::{EngineError, Result};
+use crate::files::remove_tree;
 use crate::snapshots;
 
 /// True while a backup is being committed (made the newest): a process
@@ -867,6 +868,38 @@ impl Drop for BackupDir {
     }
 }
 
+/// Before a command reads `root`: finish or undo what an interrupted
+/// backup, commit or prune left (the newest folder moved away mid-commit,
+/// a staging folder, half-written records), for each device with
+/// anything to repair, when no backup of it is running (its lock is
+/// free). A disk that cannot be written is read as it is.
+pub fn repair_for_reading(root: &Path) {
+    let meta = root.join(".ibackup");
+    if !meta.is_dir() {
+        return;
+    }
+    let mut udids = BTreeSet::new();
+    for sub in ["snapshots", "staging"] {
+        for e in fs::read_dir(meta.join(sub)).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let udid = name.split('.').next().unwrap_or("").to_string();
+            if !udid.is_empty() {
+                udids.insert(udid);
+            }
+        }
+    }
+    for udid in udids {
+        if !meta.join("staging").join(&udid).exists() && !snapshots::leftovers(root, &udid) {
+            continue;
+        }
+        match BackupDir::open(root, &udid) {
+            Ok(_) => log::info!("repaired what an interrupted run left for {udid}"),
+            Err(EngineError::Busy(_)) => {}
+            Err(e) => log::info!("could not repair {udid} now ({e}); reading as it is"),
+        }
+    }
+}
+
 /// Where a device path (`<UDID>/…`, already checked) lies, for the counts.
 #[derive(Debug, PartialEq, Eq)]
 enum Place {
@@ -1248,14 +1281,6 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
         if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
             return Ok(false);
         }
-    }
-}
-
-/// Remove a folder and all in it; one that is not there is fine.
-pub(crate) fn remove_tree(p: &Path) -> Result<()> {
-    match fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
     }
 }
 

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use ibackup_proto::devicelink::DlMessage;
 use ibackup_proto::frame;
-use ibackup_proto::host::MuxClient;
 use ibackup_proto::mb2::{self, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem};
 use ibackup_proto::plistx::DictExt;
 use ibackup_proto::usbmux::SocketAddress;
+use ibackup_transport::MuxClient;
 use plist::{Dictionary, Value};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,10 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut session =
         ibackup_engine::device::open(&mux, &dev, std::time::Duration::from_secs(5), &mut || {})?;
     let mut s = session.service(&mux, mb2::SERVICE_NAME)?;
-    let send = |s: &mut Box<dyn ibackup_proto::host::Stream>, m: DlMessage| {
+    let send = |s: &mut Box<dyn ibackup_transport::Stream>, m: DlMessage| {
         frame::write_binary(s, &m.encode())
     };
-    let recv = |s: &mut Box<dyn ibackup_proto::host::Stream>| -> Result<DlMessage, ibackup_proto::ProtoError> { DlMessage::decode(frame::read_plist(s)?) };
+    let recv = |s: &mut Box<dyn ibackup_transport::Stream>| -> Result<DlMessage, ibackup_proto::ProtoError> { DlMessage::decode(frame::read_plist(s)?) };
     mb2::host_hello(&mut s)?
         .map_err(|(code, text)| format!("device refused Hello: {text} ({code})"))?;
     let req = Mb2Request::backup(&dev.udid, true);

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use ibackup_engine::restore::{self, PasswordChange, RestoreOptions};
 use ibackup_engine::EngineError;
-use ibackup_proto::host::MuxClient;
 use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use ibackup_store::reader::{self, Backup};
+use ibackup_transport::MuxClient;
 use serde_json::json;
 
 use crate::{human_bytes, passwords, Cli, EncryptionAction, Only, PasswordArgs, Report};
@@ -172,7 +172,7 @@ pub fn extract(
             );
         }
         // Ctrl-C: the files being written are finished, no other begun.
-        if ibackup_proto::interrupt::STOP.requested() {
+        if crate::stop::cancel().requested() {
             std::ops::ControlFlow::Break(())
         } else {
             std::ops::ControlFlow::Continue(())

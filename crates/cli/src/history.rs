@@ -161,9 +161,7 @@ pub fn checkout(cli: &Cli, folder: &Path, out: &Path) -> Result<(), EngineError>
         )));
     }
     ibackup_store::extract::usable_output(out, folder)?;
-    let (files, linked) = build(folder, out, &udid, &|| {
-        ibackup_proto::interrupt::STOP.requested()
-    })?;
+    let (files, linked) = build(folder, out, &udid, &|| crate::stop::cancel().requested())?;
     if !cli.quiet && !cli.json {
         println!(
             "Checked out {files} {} to {} ({}).",

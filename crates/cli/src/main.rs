@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use ibackup_engine::backup::{self, Events, Options};
 use ibackup_engine::{device, EngineError};
-use ibackup_proto::host::MuxClient;
 use ibackup_proto::usbmux::SocketAddress;
 use ibackup_store::categories::Selection;
+use ibackup_transport::MuxClient;
 use serde_json::json;
 
 /// `println!`, but standard output closed under us (`ibackup snapshots |
@@ -752,7 +752,9 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
     if !cli.dev.simulated {
         let addr = SocketAddress::from_env()
             .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
-        return Ok(MuxClient::new(addr).with_stall_timeout(cli.stall()?));
+        return Ok(MuxClient::new(addr)
+            .with_stall_timeout(cli.stall()?)
+            .with_cancel(stop::cancel()));
     }
     let dir = std::env::var_os("IBACKUP_SIMULATED_DIR")
         .map(PathBuf::from)
@@ -787,7 +789,9 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
     let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
-    Ok(MuxClient::new(SocketAddress::Tcp(addr)).with_stall_timeout(cli.stall()?))
+    Ok(MuxClient::new(SocketAddress::Tcp(addr))
+        .with_stall_timeout(cli.stall()?)
+        .with_cancel(stop::cancel()))
 }
 
 fn run_backup(
@@ -824,7 +828,7 @@ fn run_backup(
     let filtered = !opts.selection.is_all();
     let started = Instant::now();
     let r = backup::run(mux, &dev, dir, &opts, &mut report)
-        .map_err(|e| e.after_stop(stop::left_by(&cli.cmd)));
+        .map_err(|e| e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)));
     report.finish();
     attempts::record(dir, &dev.udid, r.as_ref().map(|_| ()));
     let o = r?;
@@ -1297,7 +1301,7 @@ fn main() -> ExitCode {
     stop::install(cli);
     let r = r
         .and_then(|()| run(cli))
-        .map_err(|e| e.after_stop(stop::left_by(&cli.cmd)));
+        .map_err(|e| e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)));
     match r {
         Ok(()) => {
             log_line(

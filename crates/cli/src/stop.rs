@@ -2,7 +2,8 @@
 //! shutdown, SIGHUP; Ctrl-C and Ctrl-Break on Windows).
 //!
 //! A command that talks to a device stops the way it would after a pulled
-//! cable: every connection is hung up ([`STOP`]), the engine drops what
+//! cable: every connection is hung up (the run's [`Cancel`], which the
+//! transport registers its connections with), the engine drops what
 //! this run staged and releases its lock, and the command ends with its
 //! usual report, log line and exit code (130, "interrupted"). `extract`
 //! and `checkout` wind down too: extract finishes the files it is writing
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use ibackup_engine::error::stopped;
 use ibackup_engine::EngineError;
-use ibackup_proto::interrupt::STOP;
+use ibackup_transport::Cancel;
 
 use crate::{Cli, Cmd};
 
@@ -38,6 +39,15 @@ struct Plan {
 }
 
 static PLAN: OnceLock<Plan> = OnceLock::new();
+/// The run's stop handle: the signal handler is the one place that must
+/// reach it without being handed it.
+static CANCEL: OnceLock<Cancel> = OnceLock::new();
+
+/// The run's stop handle, for the transport and whatever else must hear a
+/// stop.
+pub fn cancel() -> Cancel {
+    CANCEL.get_or_init(Cancel::new).clone()
+}
 static SIGNALS: AtomicU32 = AtomicU32::new(0);
 
 /// What an interruption of `cmd` leaves, for its message.
@@ -93,7 +103,7 @@ fn on_signal() {
     if !plan.wind_down || n > 1 {
         end_now(plan);
     }
-    STOP.hang_up_all();
+    cancel().stop();
     if !plan.cli.quiet && !plan.cli.json {
         // The crate's eprintln: a terminal gone with a hang-up (SIGHUP) is
         // no panic.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use ibackup_engine::backup::Options;
 use ibackup_engine::watch::{self, Note, WatchOptions};
 use ibackup_engine::EngineError;
-use ibackup_proto::host::MuxClient;
 use ibackup_store::categories::Selection;
+use ibackup_transport::MuxClient;
 use serde_json::json;
 
 use crate::{

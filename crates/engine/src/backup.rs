@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use ibackup_proto::devicelink::{DlMessage, BULK_OPERATION_ERROR};
 use ibackup_proto::frame;
-use ibackup_proto::host::{Stream, Transport};
 use ibackup_proto::mb2::{
     self, error_code, FileStreamReader, FileStreamWriter, Mb2Request, StreamItem,
 };
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::usbmux::DeviceRecord;
+use ibackup_transport::{Stream, Transport};
 use plist::{Dictionary, Value};
 
 use crate::device;
@@ -140,7 +140,7 @@ impl<'a> Host<'a> {
 
     /// A new mobilebackup2 connection, past the version exchange.
     fn connect(session: &mut device::Session, mux: &dyn Transport) -> Result<Box<dyn Stream>> {
-        let mut s: Box<dyn Stream> = Box::new(ibackup_proto::host::BufStream::new(
+        let mut s: Box<dyn Stream> = Box::new(ibackup_transport::BufStream::new(
             session.service(mux, mb2::SERVICE_NAME)?,
         ));
         if let Err((code, description)) = mb2::host_hello(&mut s)? {
@@ -184,7 +184,7 @@ impl<'a> Host<'a> {
                 told = true;
             }
             self.disconnect();
-            if ibackup_proto::interrupt::STOP.pause(Duration::from_secs(1)) {
+            if mux.cancel().pause(Duration::from_secs(1)) {
                 return Err(EngineError::DeviceBusy {
                     waited: start.elapsed().as_secs(),
                 });

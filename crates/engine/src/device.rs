@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use ibackup_proto::host::{is_lockdown_error, LockdownClient, Stream, Transport};
 use ibackup_proto::lockdown::LockdownError;
 use ibackup_proto::pairing::PairRecord;
 use ibackup_proto::plistx::DictExt;
 use ibackup_proto::tls::{self, TlsStream};
 use ibackup_proto::usbmux::{DeviceRecord, LOCKDOWN_PORT};
 use ibackup_proto::ProtoError;
+use ibackup_transport::{is_lockdown_error, LockdownClient, Stream, Transport};
 use plist::{Dictionary, Value};
 
 use crate::error::{EngineError, Result};

@@ -113,11 +113,15 @@ pub mod stopped {
 
 impl EngineError {
     /// `self`, or [`EngineError::Interrupted`] when a stop was asked for
-    /// ([`ibackup_proto::interrupt::STOP`]): the failures a stop causes
+    /// on `cancel`: the failures a stop causes
     /// (a hung-up connection, a refused new one) are its doing. A full
     /// disk or an unwritable output is still worth saying.
-    pub fn after_stop(self, what_it_left: &'static str) -> Self {
-        if ibackup_proto::interrupt::STOP.requested()
+    pub fn after_stop(
+        self,
+        cancel: &ibackup_transport::Cancel,
+        what_it_left: &'static str,
+    ) -> Self {
+        if cancel.requested()
             && !matches!(
                 self,
                 EngineError::DiskFull { .. } | EngineError::Output { .. }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ibackup_proto::host::Transport;
 use ibackup_proto::mb2::{error_code, Mb2Request};
 use ibackup_proto::plistx::DictExt;
 use ibackup_proto::usbmux::DeviceRecord;
 use ibackup_store::categories::{Selection, INFO_ONLY_KEY};
 use ibackup_store::mbfile::FLAG_FILE;
 use ibackup_store::reader::Backup;
+use ibackup_transport::Transport;
 use plist::{Dictionary, Value};
 
 use crate::backup::{Events, Host};

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ibackup_proto::afc::{self, mode, op, status, AfcPacket};
 use ibackup_proto::frame;
-use ibackup_proto::host::{Stream, Transport};
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::services::{self, NpMessage};
+use ibackup_transport::{Stream, Transport};
 use plist::{Dictionary, Value};
 
 use crate::device::Session;

@@ -8,9 +8,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ibackup_proto::host::MuxClient;
-use ibackup_proto::interrupt::STOP;
 use ibackup_proto::usbmux::{DeviceRecord, MuxEvent};
+use ibackup_transport::Transport;
 
 use crate::backup::{self, Events, Options, Outcome};
 use crate::error::EngineError;
@@ -69,10 +68,10 @@ enum Heard {
     Lost(String),
 }
 
-/// Run until a stop is asked for ([`STOP`]): a backup under way then
+/// Run until a stop is asked for (the transport's [`Cancel`](ibackup_transport::Cancel)): a backup under way then
 /// ends as an interrupted one, and this returns.
 pub fn run(
-    mux: &MuxClient,
+    mux: &dyn Transport,
     root: &Path,
     opts: &WatchOptions,
     options_for: &dyn Fn(&str) -> Option<Options>,
@@ -83,10 +82,10 @@ pub fn run(
     loop {
         let listener = match mux.listen() {
             Ok(l) => l,
-            Err(_) if STOP.requested() => return,
+            Err(_) if mux.cancel().requested() => return,
             Err(e) => {
                 note(Note::UsbmuxdLost(e.to_string()));
-                STOP.pause(backoff);
+                mux.cancel().pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
@@ -119,7 +118,7 @@ pub fn run(
             failed_at: HashMap::new(),
         };
         loop {
-            if STOP.requested() {
+            if mux.cancel().requested() {
                 return;
             }
             match rx.recv_timeout(opts.recheck) {
@@ -138,7 +137,7 @@ pub fn run(
                 Ok(Heard::Event(MuxEvent::Other(_))) => {}
                 // The stop hung the listener up: not news.
                 Ok(Heard::Lost(_)) | Err(mpsc::RecvTimeoutError::Disconnected)
-                    if STOP.requested() =>
+                    if mux.cancel().requested() =>
                 {
                     return
                 }
@@ -159,13 +158,13 @@ pub fn run(
                 }
             }
         }
-        STOP.pause(backoff);
+        mux.cancel().pause(backoff);
     }
 }
 
 /// What the watcher knows between events.
 struct Watcher<'a> {
-    mux: &'a MuxClient,
+    mux: &'a dyn Transport,
     root: &'a Path,
     opts: &'a WatchOptions,
     options_for: &'a dyn Fn(&str) -> Option<Options>,
@@ -233,7 +232,7 @@ impl Watcher<'_> {
                 failed_at.insert(d.udid.clone(), Instant::now());
                 note(Note::Failed(
                     d.udid.clone(),
-                    e.after_stop(crate::error::stopped::BACKUP),
+                    e.after_stop(mux.cancel(), crate::error::stopped::BACKUP),
                 ));
             }
         }

@@ -6,17 +6,19 @@
 //! than the process dying in the middle. Connections opened after the
 //! request fail with `ErrorKind::Interrupted`.
 //!
-//! The process has one [`STOP`]; tests make their own [`Hangups`].
+//! A [`Cancel`] is a handle: the CLI makes one, gives it to the transport
+//! it opens and to its signal handler, and whoever holds a clone can ask
+//! whether a stop was asked for. There is no process-wide state.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::host::Stream;
+use crate::stream::Stream;
 
 /// Whatever ends one registered connection.
-type Hangup = Box<dyn Fn() + Send>;
+pub type Hangup = Box<dyn Fn() + Send>;
 
 /// The open connections and whether a stop was asked for.
 pub struct Hangups {
@@ -29,10 +31,64 @@ struct Open {
     hangups: Vec<(u64, Hangup)>,
 }
 
-/// The process's own: the CLI's signal handler calls
-/// [`Hangups::hang_up_all`] on it; [`MuxClient`](crate::host::MuxClient)
-/// registers every connection it opens.
-pub static STOP: Hangups = Hangups::new();
+/// A handle on one [`Hangups`]: cheap to clone, shared by the transport
+/// (which registers every connection it opens) and whoever may ask for a
+/// stop (the CLI's signal handler).
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<Hangups>);
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancel(requested: {})", self.requested())
+    }
+}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.0.requested()
+    }
+    /// Sleep for `d`, or less when a stop is asked for; whether it was.
+    pub fn pause(&self, d: std::time::Duration) -> bool {
+        self.0.pause(d)
+    }
+    /// Ask for a stop: end every open connection, and refuse new ones.
+    pub fn stop(&self) {
+        self.0.hang_up_all()
+    }
+    /// `s`, registered until it is dropped. Fails with
+    /// `ErrorKind::Interrupted` once a stop was asked for.
+    pub fn watch<S: Socket>(&self, s: S) -> io::Result<Watched<S>> {
+        self.0.watch_with(s.hangup()?).map(|id| Watched {
+            inner: s,
+            id,
+            registry: self.clone(),
+        })
+    }
+    /// Register something that ends a connection (a direct-USB pipe, say)
+    /// until the returned guard is dropped.
+    pub fn register(&self, hang_up: Hangup) -> io::Result<Registered> {
+        self.0.watch_with(hang_up).map(|id| Registered {
+            id,
+            registry: self.clone(),
+        })
+    }
+}
+
+/// A registered hang-up; dropping it forgets it.
+pub struct Registered {
+    id: u64,
+    registry: Cancel,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.0.forget(self.id);
+    }
+}
 
 impl Hangups {
     pub const fn new() -> Self {
@@ -73,10 +129,7 @@ impl Hangups {
         }
     }
 
-    /// `s`, registered until it is dropped. Fails with
-    /// `ErrorKind::Interrupted` once a stop was asked for.
-    pub fn watch<S: Socket>(&'static self, s: S) -> io::Result<Watched<S>> {
-        let hang_up = s.hangup()?;
+    fn watch_with(&self, hang_up: Hangup) -> io::Result<u64> {
         // Under the lock, so a stop asked for now either sees this
         // connection or is seen here.
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,11 +142,7 @@ impl Hangups {
         let id = open.next_id;
         open.next_id += 1;
         open.hangups.push((id, hang_up));
-        Ok(Watched {
-            inner: s,
-            id,
-            registry: self,
-        })
+        Ok(id)
     }
 
     fn forget(&self, id: u64) {
@@ -140,12 +189,12 @@ socket!(std::os::unix::net::UnixStream);
 pub struct Watched<S: Socket> {
     inner: S,
     id: u64,
-    registry: &'static Hangups,
+    registry: Cancel,
 }
 
 impl<S: Socket> Drop for Watched<S> {
     fn drop(&mut self) {
-        self.registry.forget(self.id);
+        self.registry.0.forget(self.id);
     }
 }
 
@@ -198,10 +247,10 @@ mod tests {
 
     #[test]
     fn a_stop_ends_a_blocked_read_and_refuses_new_connections() {
-        static H: Hangups = Hangups::new();
+        let h = Cancel::new();
         let (a, _peer) = pair();
-        let mut watched = H.watch(a).unwrap();
-        assert_eq!(H.count(), 1);
+        let mut watched = h.watch(a).unwrap();
+        assert_eq!(h.0.count(), 1);
         let reader = std::thread::spawn(move || {
             let t0 = Instant::now();
             let mut buf = [0u8; 16];
@@ -210,34 +259,34 @@ mod tests {
             (n.ok(), t0.elapsed())
         });
         std::thread::sleep(Duration::from_millis(200));
-        assert!(!H.requested());
-        H.hang_up_all();
+        assert!(!h.requested());
+        h.stop();
         let (n, waited) = reader.join().unwrap();
         assert_eq!(n, Some(0), "a hung-up socket reads as closed");
         assert!(waited < Duration::from_secs(10));
         // The reader's connection was dropped with its thread: forgotten.
-        assert_eq!(H.count(), 0);
-        assert!(H.requested());
+        assert_eq!(h.0.count(), 0);
+        assert!(h.requested());
         let (c, _peer2) = pair();
-        let e = H.watch(c).err().expect("no new connection after a stop");
+        let e = h.watch(c).err().expect("no new connection after a stop");
         assert_eq!(e.kind(), io::ErrorKind::Interrupted);
-        assert_eq!(H.count(), 0);
+        assert_eq!(h.0.count(), 0);
     }
 
     #[test]
     fn connections_are_forgotten_when_dropped_and_others_are_untouched() {
-        static H: Hangups = Hangups::new();
+        let h = Cancel::new();
         let (a, _pa) = pair();
         let (b, mut pb) = pair();
-        let wa = H.watch(a).unwrap();
-        let mut wb = H.watch(b).unwrap();
-        assert_eq!(H.count(), 2);
+        let wa = h.watch(a).unwrap();
+        let mut wb = h.watch(b).unwrap();
+        assert_eq!(h.0.count(), 2);
         drop(wa);
-        assert_eq!(H.count(), 1);
+        assert_eq!(h.0.count(), 1);
         pb.write_all(b"x").unwrap();
         let mut one = [0u8; 1];
         wb.read_exact(&mut one).unwrap();
         assert_eq!(&one, b"x");
-        assert!(!H.requested());
+        assert!(!h.requested());
     }
 }

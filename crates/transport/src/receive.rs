@@ -1,6 +1,6 @@
 //! Moving a received block of file data from a device stream into a file.
 //!
-//! [`Stream::receive_into`](crate::host::Stream::receive_into) is the entry
+//! [`Stream::receive_into`](crate::stream::Stream::receive_into) is the entry
 //! point. Everywhere it reads the block into a buffer and writes it out. On
 //! Linux, a plain socket's large blocks go through a pipe with `splice(2)`
 //! instead, so the bytes are not copied out of the kernel and back in: on a
@@ -224,7 +224,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::host::{BufStream, Stream};
+    use crate::stream::{BufStream, Stream};
 
     const SIZES: [usize; 5] = [
         1,

@@ -20,6 +20,9 @@ pub enum ProtoError {
     /// lockdownd answered with an error name (see `lockdown::LockdownError`).
     #[error("lockdownd refused {request}: {error}")]
     Lockdown { request: String, error: String },
+    /// The device cannot be reached this way; the sentence says what to do.
+    #[error("{0}")]
+    Unreachable(String),
     /// usbmuxd answered a request with a non-zero result.
     #[error("usbmuxd refused {request} (result {result})")]
     Mux { request: String, result: u64 },

@@ -21,6 +21,7 @@ pub mod pairing;
 pub mod plistx;
 pub mod services;
 pub mod tls;
+pub mod usbemu;
 pub mod usbmux;
 
 pub use error::ProtoError;

@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod lockdown;
 pub mod receive;
 pub mod stream;
+pub mod usb;
 pub mod usbmuxd;
 
 use ibackup_proto::error::Result;

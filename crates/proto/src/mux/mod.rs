@@ -67,6 +67,9 @@ pub enum Event {
 enum State {
     SynSent,
     Connected,
+    /// Ended by the peer or a broken rule: what arrived before stays
+    /// readable until [`Mux::close`], nothing more is sent or taken.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -213,7 +216,11 @@ impl Mux {
     /// Queue `data` to send on `id`; how much was taken (less when the
     /// send buffer is full: wait for [`Event::Writable`]).
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize> {
-        let c = self.conns.get_mut(&id).ok_or_else(|| closed(id))?;
+        let c = self
+            .conns
+            .get_mut(&id)
+            .filter(|c| c.state != State::Closed)
+            .ok_or_else(|| closed(id))?;
         let n = data.len().min(SEND_BUFFER - c.outbuf.len());
         c.outbuf.extend(&data[..n]);
         Ok(n)
@@ -223,9 +230,11 @@ impl Mux {
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize> {
         let c = self.conns.get_mut(&id).ok_or_else(|| closed(id))?;
         let n = buf.len().min(c.inbuf.len());
-        for (b, v) in buf.iter_mut().zip(c.inbuf.drain(..n)) {
-            *b = v;
-        }
+        let (a, b) = c.inbuf.as_slices();
+        let from_a = n.min(a.len());
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        c.inbuf.drain(..n);
         // Reopen the window once half of it is free again.
         let free = RECV_BUFFER - c.inbuf.len() as u32;
         if n > 0 && c.advertised < RECV_BUFFER / 2 && free >= RECV_BUFFER / 2 {
@@ -236,16 +245,29 @@ impl Mux {
         Ok(n)
     }
 
-    /// Close `id` as usbmuxd does: a RST, no FIN handshake.
+    /// Close `id` as usbmuxd does: a RST, no FIN handshake (none when the
+    /// peer already ended it).
     pub fn close(&mut self, id: ConnId) {
         if let Some(c) = self.conns.remove(&id) {
-            self.queue(tcp(id, c.seq, c.expect, RST, 0, Vec::new()));
+            if c.state != State::Closed {
+                self.queue(tcp(id, c.seq, c.expect, RST, 0, Vec::new()));
+            }
         }
     }
 
-    /// Connections open now.
+    /// Bytes queued on `id` that the peer's window has not let out yet.
+    pub fn unsent(&self, id: ConnId) -> usize {
+        self.conns.get(&id).map_or(0, |c| c.outbuf.len())
+    }
+
+    /// Connections open now (not those the peer ended, whose last bytes
+    /// may still wait to be read).
     pub fn connections(&self) -> Vec<ConnId> {
-        self.conns.keys().copied().collect()
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.state != State::Closed)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Take the bytes of bulk IN transfers, in any split. An error is a
@@ -364,9 +386,11 @@ impl Mux {
                     self.events.push_back(Event::Refused(id, reason));
                 }
             }
+            State::Closed => {}
             State::Connected => {
                 if t.flags != ACK {
-                    self.conns.remove(&id);
+                    c.state = State::Closed;
+                    c.outbuf.clear();
                     let why = if t.flags & RST != 0 {
                         match String::from_utf8_lossy(&payload).trim() {
                             "" => "the other end reset the connection".to_string(),
@@ -401,7 +425,8 @@ impl Mux {
                     } else {
                         format!("{len} bytes where the window was {} bytes", c.advertised)
                     };
-                    self.conns.remove(&id);
+                    c.state = State::Closed;
+                    c.outbuf.clear();
                     self.queue(tcp(id, 0, t.seq, RST, 0, Vec::new()));
                     self.events.push_back(Event::Closed(id, why));
                     return;

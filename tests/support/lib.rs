@@ -17,7 +17,10 @@ use sha1::{Digest, Sha1};
 /// A temporary folder of simulated devices served on 127.0.0.1.
 pub struct SimHost {
     pub root: tempfile::TempDir,
+    /// The simulated usbmuxd's address (`USBMUXD_SOCKET_ADDRESS`).
     pub addr: String,
+    /// The same devices on the emulated USB bus (`IBACKUP_USB_EMULATOR`).
+    pub usb_addr: String,
     pub devices: Vec<PathBuf>,
     pub udids: Vec<String>,
 }
@@ -39,13 +42,30 @@ impl SimHost {
             opened.push(Device::open(&dir, i as u32 + 1).expect("open device"));
             devices.push(dir);
         }
-        let addr = spawn_loopback(Mux::new(opened).expect("mux")).expect("listen");
+        let mux = Mux::new(opened).expect("mux");
+        let addr = spawn_loopback(mux.clone()).expect("listen");
+        let usb_addr = ibackup_sim::usb::spawn_loopback(mux).expect("listen on the USB bus");
         SimHost {
             root,
             addr,
+            usb_addr,
             devices,
             udids,
         }
+    }
+
+    /// Point an `ibackup` command at this host, over the transport the
+    /// run tests ([`transport_under_test`]): usbmuxd's socket, or direct
+    /// USB on the emulated bus (pair records then kept in the host's
+    /// temporary folder).
+    pub fn point(&self, c: &mut Command) {
+        c.env("USBMUXD_SOCKET_ADDRESS", &self.addr);
+        c.env("IBACKUP_TRANSPORT", transport_under_test());
+        c.env("IBACKUP_USB_EMULATOR", &self.usb_addr);
+        c.env(
+            "IBACKUP_LOCKDOWN_DIR",
+            self.root.path().join("host-lockdown"),
+        );
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -67,6 +87,16 @@ impl SimHost {
         c.arg(secs.to_string()).arg(&tool.0);
         c.env("USBMUXD_SOCKET_ADDRESS", &self.addr);
         c
+    }
+}
+
+/// The transport the end-to-end tests run over: `usb` when
+/// `IBACKUP_TEST_TRANSPORT=usb` (`.ci/run` runs the device suites both
+/// ways), else `usbmuxd`.
+pub fn transport_under_test() -> &'static str {
+    match std::env::var("IBACKUP_TEST_TRANSPORT").as_deref() {
+        Ok("usb") => "usb",
+        _ => "usbmuxd",
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     pub trust_timeout: Option<u64>,
     /// `--stall-timeout`, e.g. "30m".
     pub stall_timeout: Option<String>,
+    /// `--transport`: auto, usbmuxd or usb.
+    pub transport: Option<crate::TransportChoice>,
     #[serde(default)]
     pub keep: KeepConfig,
     #[serde(default)]

@@ -8,7 +8,7 @@ use ibackup_engine::restore::{self, PasswordChange, RestoreOptions};
 use ibackup_engine::EngineError;
 use ibackup_store::mbfile::{FLAG_DIRECTORY, FLAG_FILE, FLAG_SYMLINK};
 use ibackup_store::reader::{self, Backup};
-use ibackup_transport::MuxClient;
+use ibackup_transport::Transport;
 use serde_json::json;
 
 use crate::{human_bytes, passwords, Cli, EncryptionAction, Only, PasswordArgs, Report};
@@ -245,7 +245,7 @@ pub fn extract(
 
 pub fn encryption(
     cli: &Cli,
-    mux: &MuxClient,
+    mux: &dyn Transport,
     action: EncryptionAction,
     pw: &PasswordArgs,
     new_file: Option<&Path>,
@@ -312,7 +312,12 @@ pub struct RestoreArgs<'a> {
     pub pw: &'a PasswordArgs,
 }
 
-pub fn restore(cli: &Cli, mux: &MuxClient, dir: &Path, a: RestoreArgs) -> Result<(), EngineError> {
+pub fn restore(
+    cli: &Cli,
+    mux: &dyn Transport,
+    dir: &Path,
+    a: RestoreArgs,
+) -> Result<(), EngineError> {
     let selection = a.only.selection()?;
     let target = crate::choose(cli, mux)?;
     let source = a.source.clone().unwrap_or_else(|| target.udid.clone());

@@ -10,7 +10,8 @@ use ibackup_engine::backup::{self, Events, Options};
 use ibackup_engine::{device, EngineError};
 use ibackup_proto::usbmux::SocketAddress;
 use ibackup_store::categories::Selection;
-use ibackup_transport::MuxClient;
+use ibackup_transport::usb::UsbTransport;
+use ibackup_transport::{MuxClient, Transport};
 use serde_json::json;
 
 /// `println!`, but standard output closed under us (`ibackup snapshots |
@@ -110,6 +111,20 @@ struct DeviceFlags {
     /// takes while it prepares a backup.
     #[arg(long, value_name = "DURATION")]
     stall_timeout: Option<String>,
+    /// How to reach devices: `usbmuxd` (its socket), `usb` (ibackup speaks
+    /// USB itself; no usbmuxd needed), or `auto` (usbmuxd when its socket
+    /// answers, else direct USB). Default auto, or the configuration's
+    /// `transport`.
+    #[arg(long, value_enum)]
+    transport: Option<TransportChoice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    Auto,
+    Usbmuxd,
+    Usb,
 }
 
 impl DeviceFlags {
@@ -121,6 +136,7 @@ impl DeviceFlags {
             trust_timeout: after.trust_timeout.or(self.trust_timeout),
             wait_for_device: after.wait_for_device.clone().or(self.wait_for_device),
             stall_timeout: after.stall_timeout.clone().or(self.stall_timeout),
+            transport: after.transport.or(self.transport),
         }
     }
 }
@@ -208,7 +224,10 @@ fn backups_dir(d: &Option<PathBuf>) -> Result<PathBuf, EngineError> {
 }
 
 /// The device to use, waiting for it up to `--wait-for-device`.
-fn choose(cli: &Cli, mux: &MuxClient) -> Result<ibackup_proto::usbmux::DeviceRecord, EngineError> {
+fn choose(
+    cli: &Cli,
+    mux: &dyn Transport,
+) -> Result<ibackup_proto::usbmux::DeviceRecord, EngineError> {
     let wait = match &cli.dev.wait_for_device {
         Some(w) => config::parse_duration(w)?,
         None => Duration::ZERO,
@@ -748,14 +767,65 @@ fn simulated_unusable(what: &str, dir: &Path, e: ibackup_sim::SimError) -> Engin
     ))
 }
 
-fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
-    if !cli.dev.simulated {
+fn mux_for(cli: &Cli) -> Result<Box<dyn Transport>, EngineError> {
+    let from_env = match std::env::var("IBACKUP_TRANSPORT").ok().as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(
+            <TransportChoice as clap::ValueEnum>::from_str(t, true).map_err(|_| {
+                EngineError::Usage(format!("IBACKUP_TRANSPORT={t}: use auto, usbmuxd or usb"))
+            })?,
+        ),
+    };
+    let choice = cli
+        .dev
+        .transport
+        .or(from_env)
+        .or(cfg().transport)
+        .unwrap_or(TransportChoice::Auto);
+    if cli.dev.simulated {
+        return simulated(cli, choice);
+    }
+    let usbmuxd = || -> Result<MuxClient, EngineError> {
         let addr = SocketAddress::from_env()
             .map_err(|e| EngineError::Protocol(format!("USBMUXD_SOCKET_ADDRESS: {e}")))?;
-        return Ok(MuxClient::new(addr)
+        Ok(MuxClient::new(addr)
             .with_stall_timeout(cli.stall()?)
-            .with_cancel(stop::cancel()));
+            .with_cancel(stop::cancel()))
+    };
+    let usb = || -> Result<Box<dyn Transport>, EngineError> {
+        let bus: Box<dyn ibackup_transport::usb::Bus> = match std::env::var("IBACKUP_USB_EMULATOR")
+            .ok()
+            .filter(|a| !a.is_empty())
+        {
+            Some(addr) => Box::new(ibackup_transport::usb::emulated::EmulatedBus::new(&addr)),
+            None => Box::new(ibackup_transport::usb::native::NativeBus),
+        };
+        Ok(Box::new(
+            UsbTransport::new(bus)
+                .with_stall_timeout(cli.stall()?)
+                .with_cancel(stop::cancel()),
+        ))
+    };
+    match choice {
+        TransportChoice::Usbmuxd => Ok(Box::new(usbmuxd()?)),
+        TransportChoice::Usb => usb(),
+        TransportChoice::Auto => {
+            // usbmuxd when it answers (it may own the phone's interface);
+            // direct USB where there is none.
+            let m = usbmuxd()?;
+            if std::env::var_os("USBMUXD_SOCKET_ADDRESS").is_some() || m.devices().is_ok() {
+                Ok(Box::new(m))
+            } else {
+                log::info!("no usbmuxd at {}: using direct USB", m.addr);
+                usb()
+            }
+        }
     }
+}
+
+/// The built-in simulated iPhone, reached through a simulated usbmuxd or
+/// (with `--transport usb`) its emulated USB bus.
+fn simulated(cli: &Cli, choice: TransportChoice) -> Result<Box<dyn Transport>, EngineError> {
     let dir = std::env::var_os("IBACKUP_SIMULATED_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("ibackup-simulated-iphone"));
@@ -787,16 +857,36 @@ fn mux_for(cli: &Cli) -> Result<MuxClient, EngineError> {
         ibackup_sim::Device::open(&dir, 1).map_err(|e| simulated_unusable("use", &dir, e))?;
     let mux = ibackup_sim::usbmuxd::Mux::new(vec![device])
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
+    if choice == TransportChoice::Usb {
+        let addr = ibackup_sim::usb::spawn_loopback(mux)
+            .map_err(|e| EngineError::Protocol(e.to_string()))?;
+        // The simulated phone's pair records stay with it, not among the
+        // user's real ones.
+        let records = ibackup_transport::usb::PairStore {
+            shared: None,
+            own: dir.join("host-lockdown"),
+        };
+        return Ok(Box::new(
+            UsbTransport::new(Box::new(
+                ibackup_transport::usb::emulated::EmulatedBus::new(&addr),
+            ))
+            .with_records(records)
+            .with_stall_timeout(cli.stall()?)
+            .with_cancel(stop::cancel()),
+        ));
+    }
     let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)
         .map_err(|e| EngineError::Protocol(e.to_string()))?;
-    Ok(MuxClient::new(SocketAddress::Tcp(addr))
-        .with_stall_timeout(cli.stall()?)
-        .with_cancel(stop::cancel()))
+    Ok(Box::new(
+        MuxClient::new(SocketAddress::Tcp(addr))
+            .with_stall_timeout(cli.stall()?)
+            .with_cancel(stop::cancel()),
+    ))
 }
 
 fn run_backup(
     cli: &Cli,
-    mux: &MuxClient,
+    mux: &dyn Transport,
     dir: &Path,
     full: bool,
     check_content: bool,
@@ -956,7 +1046,7 @@ fn info_offline(cli: &Cli, dir: &Path, why: EngineError) -> Result<(), EngineErr
     Ok(())
 }
 
-fn info(cli: &Cli, mux: &MuxClient, dir: Option<&Path>) -> Result<(), EngineError> {
+fn info(cli: &Cli, mux: &dyn Transport, dir: Option<&Path>) -> Result<(), EngineError> {
     use ibackup_proto::plistx::DictExt;
     let dev = match (choose(cli, mux), dir) {
         (Ok(d), _) => d,
@@ -1103,14 +1193,15 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         _ => {}
     }
     let mux = mux_for(cli)?;
+    let mux = mux.as_ref();
     match &cli.cmd {
         Cmd::Devices { .. } => {
-            let list = device::list(&mux)?;
+            let list = device::list(mux)?;
             if list.is_empty() && !cli.json {
                 println!("No devices connected.");
             }
             for d in &list {
-                let (name, model) = device::name_and_model(&mux, d);
+                let (name, model) = device::name_and_model(mux, d);
                 if cli.json {
                     println!(
                         "{}",
@@ -1129,17 +1220,17 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Pair { .. } => {
-            let dev = choose(cli, &mux)?;
+            let dev = choose(cli, mux)?;
             let mut report = Report::new(cli.json, cli.quiet);
-            device::open(&mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
+            device::open(mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
             if !cli.quiet {
                 println!("Paired with {}.", dev.udid);
             }
             Ok(())
         }
         Cmd::Validate { .. } => {
-            let dev = choose(cli, &mux)?;
-            device::validate(&mux, &dev).map_err(|e| match e {
+            let dev = choose(cli, mux)?;
+            device::validate(mux, &dev).map_err(|e| match e {
                 EngineError::NotTrusted => EngineError::NotPaired(dev.udid.clone()),
                 e => e,
             })?;
@@ -1149,16 +1240,16 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Unpair { .. } => {
-            let dev = choose(cli, &mux)?;
-            device::unpair(&mux, &dev)?;
+            let dev = choose(cli, mux)?;
+            device::unpair(mux, &dev)?;
             if !cli.quiet {
                 println!("{} no longer trusts this computer.", dev.udid);
             }
             Ok(())
         }
-        Cmd::Info { dir, .. } => info(cli, &mux, dir.as_deref()),
+        Cmd::Info { dir, .. } => info(cli, mux, dir.as_deref()),
         Cmd::Full { dir, only, pw, .. } => {
-            run_backup(cli, &mux, &backups_dir(dir)?, true, false, only, pw)
+            run_backup(cli, mux, &backups_dir(dir)?, true, false, only, pw)
         }
         Cmd::Backup {
             dir,
@@ -1169,7 +1260,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             ..
         } => run_backup(
             cli,
-            &mux,
+            mux,
             &backups_dir(dir)?,
             *full,
             *check_content,
@@ -1182,13 +1273,13 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             keep,
             pw,
             ..
-        } => watch::run(cli, &mux, &backups_dir(dir)?, every.as_deref(), keep, pw),
+        } => watch::run(cli, mux, &backups_dir(dir)?, every.as_deref(), keep, pw),
         Cmd::Encryption {
             action,
             pw,
             new_password_file,
             ..
-        } => data::encryption(cli, &mux, *action, pw, new_password_file.as_deref()),
+        } => data::encryption(cli, mux, *action, pw, new_password_file.as_deref()),
         Cmd::Restore {
             dir,
             source,
@@ -1201,7 +1292,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             ..
         } => data::restore(
             cli,
-            &mux,
+            mux,
             &backups_dir(dir)?,
             data::RestoreArgs {
                 source: source.clone(),

@@ -9,7 +9,7 @@ use ibackup_engine::backup::Options;
 use ibackup_engine::watch::{self, Note, WatchOptions};
 use ibackup_engine::EngineError;
 use ibackup_store::categories::Selection;
-use ibackup_transport::MuxClient;
+use ibackup_transport::Transport;
 use serde_json::json;
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
 
 pub fn run(
     cli: &Cli,
-    mux: &MuxClient,
+    mux: &dyn Transport,
     dir: &Path,
     every: Option<&str>,
     keep: &KeepArgs,

@@ -10,7 +10,7 @@ use ibackup_suite::*;
 
 fn ibackup(host: &SimHost) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
-    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    host.point(&mut c);
     c
 }
 
@@ -420,6 +420,7 @@ fn trust_locked_and_missing_devices_each_have_a_sentence_and_a_code() {
     let o = run({
         let mut c = ibackup(&host);
         c.env("USBMUXD_SOCKET_ADDRESS", "127.0.0.1:1")
+            .env("IBACKUP_USB_EMULATOR", "127.0.0.1:1")
             .arg("devices");
         c
     });
@@ -1241,6 +1242,12 @@ fn wifi_devices_are_listed_marked_and_used_only_with_network() {
         c.connection = "Network".into()
     });
     let a = &host.udids[0];
+    // Wi-Fi devices are usbmuxd's to find: direct USB sees cables only.
+    let ibackup = |host: &SimHost| {
+        let mut c = ibackup(host);
+        c.env("IBACKUP_TRANSPORT", "usbmuxd");
+        c
+    };
     let o = run({
         let mut c = ibackup(&host);
         c.arg("devices");

@@ -11,7 +11,7 @@ use ibackup_suite::*;
 
 fn ibackup(host: &SimHost) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
-    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    host.point(&mut c);
     c.env_remove("IBACKUP_PASSWORD");
     c.env_remove("IBACKUP_NEW_PASSWORD");
     c

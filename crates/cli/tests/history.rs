@@ -12,7 +12,7 @@ use ibackup_suite::*;
 
 fn ib(host: &SimHost, args: &[&str]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
-    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    host.point(&mut c);
     c.args(args);
     run(c)
 }

@@ -31,9 +31,8 @@ fn a_256_mb_file_does_not_raise_peak_memory_past_64_mb() {
     let dir = host.path("backups");
     let o = run({
         let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
-        c.env("USBMUXD_SOCKET_ADDRESS", &host.addr)
-            .args(["-u", a, "full"])
-            .arg(&dir);
+        host.point(&mut c);
+        c.args(["-u", a, "full"]).arg(&dir);
         c
     });
     assert_ok(&o, "backup with a 256 MB file");

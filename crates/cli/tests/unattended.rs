@@ -10,7 +10,7 @@ use ibackup_suite::*;
 
 fn ibackup(host: &SimHost) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ibackup"));
-    c.env("USBMUXD_SOCKET_ADDRESS", &host.addr);
+    host.point(&mut c);
     // Never pick up the developer's own configuration.
     c.env("IBACKUP_CONFIG", host.root.path().join("no-config.toml"));
     c

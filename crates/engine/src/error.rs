@@ -16,6 +16,9 @@ pub enum EngineError {
         addr: String,
         source: std::io::Error,
     },
+    /// The transport cannot reach the device; the sentence says what to do.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("the device has not trusted this computer yet")]
     NotTrusted,
     /// `validate`: the device does not trust this computer (never paired,
@@ -170,6 +173,7 @@ impl From<ProtoError> for EngineError {
             ProtoError::Lockdown { error, .. } if error == "PairingDialogResponsePending" => {
                 EngineError::NotTrusted
             }
+            ProtoError::Unreachable(why) => EngineError::Unreachable(why),
             other => EngineError::Protocol(other.to_string()),
         }
     }

@@ -114,6 +114,24 @@ pub struct DeviceConfig {
     /// (hostile-device tests: `../x`, absolute paths).
     #[serde(default)]
     pub fault_hostile_paths: Vec<String>,
+    /// The USB endpoints' max packet size on the emulated bus (512 USB 2,
+    /// 1024 USB 3).
+    #[serde(default)]
+    pub usb_max_packet: Option<u16>,
+    /// Opening the device on the emulated bus fails: "permission" (no udev
+    /// rule) or "busy" (usbmuxd holds it).
+    #[serde(default)]
+    pub fault_usb_open: Option<String>,
+    /// Send CONTROL log lines between the packets of the emulated pipe.
+    #[serde(default)]
+    pub fault_usb_control_messages: bool,
+    /// Send now and then a segment for a connection the host never made.
+    #[serde(default)]
+    pub fault_usb_unknown_port: bool,
+    /// After this many bytes on the emulated pipe, send garbage that is no
+    /// usbmux packet.
+    #[serde(default)]
+    pub fault_usb_garbage_after_bytes: Option<u64>,
     /// Plugged in. `false` is a pulled cable: usbmuxd stops listing the
     /// device, refuses connections to it and tells listeners it detached.
     #[serde(default = "default_true")]
@@ -177,6 +195,11 @@ impl DeviceConfig {
             fault_refuse_backup: None,
             fault_busy_seconds: None,
             fault_hostile_paths: Vec::new(),
+            usb_max_packet: None,
+            fault_usb_open: None,
+            fault_usb_control_messages: false,
+            fault_usb_unknown_port: false,
+            fault_usb_garbage_after_bytes: None,
             attached: true,
         }
     }
@@ -374,6 +397,16 @@ impl Device {
             .expect("service lock")
             .insert(port, service.to_string());
         port
+    }
+
+    /// Ports handed out for services not yet connected to.
+    pub fn pending_ports(&self) -> Vec<u16> {
+        self.pending_services
+            .lock()
+            .expect("service lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub fn take_service(&self, port: u16) -> Option<String> {

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lockdownd;
 pub mod populate;
 pub mod services;
+pub mod usb;
 pub mod usbmuxd;
 
 pub use device::{Device, DeviceConfig};

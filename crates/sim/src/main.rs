@@ -28,11 +28,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Serve device folders as usbmuxd would, until killed.
+    /// Serve device folders as usbmuxd would, and/or on an emulated USB
+    /// bus, until killed.
     Serve {
         /// `UNIX:/path`, `/path` or `HOST:PORT` (USBMUXD_SOCKET_ADDRESS syntax).
+        #[arg(long, required_unless_present = "usb_emulated")]
+        listen: Option<String>,
+        /// `HOST:PORT`: also put the devices on an emulated USB bus there,
+        /// for `IBACKUP_USB_EMULATOR=HOST:PORT ibackup --transport usb`.
         #[arg(long)]
-        listen: String,
+        usb_emulated: Option<String>,
         #[arg(required = true)]
         devices: Vec<PathBuf>,
     },
@@ -49,14 +54,33 @@ fn main() -> ExitCode {
                 println!("{}: {files} files, {bytes} bytes", dir.display());
             })
         }
-        Cmd::Serve { listen, devices } => (|| {
-            let addr = SocketAddress::parse(&listen)?;
+        Cmd::Serve {
+            listen,
+            usb_emulated,
+            devices,
+        } => (|| {
             let devs = devices
                 .iter()
                 .enumerate()
                 .map(|(i, d)| Device::open(d, i as u32 + 1))
                 .collect::<Result<Vec<_>, _>>()?;
-            serve(&addr, Mux::new(devs)?)
+            let mux = Mux::new(devs)?;
+            let usb = usb_emulated
+                .map(|a| -> Result<_, ibackup_sim::SimError> {
+                    let l = std::net::TcpListener::bind(&a)?;
+                    log::info!("emulated USB bus on {}", l.local_addr()?);
+                    let mux = mux.clone();
+                    Ok(std::thread::spawn(move || ibackup_sim::usb::serve(l, mux)))
+                })
+                .transpose()?;
+            match (listen, usb) {
+                (Some(listen), _) => serve(&SocketAddress::parse(&listen)?, mux),
+                (None, Some(t)) => {
+                    let _ = t.join();
+                    Ok(())
+                }
+                (None, None) => Ok(()),
+            }
         })(),
     };
     match r {

@@ -170,6 +170,12 @@ impl Mux {
         self.events.pop_front()
     }
 
+    /// Queue a packet as it is, with this end's header (a device's
+    /// CONTROL log line; a simulator's deliberate stray segment).
+    pub fn send_raw(&mut self, p: Packet) {
+        self.queue(p);
+    }
+
     /// Device: accept connections to `port`.
     pub fn listen(&mut self, port: u16) {
         self.listening.insert(port);

@@ -90,13 +90,21 @@ impl SimHost {
     }
 }
 
-/// The transport the end-to-end tests run over: `usb` when
-/// `IBACKUP_TEST_TRANSPORT=usb` (`.ci/run` runs the device suites both
-/// ways), else `usbmuxd`.
+/// The transport the end-to-end tests run over: `usb` in the test binary
+/// `over_usb` (which runs the device suites again) or when
+/// `IBACKUP_TEST_TRANSPORT=usb`, else `usbmuxd`.
 pub fn transport_under_test() -> &'static str {
     match std::env::var("IBACKUP_TEST_TRANSPORT").as_deref() {
-        Ok("usb") => "usb",
-        _ => "usbmuxd",
+        Ok("usb") => return "usb",
+        Ok("usbmuxd") => return "usbmuxd",
+        _ => {}
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    if name.starts_with("over_usb") {
+        "usb"
+    } else {
+        "usbmuxd"
     }
 }
 

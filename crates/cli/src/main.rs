@@ -1205,15 +1205,16 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
                 if cli.json {
                     println!(
                         "{}",
-                        json!({"udid": d.udid, "connection": d.connection_type, "device_id": d.device_id, "name": name, "model": model})
+                        json!({"udid": d.udid, "connection": d.connection_type, "device_id": d.device_id, "name": name, "model": model, "transport": mux.describe()})
                     );
                 } else {
                     println!(
-                        "{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\tvia {}",
                         d.udid,
                         if d.is_network() { "Wi-Fi" } else { "USB" },
                         data::escaped(&name),
-                        model
+                        model,
+                        mux.describe()
                     );
                 }
             }

@@ -128,6 +128,10 @@ pub struct DeviceConfig {
     /// Send now and then a segment for a connection the host never made.
     #[serde(default)]
     pub fault_usb_unknown_port: bool,
+    /// Reset (RST) the connection that has sent this many bytes on the
+    /// emulated pipe, leaving the pipe itself up.
+    #[serde(default)]
+    pub fault_usb_reset_after_bytes: Option<u64>,
     /// After this many bytes on the emulated pipe, send garbage that is no
     /// usbmux packet.
     #[serde(default)]
@@ -200,6 +204,7 @@ impl DeviceConfig {
             fault_usb_control_messages: false,
             fault_usb_unknown_port: false,
             fault_usb_garbage_after_bytes: None,
+            fault_usb_reset_after_bytes: None,
             attached: true,
         }
     }

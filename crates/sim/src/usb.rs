@@ -50,7 +50,11 @@ fn descriptors(d: &Device) -> DeviceDesc {
 fn attached(mux: &Mux) -> Vec<DeviceDesc> {
     mux.devices
         .iter()
-        .filter(|d| d.is_attached() && d.cfg().connection != "Network")
+        .filter(|d| {
+            // device.toml as it is now: a test changes it between runs.
+            d.reload_config();
+            d.is_attached() && d.cfg().connection != "Network"
+        })
         .map(|d| descriptors(d))
         .collect()
 }
@@ -95,6 +99,8 @@ fn handle(mut s: TcpStream, mux: &Mux) -> Result<()> {
                 let f = Frame::Refused(OpenRefusal::NoDevice, "no such device".into());
                 return Ok(write_frame(&mut s, &f)?);
             };
+            // Plugged in afresh: the phone's state as device.toml says now.
+            dev.reload_config();
             let desc = descriptors(&dev);
             let refusal = match dev.cfg().fault_usb_open.as_deref() {
                 Some("permission") => Some((OpenRefusal::Permission, "permission denied")),
@@ -227,6 +233,9 @@ impl Bus {
 struct UsbConn {
     s: MuxStream,
     cut: Arc<dyn Fn() + Send + Sync>,
+    /// Bytes this connection may still send before it is reset
+    /// (`fault_usb_reset_after_bytes`).
+    reset_after: Option<u64>,
 }
 
 impl Read for UsbConn {
@@ -237,6 +246,16 @@ impl Read for UsbConn {
 
 impl Write for UsbConn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.reset_after {
+            if left < buf.len() as u64 {
+                self.s.reset();
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the simulated device reset the connection",
+                ));
+            }
+            self.reset_after = Some(left - buf.len() as u64);
+        }
         self.s.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -345,6 +364,7 @@ fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
                 let conn: Box<dyn Conn> = Box::new(UsbConn {
                     s: stream,
                     cut: cut.clone(),
+                    reset_after: dev.cfg().fault_usb_reset_after_bytes,
                 });
                 let dev = dev.clone();
                 thread::spawn(move || {

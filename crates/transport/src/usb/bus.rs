@@ -75,7 +75,8 @@ pub trait OutEndpoint: Send {
 }
 
 /// How many IN transfers each pipe keeps queued, and their size: usbmuxd
-/// keeps three of 16 KiB; larger ones cost nothing on a fast link and
-/// halve the completions on a slow one.
-pub const IN_TRANSFERS: usize = 4;
-pub const IN_TRANSFER_SIZE: usize = 64 * 1024;
+/// keeps three of 16 KiB (usbfs splits larger ones anyway); eight keep
+/// the pipe busy while the link thread works. A 48 KiB packet then spans
+/// several transfers, which the mux's deframer joins.
+pub const IN_TRANSFERS: usize = 8;
+pub const IN_TRANSFER_SIZE: usize = 16 * 1024;

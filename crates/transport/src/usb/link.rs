@@ -244,7 +244,8 @@ impl Link {
 }
 
 /// One connection over a [`Link`]: a blocking byte stream. Reads end (0)
-/// when the peer resets it or the pipe dies, as a socket to usbmuxd does.
+/// when the peer resets it, as a socket to usbmuxd does; when the pipe
+/// dies they fail with the reason (unplugged, a broken protocol).
 pub struct MuxStream {
     link: Arc<Link>,
     id: ConnId,
@@ -293,6 +294,12 @@ impl MuxStream {
         self.id.local
     }
 
+    /// Reset the connection from this side at once (a RST), dropping what
+    /// it had not sent yet.
+    pub fn reset(&self) {
+        self.link.end(self.id, "reset");
+    }
+
     /// The link this connection runs over.
     pub fn link(&self) -> &Arc<Link> {
         &self.link
@@ -311,7 +318,9 @@ impl Read for MuxStream {
                     return Some(Ok(n));
                 }
             }
-            if st.ended.contains_key(&id) || st.dead.is_some() {
+            // The peer's RST ends the stream as a hang-up ends a socket;
+            // a dead pipe is an error that says why (the link's `dead`).
+            if st.ended.contains_key(&id) {
                 return Some(Ok(0));
             }
             None
@@ -443,14 +452,15 @@ mod tests {
             .connect(62078, Duration::from_secs(5), &cancel)
             .unwrap();
         let _kept = server.join().unwrap().unwrap();
-        // Unplugged: a blocked read returns as end of stream.
+        // Unplugged: a blocked read fails at once, saying so.
         let h2 = host.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
             h2.fail("unplugged");
         });
         let mut b = [0u8; 8];
-        assert_eq!(c.read(&mut b).unwrap(), 0);
+        let e = c.read(&mut b).err().unwrap();
+        assert!(e.to_string().contains("unplugged"), "{e}");
         assert!(c.write(b"x").is_err() || host.dead().is_some());
         let e = host
             .connect(62078, Duration::from_secs(5), &cancel)

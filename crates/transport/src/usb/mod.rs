@@ -312,6 +312,56 @@ mod tests {
         assert_eq!(found[0].1.config, 4);
     }
 
+    /// udev's glob: `*`, `?` and `[...]` classes with ranges.
+    fn glob(pat: &[u8], s: &[u8]) -> bool {
+        match (pat.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => glob(&pat[1..], s) || (!s.is_empty() && glob(pat, &s[1..])),
+            (Some(b'['), Some(c)) => {
+                let end = pat.iter().position(|b| *b == b']').expect("closed class");
+                let class = &pat[1..end];
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == b'-' {
+                        hit |= (class[i]..=class[i + 2]).contains(c);
+                        i += 3;
+                    } else {
+                        hit |= class[i] == *c;
+                        i += 1;
+                    }
+                }
+                hit && glob(&pat[end + 1..], &s[1..])
+            }
+            (Some(p), Some(c)) => (*p == b'?' || p == c) && glob(&pat[1..], &s[1..]),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_shipped_udev_rule_matches_every_phone_and_nothing_else() {
+        let rules = include_str!("../../../../dist/udev/69-ibackup.rules");
+        let rule = rules
+            .lines()
+            .find(|l| !l.starts_with('#') && l.contains("idProduct"))
+            .expect("a rule");
+        let attr = |name: &str| {
+            let start = rule.find(&format!("ATTR{{{name}}}==\"")).expect(name) + name.len() + 9;
+            &rule[start..start + rule[start..].find('"').unwrap()]
+        };
+        assert_eq!(attr("idVendor"), format!("{APPLE_VENDOR:04x}"));
+        let products = attr("idProduct").as_bytes().to_vec();
+        for pid in 0u16..=0xffff {
+            let hex = format!("{pid:04x}");
+            assert_eq!(
+                glob(&products, hex.as_bytes()),
+                PRODUCTS.contains(&pid),
+                "product {hex}"
+            );
+        }
+        assert!(rule.contains("TAG+=\"uaccess\""));
+    }
+
     #[test]
     fn each_way_of_failing_to_open_says_what_to_do() {
         let d = iphone_descriptors(1, "00008110001A2B3C4D5E6F70", 512);

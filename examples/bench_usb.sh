@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Benchmark: direct USB (the emulated bus) against usbmuxd's socket, the
+# same ibackup binary, the same simulated devices, the same run,
+# alternating. The figure that matters is the ratio: direct USB should move
+# at least 80% of what the socket moves (issue 18), so the mux is never what
+# limits a backup.
+#   bash examples/bench_usb.sh [medium|small|large] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-medium}"; rounds="${2:-3}"
+work="${BENCH_DIR:-target/bench}"
+out="${BENCH_OUT:-$work}"
+. examples/bench_common.sh
+[ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
+if [ ! -d "$work/bigfile" ]; then
+  "$sim" populate "$work/bigfile" --profile empty --seed 99 >/dev/null
+  mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
+  head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
+fi
+devs="${BENCH_DEVICES-/dev/shm/ibackup-bench-devices}"
+if [ -n "$devs" ]; then
+  rm -rf "$devs"; mkdir -p "$devs"
+  cp -a "$work/$profile" "$work/bigfile" "$devs/"
+else
+  devs="$work"
+fi
+usbport=$((20000 + RANDOM % 20000))
+serve_sim "$work/sim.log" --usb-emulated "127.0.0.1:$usbport" "$devs/$profile" "$devs/bigfile"
+[ "$devs" = "$work" ] || trap 'stop_sim; rm -rf "$devs"' EXIT
+export IBACKUP_USB_EMULATOR="127.0.0.1:$usbport"
+export IBACKUP_LOCKDOWN_DIR="$work/usb-lockdown"
+udid=$(udid_of "$devs/$profile"); big=$(udid_of "$devs/bigfile")
+for t in usbmuxd usb; do
+  "$ib" -q --transport $t -u "$udid" pair; "$ib" -q --transport $t -u "$big" pair
+done
+bytes=$(du -sb "$work/$profile/fs" --exclude=HealthDomain --exclude=KeychainDomain | cut -f1)
+bigbytes=$(stat -c %s "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV")
+results="$work/usb-results.txt"; : > "$results"
+for r in $(seq 0 "$rounds"); do
+  dest="$results"; [ "$r" = 0 ] && dest="$work/usb-warmup.txt"
+  for t in usbmuxd usb; do
+    rm -rf "$out/out-$t"; mkdir -p "$out/out-$t"
+    measure "${t}_full" "$ib" -q --transport $t -u "$udid" full "$out/out-$t" >> "$dest"
+    rm -rf "$out/out-$t"; mkdir -p "$out/out-$t"
+    measure "${t}_bigfile" "$ib" -q --transport $t -u "$big" full "$out/out-$t" >> "$dest"
+    rm -rf "$out/out-$t"
+  done
+done
+python3 - "$results" "$bytes" "$bigbytes" "$profile" <<'PY'
+import sys, collections, statistics
+path, nbytes, bigbytes, profile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+runs = collections.defaultdict(list)
+for line in open(path):
+    name, secs, kb, steal = line.split()
+    runs[name].append((float(secs), int(kb)))
+def med(name): return statistics.median(s for s, _ in runs[name])
+def rss(name): return max(k for _, k in runs[name]) / 1024
+print(f"| job | usbmuxd socket | direct USB (emulated) | direct / socket |")
+print(f"|---|---|---|---|")
+for job, size in ((f"full, {profile}", nbytes), ("one 2 GiB file", bigbytes)):
+    key = "full" if job.startswith("full") else "bigfile"
+    a, b = med(f"usbmuxd_{key}"), med(f"usb_{key}")
+    print(f"| {job} | {size/a/1e6:.0f} MB/s ({a:.2f} s, {rss('usbmuxd_'+key):.0f} MB) | {size/b/1e6:.0f} MB/s ({b:.2f} s, {rss('usb_'+key):.0f} MB) | {a/b:.2f} |")
+print(f"\n{len(runs['usb_full'])} rounds after a warm-up; medians; peak RSS of ibackup.")
+PY

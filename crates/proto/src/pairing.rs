@@ -231,6 +231,9 @@ impl PairRecord {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use std::collections::VecDeque;
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Condvar, Mutex};
 
     #[test]
     fn record_round_trip_and_public_view_hides_keys() {
@@ -256,7 +259,6 @@ mod tests {
 
     #[test]
     fn generated_records_carry_a_session_both_ways_and_fall_back_to_plaintext() {
-        use std::io::{Read, Write};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let device = DeviceKey::generate(&mut rng).unwrap();
         let rec =
@@ -271,9 +273,7 @@ mod tests {
             rec.host_private_key.as_ref().unwrap(),
         )
         .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (a, _) = listener.accept().unwrap();
+        let (a, b) = duplex();
         let device_side = std::thread::spawn(move || {
             let mut t = crate::tls::TlsStream::accept(a, server).unwrap();
             let mut buf = [0u8; 5];
@@ -296,6 +296,54 @@ mod tests {
         let mut plain = t.close().unwrap();
         plain.write_all(b"goodbye").unwrap();
         device_side.join().unwrap();
+    }
+
+    /// Two ends of an in-memory byte pipe (no socket in this crate).
+    fn duplex() -> (End, End) {
+        let (x, y) = (Arc::new(Pipe::default()), Arc::new(Pipe::default()));
+        (
+            End {
+                rx: x.clone(),
+                tx: y.clone(),
+            },
+            End { rx: y, tx: x },
+        )
+    }
+
+    #[derive(Default)]
+    struct Pipe {
+        bytes: Mutex<VecDeque<u8>>,
+        more: Condvar,
+    }
+
+    struct End {
+        rx: Arc<Pipe>,
+        tx: Arc<Pipe>,
+    }
+
+    impl Read for End {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut q = self.rx.bytes.lock().unwrap();
+            while q.is_empty() {
+                q = self.rx.more.wait(q).unwrap();
+            }
+            let n = buf.len().min(q.len());
+            for (b, v) in buf.iter_mut().zip(q.drain(..n)) {
+                *b = v;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for End {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.tx.bytes.lock().unwrap().extend(buf);
+            self.tx.more.notify_all();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -164,6 +164,16 @@ impl Frame {
         out
     }
 
+    /// The first five bytes of an `Out` (host) or `InDone` (bus) frame
+    /// carrying `len` bytes, for a writer that sends the bytes from where
+    /// they lie rather than copying them into a frame.
+    pub fn data_header(in_done: bool, len: usize) -> [u8; 5] {
+        let mut h = [0u8; 5];
+        h[..4].copy_from_slice(&(len as u32 + 1).to_be_bytes());
+        h[4] = if in_done { K_IN_DONE } else { K_OUT };
+        h
+    }
+
     /// The frame's length from its first four bytes: how many more to read.
     pub fn body_len(head: [u8; 4]) -> Result<usize> {
         let n = u32::from_be_bytes(head) as usize;
@@ -551,6 +561,12 @@ mod tests {
             Frame::Refused(OpenRefusal::Busy, "claimed by usbmuxd".into()),
             Frame::InDone(vec![9; 1000]),
         ];
+        let mut out = Frame::data_header(false, 3).to_vec();
+        out.extend([1, 2, 3]);
+        assert_eq!(out, Frame::Out(vec![1, 2, 3]).encode());
+        let mut done = Frame::data_header(true, 2).to_vec();
+        done.extend([7, 8]);
+        assert_eq!(done, Frame::InDone(vec![7, 8]).encode());
         for f in frames {
             let bytes = f.encode();
             let n = Frame::body_len(bytes[..4].try_into().unwrap()).unwrap();

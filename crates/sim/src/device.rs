@@ -265,6 +265,9 @@ pub struct Device {
     /// The index of the last backup this device completed (see
     /// [`crate::services::backup::LastIndex`]).
     pub last_index: Mutex<Option<crate::services::backup::LastIndex>>,
+    /// A host has claimed the mux interface on the emulated USB bus: as on
+    /// a real bus, no other may until it lets go.
+    pub usb_claimed: std::sync::atomic::AtomicBool,
 }
 
 impl Device {
@@ -305,6 +308,7 @@ impl Device {
             backup_busy: Mutex::new(false),
             busy_fault_since: Mutex::new(None),
             last_index: Mutex::new(None),
+            usb_claimed: std::sync::atomic::AtomicBool::new(false),
         });
         crate::keys::ensure(&device)?;
         Ok(device)

@@ -122,8 +122,35 @@ fn handle(mut s: TcpStream, mux: &Mux) -> Result<()> {
                 );
                 return Ok(write_frame(&mut s, &f)?);
             };
-            write_frame(&mut s, &Frame::Opened)?;
-            pipe(s, dev, m.max_packet)?;
+            // One claim at a time, as the kernel allows: a second program
+            // (another ibackup run, a usbmuxd) is told the interface is busy.
+            // A program that just exited lets go at once on a real bus;
+            // here its hang-up may still be on its way: give it a moment.
+            let mut claimed = dev
+                .usb_claimed
+                .swap(true, std::sync::atomic::Ordering::SeqCst);
+            for _ in 0..30 {
+                if !claimed {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+                claimed = dev
+                    .usb_claimed
+                    .swap(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if claimed {
+                let f = Frame::Refused(
+                    OpenRefusal::Busy,
+                    "the interface is claimed by another program".into(),
+                );
+                return Ok(write_frame(&mut s, &f)?);
+            }
+            let r = write_frame(&mut s, &Frame::Opened)
+                .map_err(Into::into)
+                .and_then(|_| pipe(s, dev.clone(), m.max_packet));
+            dev.usb_claimed
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            r?;
         }
         f => log::info!("USB bus: a connection began with {f:?}"),
     }
@@ -159,9 +186,10 @@ fn watch(mut s: TcpStream, mux: &Mux) -> Result<()> {
 struct InSide {
     /// Sizes of the IN transfers the host has queued, oldest first.
     requests: VecDeque<usize>,
-    /// Device data not yet taken: (bytes, whether they end with a short
-    /// packet). Data not ending short is a whole number of packets.
-    data: VecDeque<(Vec<u8>, bool)>,
+    /// Device data not yet taken: (bytes, how many of them are taken,
+    /// whether they end with a short packet). Data not ending short is a
+    /// whole number of packets.
+    data: VecDeque<(Vec<u8>, usize, bool)>,
     closed: bool,
 }
 
@@ -176,10 +204,10 @@ impl Bus {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let short = !t.bytes.len().is_multiple_of(self.max_packet);
         if !t.bytes.is_empty() {
-            st.data.push_back((t.bytes, short));
+            st.data.push_back((t.bytes, 0, short));
         }
         if t.zlp {
-            st.data.push_back((Vec::new(), true));
+            st.data.push_back((Vec::new(), 0, true));
         }
         drop(st);
         self.changed.notify_all();
@@ -190,42 +218,68 @@ impl Bus {
         self.changed.notify_all();
     }
 
-    /// The next completed IN transfer: the oldest request filled until it
-    /// is full or a short packet ends it. `None` once closed.
-    fn complete(&self) -> Option<Vec<u8>> {
+    /// Write the next completed IN transfer to `w`: the oldest request
+    /// filled until it is full or a short packet ends it. False once
+    /// closed.
+    fn complete(&self, w: &mut impl Write) -> io::Result<bool> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut fill = Vec::new();
-        loop {
+        // Wait for a request and data enough to complete it.
+        let want = loop {
             if st.closed {
-                return None;
+                return Ok(false);
             }
-            let Some(&want) = st.requests.front() else {
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            };
-            let Some((bytes, short)) = st.data.pop_front() else {
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            };
-            let room = want - fill.len();
-            if bytes.len() > room {
-                // Fills the request: `room` is whole packets.
-                fill.extend_from_slice(&bytes[..room]);
-                st.data.push_front((bytes[room..].to_vec(), short));
-            } else {
-                if fill.is_empty() {
-                    fill = bytes;
-                } else {
-                    fill.extend_from_slice(&bytes);
-                }
-                if !short && fill.len() < want {
-                    continue;
+            if let Some(&want) = st.requests.front() {
+                if ready(&st, want) {
+                    break want;
                 }
             }
-            st.requests.pop_front();
-            return Some(fill);
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        };
+        st.requests.pop_front();
+        // How many bytes the transfer takes, and whether a zero-length
+        // packet ends it (taken with it).
+        let (mut len, mut zlp) = (0, false);
+        for (bytes, taken, short) in st.data.iter() {
+            let room = want - len;
+            let here = bytes.len() - taken;
+            len += here.min(room);
+            if here >= room || *short {
+                zlp = here == 0 && *short && room > 0;
+                break;
+            }
+        }
+        w.write_all(&Frame::data_header(true, len))?;
+        let mut left = len;
+        while left > 0 {
+            let Some((bytes, taken, _)) = st.data.front_mut() else {
+                break;
+            };
+            let n = (bytes.len() - *taken).min(left);
+            w.write_all(&bytes[*taken..*taken + n])?;
+            *taken += n;
+            left -= n;
+            if *taken == bytes.len() {
+                st.data.pop_front();
+            }
+        }
+        if zlp {
+            st.data.pop_front();
+        }
+        Ok(true)
+    }
+}
+
+/// Whether the queued data completes a transfer of `want` bytes: it fills
+/// it, or a short packet (a zero-length one too) ends it.
+fn ready(st: &InSide, want: usize) -> bool {
+    let mut len = 0;
+    for (bytes, taken, short) in st.data.iter() {
+        len += bytes.len() - taken;
+        if len >= want || *short {
+            return true;
         }
     }
+    false
 }
 
 /// A connection of the device over the pipe, as the simulator's services
@@ -273,8 +327,6 @@ impl Conn for UsbConn {
 /// Run the device's side of an opened pipe until the host closes it or
 /// the cable is pulled.
 fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
-    let (link, to_send) = Link::new(Role::Device, max_packet);
-    link.with_mux(|m| m.listen(LOCKDOWN_PORT));
     let bus = Arc::new(Bus {
         state: Mutex::new(InSide {
             requests: VecDeque::new(),
@@ -284,6 +336,44 @@ fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
         changed: Condvar::new(),
         max_packet,
     });
+    // The device's transfers go straight onto the bus (a queue that never
+    // blocks), with the faults that play with framing.
+    let link = {
+        let (bus, c) = (bus.clone(), dev.cfg());
+        let (mut n, mut sent) = (0u64, 0u64);
+        let mut garbage_sent = false;
+        Link::with_sink(
+            Role::Device,
+            max_packet,
+            Box::new(move |t: Transfer| {
+                n += 1;
+                sent += t.bytes.len() as u64;
+                if c.fault_usb_control_messages && n % 50 == 7 {
+                    // A CONTROL log line between packets.
+                    bus.push(raw(Packet::Control {
+                        kind: 7,
+                        text: b"simulated: a log line mid-stream\0".to_vec(),
+                    }));
+                }
+                if c.fault_usb_unknown_port && n % 50 == 11 {
+                    bus.push(raw(stray_segment()));
+                }
+                if garbage_sent {
+                    return true;
+                }
+                bus.push(t);
+                if c.fault_usb_garbage_after_bytes.is_some_and(|g| sent >= g) {
+                    bus.push(Transfer {
+                        bytes: b"\x00\x00\x00\x06garbage that is no usbmux header".to_vec(),
+                        zlp: false,
+                    });
+                    garbage_sent = true;
+                }
+                true
+            }),
+        )
+    };
+    link.with_mux(|m| m.listen(LOCKDOWN_PORT));
     let closer = s.try_clone()?;
     let cut: Arc<dyn Fn() + Send + Sync> = {
         let (link, bus) = (link.clone(), bus.clone());
@@ -293,60 +383,28 @@ fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
             let _ = closer.shutdown(Shutdown::Both);
         })
     };
-    // The device's transfers onto the bus, with the faults that play
-    // with framing.
-    {
-        let (bus, dev) = (bus.clone(), dev.clone());
-        let link = link.clone();
-        thread::spawn(move || {
-            let c = dev.cfg();
-            let mut sent: u64 = 0;
-            for (n, t) in to_send.into_iter().enumerate() {
-                sent += t.bytes.len() as u64;
-                if c.fault_usb_control_messages && n % 50 == 7 {
-                    // CONTROL log lines between packets.
-                    let line = Packet::Control {
-                        kind: 7,
-                        text: b"simulated: a log line mid-stream\0".to_vec(),
-                    };
-                    link.with_mux(|m| m.send_raw(line));
-                }
-                if c.fault_usb_unknown_port && n % 50 == 11 {
-                    link.with_mux(|m| m.send_raw(stray_segment()));
-                }
-                bus.push(t);
-                if c.fault_usb_garbage_after_bytes.is_some_and(|g| sent >= g) {
-                    bus.push(Transfer {
-                        bytes: b"\x00\x00\x00\x06garbage that is no usbmux header".to_vec(),
-                        zlp: false,
-                    });
-                    return;
-                }
-            }
-            bus.close();
-        });
-    }
     // Completed IN transfers to the host.
     let mut w = io::BufWriter::with_capacity(256 * 1024, s.try_clone()?);
     {
         let bus = bus.clone();
         let cut = cut.clone();
         thread::spawn(move || {
-            while let Some(bytes) = bus.complete() {
+            loop {
+                match bus.complete(&mut w) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) => {
+                        cut();
+                        return;
+                    }
+                }
                 // Flush unless another completion follows at once: the
                 // host queues more IN transfers only once it has these.
                 let more = {
                     let st = bus.state.lock().unwrap_or_else(|p| p.into_inner());
-                    !st.data.is_empty() && !st.requests.is_empty()
+                    st.requests.front().is_some_and(|&want| ready(&st, want))
                 };
-                let r = write_frame(&mut w, &Frame::InDone(bytes)).and_then(|_| {
-                    if more {
-                        Ok(())
-                    } else {
-                        w.flush()
-                    }
-                });
-                if r.is_err() {
+                if !more && w.flush().is_err() {
                     cut();
                     return;
                 }
@@ -406,8 +464,7 @@ fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
                     if !ports.is_empty() {
                         link.with_mux(|m| ports.iter().for_each(|p| m.listen(*p)));
                     }
-                    link.input(&out);
-                    out.clear();
+                    link.input_vec(std::mem::take(&mut out));
                 }
             }
             f => {
@@ -421,6 +478,18 @@ fn pipe(s: TcpStream, dev: Arc<Device>, max_packet: usize) -> Result<()> {
     link.fail("the host closed the pipe");
     bus.close();
     result.map_err(Into::into)
+}
+
+/// A packet as a transfer of its own, with a long header (nobody checks
+/// its counters).
+fn raw(p: Packet) -> Transfer {
+    Transfer {
+        bytes: p.encode(ibackup_proto::mux::HeaderKind::Long {
+            tx_seq: 0,
+            rx_seq: 0,
+        }),
+        zlp: false,
+    }
 }
 
 /// A segment for a connection nobody opened (the host must answer with

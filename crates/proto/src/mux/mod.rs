@@ -85,8 +85,48 @@ struct Conn {
     expect: u32,
     /// The window we last advertised, counted from `expect`.
     advertised: u32,
-    inbuf: VecDeque<u8>,
+    inbuf: Chunks,
     outbuf: VecDeque<u8>,
+}
+
+/// Received payloads, kept as they arrived (no copy until read).
+#[derive(Debug, Default)]
+struct Chunks {
+    /// Each payload and how much of it was read.
+    chunks: VecDeque<(Vec<u8>, usize)>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, v: Vec<u8>) {
+        if !v.is_empty() {
+            self.len += v.len();
+            self.chunks.push_back((v, 0));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copy what fits into `buf`; how much.
+    fn take(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some((v, at)) = self.chunks.front_mut() else {
+                break;
+            };
+            let k = (v.len() - *at).min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&v[*at..*at + k]);
+            *at += k;
+            n += k;
+            if *at == v.len() {
+                self.chunks.pop_front();
+            }
+        }
+        self.len -= n;
+        n
+    }
 }
 
 /// The receive buffer of each connection, and so the most it advertises:
@@ -144,8 +184,10 @@ impl Mux {
         self.version >= 2
     }
 
-    fn queue(&mut self, p: Packet) {
-        let kind = if self.long_headers() && !matches!(p, Packet::Version { .. }) {
+    /// The header for the next packet other than VERSION: long with this
+    /// end's counters once version 2 is agreed (counting it), else short.
+    fn next_header(&mut self) -> HeaderKind {
+        if self.long_headers() {
             let k = HeaderKind::Long {
                 tx_seq: self.tx_seq,
                 rx_seq: self.rx_seq,
@@ -154,8 +196,19 @@ impl Mux {
             k
         } else {
             HeaderKind::Short
+        }
+    }
+
+    fn queue(&mut self, p: Packet) {
+        let kind = if matches!(p, Packet::Version { .. }) {
+            HeaderKind::Short
+        } else {
+            self.next_header()
         };
-        let bytes = p.encode(kind);
+        self.push_bytes(p.encode(kind));
+    }
+
+    fn push_bytes(&mut self, bytes: Vec<u8>) {
         let zlp = !bytes.is_empty() && bytes.len().is_multiple_of(self.max_packet);
         self.out.push_back(Transfer { bytes, zlp });
     }
@@ -211,7 +264,7 @@ impl Mux {
                 peer_window: 0,
                 expect: 0,
                 advertised: RECV_BUFFER,
-                inbuf: VecDeque::new(),
+                inbuf: Chunks::default(),
                 outbuf: VecDeque::new(),
             },
         );
@@ -235,12 +288,7 @@ impl Mux {
     /// Read what arrived on `id` into `buf`; 0 when nothing is waiting.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize> {
         let c = self.conns.get_mut(&id).ok_or_else(|| closed(id))?;
-        let n = buf.len().min(c.inbuf.len());
-        let (a, b) = c.inbuf.as_slices();
-        let from_a = n.min(a.len());
-        buf[..from_a].copy_from_slice(&a[..from_a]);
-        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
-        c.inbuf.drain(..n);
+        let n = c.inbuf.take(buf);
         // Reopen the window once half of it is free again.
         let free = RECV_BUFFER - c.inbuf.len() as u32;
         if n > 0 && c.advertised < RECV_BUFFER / 2 && free >= RECV_BUFFER / 2 {
@@ -280,6 +328,17 @@ impl Mux {
     /// pipe that cannot be trusted any more (drop the device).
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<()> {
         self.deframer.feed(bytes);
+        self.take_packets()
+    }
+
+    /// [`Mux::handle_input`] for a transfer's own buffer (no copy when it
+    /// holds whole packets).
+    pub fn handle_input_vec(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.deframer.feed_vec(bytes);
+        self.take_packets()
+    }
+
+    fn take_packets(&mut self) -> Result<()> {
         while let Some(p) = self.deframer.next_packet(self.long_headers())? {
             let (kind, packet) = Packet::decode(&p, self.long_headers())?;
             if let HeaderKind::Long { tx_seq, rx_seq } = kind {
@@ -350,7 +409,7 @@ impl Mux {
                             peer_window: window,
                             expect: t.seq.wrapping_add(1),
                             advertised: RECV_BUFFER,
-                            inbuf: VecDeque::new(),
+                            inbuf: Chunks::default(),
                             outbuf: VecDeque::new(),
                         },
                     );
@@ -437,7 +496,7 @@ impl Mux {
                     self.events.push_back(Event::Closed(id, why));
                     return;
                 }
-                c.inbuf.extend(payload);
+                c.inbuf.push(payload);
                 c.expect = c.expect.wrapping_add(len);
                 c.advertised = RECV_BUFFER - c.inbuf.len() as u32;
                 // A prompt ACK for every segment: devices send best so.
@@ -448,11 +507,13 @@ impl Mux {
         }
     }
 
-    /// Turn queued data into segments while the peers' windows allow.
+    /// Turn queued data into segments while the peers' windows allow,
+    /// each encoded straight from the send buffer (one copy).
     fn flush_all(&mut self) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
-            while let Some(c) = self.conns.get_mut(&id) {
+            loop {
+                let Some(c) = self.conns.get(&id) else { break };
                 if c.state != State::Connected || c.outbuf.is_empty() {
                     break;
                 }
@@ -462,10 +523,22 @@ impl Mux {
                 if n == 0 {
                     break;
                 }
-                let data: Vec<u8> = c.outbuf.drain(..n).collect();
-                let p = tcp(id, c.seq, c.expect, ACK, c.advertised, data);
+                let t = Tcp {
+                    sport: id.local,
+                    dport: id.remote,
+                    seq: c.seq,
+                    ack: c.expect,
+                    flags: ACK,
+                    window: (c.advertised >> 8).min(u32::from(u16::MAX)) as u16,
+                };
+                let kind = self.next_header();
+                let c = self.conns.get_mut(&id).expect("still here");
+                let (a, b) = c.outbuf.as_slices();
+                let from_a = n.min(a.len());
+                let bytes = Packet::encode_tcp(kind, &t, &[&a[..from_a], &b[..n - from_a]]);
+                c.outbuf.drain(..n);
                 c.seq = c.seq.wrapping_add(n as u32);
-                self.queue(p);
+                self.push_bytes(bytes);
             }
         }
     }

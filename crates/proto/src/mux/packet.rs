@@ -74,48 +74,51 @@ impl Packet {
         }
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// Append the body (what follows the header) to `b`.
+    fn body_into(&self, b: &mut Vec<u8>) {
         match self {
-            Packet::Version { major, minor } => [*major, *minor, 0]
-                .iter()
-                .flat_map(|v| v.to_be_bytes())
-                .collect(),
+            Packet::Version { major, minor } => {
+                for v in [*major, *minor, 0] {
+                    b.extend(v.to_be_bytes());
+                }
+            }
             Packet::Control { kind, text } => {
-                std::iter::once(*kind).chain(text.iter().copied()).collect()
+                b.push(*kind);
+                b.extend_from_slice(text);
             }
-            Packet::Setup(b) => vec![*b],
+            Packet::Setup(x) => b.push(*x),
             Packet::Tcp { tcp, payload } => {
-                let mut b = Vec::with_capacity(TCP_HEADER + payload.len());
-                b.extend(tcp.sport.to_be_bytes());
-                b.extend(tcp.dport.to_be_bytes());
-                b.extend(tcp.seq.to_be_bytes());
-                b.extend(tcp.ack.to_be_bytes());
-                b.push(0x50); // data offset 5 words, no options
-                b.push(tcp.flags);
-                b.extend(tcp.window.to_be_bytes());
-                b.extend([0, 0, 0, 0]); // checksum, urgent pointer
-                b.extend(payload);
-                b
+                tcp_header_into(tcp, b);
+                b.extend_from_slice(payload);
             }
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Packet::Version { .. } => 12,
+            Packet::Control { text, .. } => 1 + text.len(),
+            Packet::Setup(_) => 1,
+            Packet::Tcp { payload, .. } => TCP_HEADER + payload.len(),
         }
     }
 
     /// The packet's bytes with a header of `kind`.
     pub fn encode(&self, kind: HeaderKind) -> Vec<u8> {
-        let body = self.body();
-        let header = match kind {
-            HeaderKind::Short => 8,
-            HeaderKind::Long { .. } => 16,
-        };
-        let mut out = Vec::with_capacity(header + body.len());
-        out.extend(self.protocol().to_be_bytes());
-        out.extend(((header + body.len()) as u32).to_be_bytes());
-        if let HeaderKind::Long { tx_seq, rx_seq } = kind {
-            out.extend(MAGIC.to_be_bytes());
-            out.extend(tx_seq.to_be_bytes());
-            out.extend(rx_seq.to_be_bytes());
+        let mut out = header(self.protocol(), kind, self.body_len());
+        self.body_into(&mut out);
+        out
+    }
+
+    /// A TCP packet's bytes, its payload taken from `parts` in order:
+    /// the same bytes as `encode` of `Packet::Tcp`, built with one copy.
+    pub fn encode_tcp(kind: HeaderKind, tcp: &Tcp, parts: &[&[u8]]) -> Vec<u8> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = header(PROTO_TCP, kind, TCP_HEADER + len);
+        tcp_header_into(tcp, &mut out);
+        for p in parts {
+            out.extend_from_slice(p);
         }
-        out.extend(body);
         out
     }
 
@@ -196,6 +199,35 @@ impl Packet {
     }
 }
 
+/// A header of `kind` for a packet of `protocol` with `body` bytes, in a
+/// vector with room for the body.
+fn header(protocol: u32, kind: HeaderKind, body: usize) -> Vec<u8> {
+    let size = match kind {
+        HeaderKind::Short => 8,
+        HeaderKind::Long { .. } => 16,
+    };
+    let mut out = Vec::with_capacity(size + body);
+    out.extend(protocol.to_be_bytes());
+    out.extend(((size + body) as u32).to_be_bytes());
+    if let HeaderKind::Long { tx_seq, rx_seq } = kind {
+        out.extend(MAGIC.to_be_bytes());
+        out.extend(tx_seq.to_be_bytes());
+        out.extend(rx_seq.to_be_bytes());
+    }
+    out
+}
+
+fn tcp_header_into(tcp: &Tcp, b: &mut Vec<u8>) {
+    b.extend(tcp.sport.to_be_bytes());
+    b.extend(tcp.dport.to_be_bytes());
+    b.extend(tcp.seq.to_be_bytes());
+    b.extend(tcp.ack.to_be_bytes());
+    b.push(0x50); // data offset 5 words, no options
+    b.push(tcp.flags);
+    b.extend(tcp.window.to_be_bytes());
+    b.extend([0, 0, 0, 0]); // checksum, urgent pointer
+}
+
 /// Cuts a byte stream (the bulk IN transfers, in any split) into packets
 /// by their headers' lengths.
 #[derive(Debug, Default)]
@@ -206,6 +238,16 @@ pub struct Deframer {
 impl Deframer {
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The same, taking the transfer's own buffer when nothing is waiting
+    /// (a transfer usually holds exactly one packet: no copy at all).
+    pub fn feed_vec(&mut self, bytes: Vec<u8>) {
+        if self.buf.is_empty() {
+            self.buf = bytes;
+        } else {
+            self.buf.extend_from_slice(&bytes);
+        }
     }
 
     /// The next whole packet's bytes, if they are all here. A length that

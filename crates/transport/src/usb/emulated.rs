@@ -35,6 +35,19 @@ impl EmulatedBus {
     }
 }
 
+/// The IN transfer size: [`IN_TRANSFER_SIZE`], or `IBACKUP_USB_IN_TRANSFER`
+/// bytes (tests: small transfers make every packet span several), in whole
+/// packets.
+fn in_transfer_size(max_packet: usize) -> usize {
+    let mp = max_packet.max(1);
+    let want = std::env::var("IBACKUP_USB_IN_TRANSFER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(IN_TRANSFER_SIZE)
+        .clamp(mp, 1 << 20);
+    want - want % mp
+}
+
 pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
     let mut head = [0u8; 4];
     r.read_exact(&mut head)?;
@@ -105,10 +118,12 @@ impl Bus for EmulatedBus {
         let writer = Arc::new(Mutex::new(s.try_clone().map_err(OpenError::Other)?));
         let closer = s.try_clone().map_err(OpenError::Other)?;
         let mut input = EmulatedIn {
-            reader: io::BufReader::with_capacity(256 * 1024, s),
+            // Unbuffered: each frame is read straight into its own vector,
+            // which the link then keeps (no copy on the way).
+            reader: s,
             writer: writer.clone(),
             queued: 0,
-            size: IN_TRANSFER_SIZE - IN_TRANSFER_SIZE % mux.max_packet.max(1),
+            size: in_transfer_size(mux.max_packet),
         };
         input.top_up().map_err(OpenError::Other)?;
         Ok(Pipe {
@@ -133,7 +148,7 @@ impl BusWatch for Watch {
 }
 
 struct EmulatedIn {
-    reader: io::BufReader<TcpStream>,
+    reader: TcpStream,
     writer: Arc<Mutex<TcpStream>>,
     queued: usize,
     size: usize,
@@ -190,11 +205,20 @@ struct EmulatedOut {
 
 impl OutEndpoint for EmulatedOut {
     fn send(&mut self, t: &Transfer) -> io::Result<()> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *w, &Frame::Out(t.bytes.clone()))?;
-        if t.zlp {
-            write_frame(&mut *w, &Frame::Out(Vec::new()))?;
+        self.send_all(std::slice::from_ref(t))
+    }
+
+    fn send_all(&mut self, ts: &[Transfer]) -> io::Result<()> {
+        let size: usize = ts.iter().map(|t| t.bytes.len() + 10).sum();
+        let mut frames = Vec::with_capacity(size);
+        for t in ts {
+            frames.extend_from_slice(&Frame::data_header(false, t.bytes.len()));
+            frames.extend_from_slice(&t.bytes);
+            if t.zlp {
+                frames.extend_from_slice(&Frame::data_header(false, 0));
+            }
         }
-        Ok(())
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(&frames)
     }
 }

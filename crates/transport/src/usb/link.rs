@@ -20,12 +20,21 @@ use crate::cancel::{Cancel, Registered};
 
 pub struct Link {
     state: Mutex<State>,
+    /// Woken for what concerns the link as a whole: the VERSION answer,
+    /// connections accepted or refused, the pipe dying. Each connection's
+    /// stream has its own condition variable (`State::waiters`), so a
+    /// packet for one wakes only the thread that reads it.
     changed: Condvar,
 }
 
+/// Where the link's transfers go: called under the link's lock, so it must
+/// not block for long (a channel to a writer thread; the simulator's bus
+/// queue). False: the pipe is gone.
+pub type Sink = Box<dyn FnMut(Transfer) -> bool + Send>;
+
 struct State {
     mux: Mux,
-    out: mpsc::Sender<Transfer>,
+    out: Sink,
     version: Option<u32>,
     /// Why the whole pipe is unusable (unplugged, broken protocol, cut).
     dead: Option<String>,
@@ -36,6 +45,8 @@ struct State {
     connected: HashSet<ConnId>,
     /// Device: connections a host opened, not yet taken by [`Link::accept`].
     accepted: VecDeque<ConnId>,
+    /// The condition variable of each open stream.
+    waiters: HashMap<ConnId, Arc<Condvar>>,
 }
 
 impl Link {
@@ -43,67 +54,114 @@ impl Link {
     /// `max_packet` bytes, and the transfers it wants sent, in order.
     pub fn new(role: Role, max_packet: usize) -> (Arc<Link>, mpsc::Receiver<Transfer>) {
         let (tx, rx) = mpsc::channel();
+        let link = Link::with_sink(role, max_packet, Box::new(move |t| tx.send(t).is_ok()));
+        (link, rx)
+    }
+
+    /// A link whose transfers go to `sink`, in order.
+    pub fn with_sink(role: Role, max_packet: usize, sink: Sink) -> Arc<Link> {
         let link = Arc::new(Link {
             state: Mutex::new(State {
                 mux: Mux::new(role, max_packet),
-                out: tx,
+                out: sink,
                 version: None,
                 dead: None,
                 ended: HashMap::new(),
                 refused: HashMap::new(),
                 connected: HashSet::new(),
                 accepted: VecDeque::new(),
+                waiters: HashMap::new(),
             }),
             changed: Condvar::new(),
         });
         // The host's VERSION goes out at once.
         link.settle(link.lock());
-        (link, rx)
+        link
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take what the state machine has to say and to send; wake waiters.
+    /// Take what the state machine has to say and to send; wake those
+    /// whom it concerns.
     fn settle(&self, mut st: MutexGuard<'_, State>) {
+        let mut general = false;
+        let mut touched: Vec<ConnId> = Vec::new();
         while let Some(e) = st.mux.poll_event() {
             match e {
-                Event::Ready { version } => st.version = Some(version),
+                Event::Ready { version } => {
+                    st.version = Some(version);
+                    general = true;
+                }
                 Event::Connected(id) => {
                     st.connected.insert(id);
                     st.accepted.push_back(id);
+                    general = true;
                 }
                 Event::Refused(id, why) => {
                     st.refused.insert(id, why);
+                    general = true;
                 }
                 Event::Closed(id, why) => {
                     log::info!("usbmux connection to port {} ended: {why}", id.remote);
                     st.ended.insert(id, why);
+                    touched.push(id);
                 }
                 Event::Log { kind, text } => {
                     log::info!("device says ({kind}): {}", text.trim_end_matches('\0'))
                 }
-                Event::Readable(_) | Event::Writable(_) => {}
+                Event::Readable(id) | Event::Writable(id) => touched.push(id),
             }
         }
+        let was_dead = st.dead.is_some();
         while let Some(t) = st.mux.poll_transmit() {
-            if st.out.send(t).is_err() && st.dead.is_none() {
+            if !(st.out)(t) && st.dead.is_none() {
                 st.dead = Some("the USB pipe is closed".into());
             }
         }
+        let wake: Vec<Arc<Condvar>> = if st.dead.is_some() && !was_dead {
+            st.waiters.values().cloned().collect()
+        } else {
+            touched.dedup();
+            touched
+                .iter()
+                .filter_map(|id| st.waiters.get(id).cloned())
+                .collect()
+        };
+        general |= st.dead.is_some() && !was_dead;
         drop(st);
+        for w in wake {
+            w.notify_all();
+        }
+        if general {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Wake every waiter (the link died, or a connection was ended here).
+    fn wake_all(&self, st: MutexGuard<'_, State>) {
+        let wake: Vec<Arc<Condvar>> = st.waiters.values().cloned().collect();
+        drop(st);
+        for w in wake {
+            w.notify_all();
+        }
         self.changed.notify_all();
     }
 
     /// Bytes of a completed IN transfer. A protocol error kills the link:
     /// after garbage nothing on the pipe can be trusted.
     pub fn input(&self, bytes: &[u8]) {
+        self.input_vec(bytes.to_vec())
+    }
+
+    /// [`Link::input`] taking the transfer's buffer (no copy).
+    pub fn input_vec(&self, bytes: Vec<u8>) {
         let mut st = self.lock();
         if st.dead.is_some() {
             return;
         }
-        if let Err(e) = st.mux.handle_input(bytes) {
+        if let Err(e) = st.mux.handle_input_vec(bytes) {
             st.dead = Some(format!("the device broke the usbmux protocol ({e})"));
         }
         self.settle(st);
@@ -115,8 +173,7 @@ impl Link {
         if st.dead.is_none() {
             st.dead = Some(why.to_string());
         }
-        drop(st);
-        self.changed.notify_all();
+        self.wake_all(st);
     }
 
     /// Why the link is unusable, if it is.
@@ -135,6 +192,7 @@ impl Link {
     /// Wait until `f` gives an answer, the link dies or `limit` passes.
     fn wait_for<T>(
         &self,
+        cv: &Condvar,
         limit: Option<Duration>,
         mut f: impl FnMut(&mut State) -> Option<io::Result<T>>,
     ) -> io::Result<T> {
@@ -151,7 +209,7 @@ impl Link {
                 ));
             }
             st = match until {
-                None => self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+                None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(u) => {
                     let left = u.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -160,8 +218,7 @@ impl Link {
                             "the device did not answer in time",
                         ));
                     }
-                    self.changed
-                        .wait_timeout(st, left)
+                    cv.wait_timeout(st, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
@@ -171,7 +228,7 @@ impl Link {
 
     /// Wait for the VERSION exchange; the version agreed.
     pub fn wait_ready(&self, limit: Duration) -> io::Result<u32> {
-        self.wait_for(Some(limit), |st| st.version.map(Ok))
+        self.wait_for(&self.changed, Some(limit), |st| st.version.map(Ok))
             .map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut => io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -203,7 +260,7 @@ impl Link {
             self.settle(st);
             id
         };
-        let answer = self.wait_for(Some(limit), |st| {
+        let answer = self.wait_for(&self.changed, Some(limit), |st| {
             if st.connected.remove(&id) {
                 st.accepted.retain(|a| *a != id);
                 Some(Ok(()))
@@ -229,7 +286,7 @@ impl Link {
 
     /// Device: the next connection a host opens.
     pub fn accept(self: &Arc<Self>, cancel: &Cancel) -> io::Result<MuxStream> {
-        let id = self.wait_for(None, |st| st.accepted.pop_front().map(Ok))?;
+        let id = self.wait_for(&self.changed, None, |st| st.accepted.pop_front().map(Ok))?;
         self.lock().connected.remove(&id);
         MuxStream::new(self.clone(), id, cancel)
     }
@@ -239,7 +296,11 @@ impl Link {
         let mut st = self.lock();
         st.mux.close(id);
         st.ended.entry(id).or_insert_with(|| why.to_string());
+        let w = st.waiters.get(&id).cloned();
         self.settle(st);
+        if let Some(w) = w {
+            w.notify_all();
+        }
     }
 }
 
@@ -249,6 +310,7 @@ impl Link {
 pub struct MuxStream {
     link: Arc<Link>,
     id: ConnId,
+    cv: Arc<Condvar>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     _stop: Registered,
@@ -269,9 +331,12 @@ impl MuxStream {
                 return Err(e);
             }
         };
+        let cv = Arc::new(Condvar::new());
+        link.lock().waiters.insert(id, cv.clone());
         Ok(MuxStream {
             link,
             id,
+            cv,
             read_timeout: None,
             write_timeout: None,
             _stop: stop,
@@ -312,7 +377,7 @@ impl Read for MuxStream {
             return Ok(0);
         }
         let id = self.id;
-        let got = self.link.wait_for(self.read_timeout, |st| {
+        let got = self.link.wait_for(&self.cv, self.read_timeout, |st| {
             if let Ok(n) = st.mux.recv(id, buf) {
                 if n > 0 {
                     return Some(Ok(n));
@@ -339,7 +404,7 @@ impl Write for MuxStream {
             return Ok(0);
         }
         let id = self.id;
-        let n = self.link.wait_for(self.write_timeout, |st| {
+        let n = self.link.wait_for(&self.cv, self.write_timeout, |st| {
             if let Some(why) = st.ended.get(&id) {
                 return Some(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
             }
@@ -369,7 +434,7 @@ impl Drop for MuxStream {
     fn drop(&mut self) {
         // What was written goes out before the RST, as on a socket.
         let id = self.id;
-        let _ = self.link.wait_for(Some(DRAIN_LIMIT), |st| {
+        let _ = self.link.wait_for(&self.cv, Some(DRAIN_LIMIT), |st| {
             (st.mux.unsent(id) == 0 || st.ended.contains_key(&id)).then_some(Ok(()))
         });
         let mut st = self.link.lock();
@@ -377,6 +442,7 @@ impl Drop for MuxStream {
             st.mux.close(self.id);
         }
         st.ended.remove(&self.id);
+        st.waiters.remove(&self.id);
         self.link.settle(st);
     }
 }

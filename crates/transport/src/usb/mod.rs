@@ -157,18 +157,27 @@ pub fn start(pipe: Pipe, max_packet: usize) -> (Arc<Link>, Box<dyn Fn() + Send +
     } = pipe;
     let l = link.clone();
     std::thread::spawn(move || {
-        for t in to_send {
-            if let Err(e) = output.send(&t) {
+        let mut batch = Vec::new();
+        while let Ok(t) = to_send.recv() {
+            batch.push(t);
+            while let Ok(t) = to_send.try_recv() {
+                batch.push(t);
+                if batch.len() >= 64 {
+                    break;
+                }
+            }
+            if let Err(e) = output.send_all(&batch) {
                 l.fail(&format!("the device was unplugged ({e})"));
                 return;
             }
+            batch.clear();
         }
     });
     let l = link.clone();
     std::thread::spawn(move || loop {
         match input.next() {
             Ok(bytes) => {
-                l.input(&bytes);
+                l.input_vec(bytes);
                 if l.dead().is_some() {
                     return;
                 }
@@ -197,7 +206,7 @@ pub fn explain(d: &DeviceDesc, e: OpenError) -> String {
             "cannot claim {which}: {why}. On macOS Apple's usbmuxd always holds the phone: use --transport usbmuxd (what auto picks there)"
         ),
         OpenError::Busy(why) => format!(
-            "cannot claim {which}: {why}. Another program holds it, most likely usbmuxd: use --transport usbmuxd (or auto), or stop it first (sudo systemctl stop usbmuxd)"
+            "cannot claim {which}: {why}. Another program holds it: usbmuxd (use --transport usbmuxd, or auto; or stop it first: sudo systemctl stop usbmuxd), or another ibackup run on this phone over direct USB (only one program at a time can; wait for it to finish)"
         ),
         OpenError::NoDriver(why) => format!(
             "cannot use {which}: {why}. Windows lets a program choose the phone's mux configuration only with the libusbK or libusb-win32 driver on the whole device (Zadig installs it); or install Apple Devices (or iTunes) and use --transport usbmuxd"

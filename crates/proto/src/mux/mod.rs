@@ -512,8 +512,7 @@ impl Mux {
     fn flush_all(&mut self) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(c) = self.conns.get(&id) else { break };
+            while let Some(c) = self.conns.get(&id) {
                 if c.state != State::Connected || c.outbuf.is_empty() {
                     break;
                 }

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = ibackup_engine::device::choose(&mux, None, false)?;
     let mut session =
         ibackup_engine::device::open(&mux, &dev, std::time::Duration::from_secs(5), &mut || {})?;
-    let mut s = session.service(&mux, mb2::SERVICE_NAME)?;
+    let mut s = session.service(mb2::SERVICE_NAME)?;
     let send = |s: &mut Box<dyn ibackup_transport::Stream>, m: DlMessage| {
         frame::write_binary(s, &m.encode())
     };

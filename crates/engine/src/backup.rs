@@ -121,13 +121,12 @@ pub(crate) struct Host<'a> {
 impl<'a> Host<'a> {
     /// Start mobilebackup2 and agree on a protocol version.
     pub(crate) fn open(
-        session: &mut device::Session,
-        mux: &dyn Transport,
+        session: &mut device::Session<'_>,
         dir: Area<'a>,
         events: &'a mut dyn Events,
     ) -> Result<Host<'a>> {
         Ok(Host {
-            s: Self::connect(session, mux)?,
+            s: Self::connect(session)?,
             dir,
             events,
             percent: 0.0,
@@ -139,9 +138,9 @@ impl<'a> Host<'a> {
     }
 
     /// A new mobilebackup2 connection, past the version exchange.
-    fn connect(session: &mut device::Session, mux: &dyn Transport) -> Result<Box<dyn Stream>> {
+    fn connect(session: &mut device::Session<'_>) -> Result<Box<dyn Stream>> {
         let mut s: Box<dyn Stream> = Box::new(ibackup_transport::BufStream::new(
-            session.service(mux, mb2::SERVICE_NAME)?,
+            session.service(mb2::SERVICE_NAME)?,
         ));
         if let Err((code, description)) = mb2::host_hello(&mut s)? {
             return Err(EngineError::DeviceRefused { code, description });
@@ -156,8 +155,7 @@ impl<'a> Host<'a> {
     /// in moments. Busy for longer is [`EngineError::DeviceBusy`].
     pub(crate) fn converse_when_free(
         &mut self,
-        session: &mut device::Session,
-        mux: &dyn Transport,
+        session: &mut device::Session<'_>,
         req: &Mb2Request,
     ) -> Result<Dictionary> {
         let start = std::time::Instant::now();
@@ -184,12 +182,12 @@ impl<'a> Host<'a> {
                 told = true;
             }
             self.disconnect();
-            if mux.cancel().pause(Duration::from_secs(1)) {
+            if session.transport().cancel().pause(Duration::from_secs(1)) {
                 return Err(EngineError::DeviceBusy {
                     waited: start.elapsed().as_secs(),
                 });
             }
-            self.s = Self::connect(session, mux)?;
+            self.s = Self::connect(session)?;
         }
     }
 
@@ -786,12 +784,12 @@ pub fn run(
         );
     }
     dir.prepare(!full)?;
-    let apps = crate::sync::user_apps(&mut session, mux).unwrap_or_else(|e| {
+    let apps = crate::sync::user_apps(&mut session).unwrap_or_else(|e| {
         log::warn!("could not list the apps for Info.plist: {e}");
         (Vec::new(), Dictionary::new())
     });
     events.step("taking the sync lock");
-    let mut lock = match crate::sync::SyncLock::acquire(&mut session, mux) {
+    let mut lock = match crate::sync::SyncLock::acquire(&mut session) {
         Ok(l) => l,
         Err(e) => {
             dir.abandon();
@@ -825,14 +823,14 @@ pub fn run(
         replace_file(&dir.staging().join("Info.plist"), &bytes)?;
 
         events.step("starting the backup service");
-        let mut host = Host::open(&mut session, mux, Area::Staging(&dir), events)?;
+        let mut host = Host::open(&mut session, Area::Staging(&dir), events)?;
         host.events.step(if full {
             "receiving a full backup"
         } else {
             "receiving an incremental backup"
         });
         let last =
-            host.converse_when_free(&mut session, mux, &Mb2Request::backup(&device.udid, full))?;
+            host.converse_when_free(&mut session, &Mb2Request::backup(&device.udid, full))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
         if code != error_code::SUCCESS {
             let description = last.str_of("ErrorDescription").unwrap_or("").to_string();
@@ -863,7 +861,7 @@ pub fn run(
         })
     })();
     // Best effort: after a lost connection there is no device to tell.
-    if let Err(e) = lock.release(&mut session, mux) {
+    if let Err(e) = lock.release(&mut session) {
         log::info!("sync lock not released: {e}");
     }
     // A first backup has no earlier one to keep intact: said so.

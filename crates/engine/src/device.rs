@@ -80,11 +80,13 @@ pub fn choose(mux: &dyn Transport, udid: Option<&str>, network: bool) -> Result<
     }
 }
 
-/// A device with a trusted lockdownd session.
-pub struct Session {
+/// A device with a trusted lockdownd session, over the transport that
+/// reaches it: services are started and connected to through the session.
+pub struct Session<'t> {
     pub device: DeviceRecord,
     pub pair: PairRecord,
     pub lockdown: LockdownClient,
+    transport: &'t dyn Transport,
 }
 
 /// Pair with the device: make a pair record, ask for trust until the user
@@ -134,12 +136,12 @@ pub fn pair(
 
 /// Connect to lockdownd and open a trusted session, pairing first if this
 /// host has no pair record for the device or the device forgot it.
-pub fn open(
-    mux: &dyn Transport,
+pub fn open<'t>(
+    mux: &'t dyn Transport,
     device: &DeviceRecord,
     trust_wait: Duration,
     on_wait: &mut dyn FnMut(),
-) -> Result<Session> {
+) -> Result<Session<'t>> {
     let connect = || -> Result<LockdownClient> {
         let mut l = LockdownClient::new(mux.connect(device.device_id, LOCKDOWN_PORT)?, "ibackup");
         let ty = l.query_type()?;
@@ -163,6 +165,7 @@ pub fn open(
                     device: device.clone(),
                     pair: rec,
                     lockdown,
+                    transport: mux,
                 })
             }
             Err(e) if attempt == 0 && is_lockdown_error(&e, LockdownError::InvalidHostId) => {
@@ -178,7 +181,7 @@ pub fn open(
 
 /// Open a session with the pairing usbmuxd already has, without pairing:
 /// `Ok` means the device still trusts this host.
-pub fn validate(mux: &dyn Transport, device: &DeviceRecord) -> Result<Session> {
+pub fn validate<'t>(mux: &'t dyn Transport, device: &DeviceRecord) -> Result<Session<'t>> {
     let rec = mux
         .read_pair_record(&device.udid)?
         .ok_or(EngineError::NotTrusted)?;
@@ -189,6 +192,7 @@ pub fn validate(mux: &dyn Transport, device: &DeviceRecord) -> Result<Session> {
             device: device.clone(),
             pair: rec,
             lockdown,
+            transport: mux,
         }),
         Err(e) if is_lockdown_error(&e, LockdownError::InvalidHostId) => {
             Err(EngineError::NotTrusted)
@@ -214,7 +218,12 @@ pub fn unpair(mux: &dyn Transport, device: &DeviceRecord) -> Result<()> {
     Ok(())
 }
 
-impl Session {
+impl Session<'_> {
+    /// The transport the session runs over.
+    pub fn transport(&self) -> &dyn Transport {
+        self.transport
+    }
+
     /// All lockdownd values, for Info.plist and `ibackup info`.
     pub fn values(&mut self) -> Result<Dictionary> {
         match self.lockdown.get_value(None, None)? {
@@ -235,10 +244,10 @@ impl Session {
     }
 
     /// Start a service and connect to it.
-    pub fn service(&mut self, mux: &dyn Transport, name: &str) -> Result<Box<dyn Stream>> {
+    pub fn service(&mut self, name: &str) -> Result<Box<dyn Stream>> {
         let escrow = self.pair.escrow_bag.clone();
         let info = self.lockdown.start_service(name, escrow)?;
-        let stream = mux.connect(self.device.device_id, info.port)?;
+        let stream = self.transport.connect(self.device.device_id, info.port)?;
         if info.ssl {
             let key =
                 self.pair.host_private_key.as_deref().ok_or_else(|| {
@@ -252,7 +261,7 @@ impl Session {
 }
 
 /// Is backup encryption on for this device (`WillEncrypt`)?
-pub fn will_encrypt(session: &mut Session) -> Result<bool> {
+pub fn will_encrypt(session: &mut Session<'_>) -> Result<bool> {
     Ok(session
         .domain("com.apple.mobile.backup")?
         .bool_of("WillEncrypt")

@@ -378,7 +378,7 @@ pub fn run(
         }
     }
     events.step("taking the sync lock");
-    let lock = crate::sync::SyncLock::acquire(&mut session, mux)?;
+    let lock = crate::sync::SyncLock::acquire(&mut session)?;
     let area = Area::ReadOnly {
         udid: source.clone(),
         root: plan.backup.path.clone(),
@@ -386,15 +386,14 @@ pub fn run(
     };
     let result = (|| -> Result<()> {
         events.step("starting the restore service");
-        let mut host = Host::open(&mut session, mux, area, events)?;
+        let mut host = Host::open(&mut session, area, events)?;
         host.events
             .step(if opts.selection.is_all() && plan.partial.is_none() {
                 "sending the whole backup"
             } else {
                 "sending the chosen files"
             });
-        let last =
-            host.converse_when_free(&mut session, mux, &request(&target.udid, &plan, opts))?;
+        let last = host.converse_when_free(&mut session, &request(&target.udid, &plan, opts))?;
         let code = last.u64_of("ErrorCode").unwrap_or(0);
         if code != error_code::SUCCESS {
             let description = last.str_of("ErrorDescription").unwrap_or("").to_string();
@@ -403,7 +402,7 @@ pub fn run(
         host.disconnect();
         Ok(())
     })();
-    if let Err(e) = lock.release(&mut session, mux) {
+    if let Err(e) = lock.release(&mut session) {
         log::info!("sync lock not released: {e}");
     }
     result?;
@@ -483,10 +482,9 @@ pub fn change_password(
     events.step(
         "asking the device to change its backup password (enter the passcode on the device if it asks)",
     );
-    let mut host = Host::open(&mut session, mux, area, events)?;
+    let mut host = Host::open(&mut session, area, events)?;
     let last = host.converse_when_free(
         &mut session,
-        mux,
         &Mb2Request {
             name: "ChangePassword".into(),
             target: Some(target.udid.clone()),

@@ -10,7 +10,7 @@ use ibackup_proto::afc::{self, mode, op, status, AfcPacket};
 use ibackup_proto::frame;
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::services::{self, NpMessage};
-use ibackup_transport::{Stream, Transport};
+use ibackup_transport::Stream;
 use plist::{Dictionary, Value};
 
 use crate::device::Session;
@@ -25,8 +25,8 @@ const LOCK_EX: u64 = 2 | 4;
 const LOCK_UN: u64 = 8 | 4;
 
 /// Post one notification through notification_proxy.
-pub fn post(session: &mut Session, mux: &dyn Transport, name: &str) -> Result<()> {
-    let mut np = session.service(mux, services::NOTIFICATION_PROXY)?;
+pub fn post(session: &mut Session<'_>, name: &str) -> Result<()> {
+    let mut np = session.service(services::NOTIFICATION_PROXY)?;
     frame::write_xml(&mut np, &NpMessage::Post(name.into()).encode())?;
     frame::write_xml(&mut np, &NpMessage::Shutdown.encode())?;
     // The device answers ProxyDeath; the notification is already out either way.
@@ -71,9 +71,9 @@ impl SyncLock {
     }
 
     /// Take the lock, waiting while another host holds it.
-    pub fn acquire(session: &mut Session, mux: &dyn Transport) -> Result<SyncLock> {
-        post(session, mux, WILL_START)?;
-        let afc = session.service(mux, afc::SERVICE_NAME)?;
+    pub fn acquire(session: &mut Session<'_>) -> Result<SyncLock> {
+        post(session, WILL_START)?;
+        let afc = session.service(afc::SERVICE_NAME)?;
         let mut lock = SyncLock {
             afc,
             handle: 0,
@@ -92,14 +92,14 @@ impl SyncLock {
                 )))
             }
         };
-        post(session, mux, LOCK_REQUEST)?;
+        post(session, LOCK_REQUEST)?;
         for _ in 0..50 {
             let mut a = lock.handle.to_le_bytes().to_vec();
             a.extend_from_slice(&LOCK_EX.to_le_bytes());
             let r = lock.call(op::FILE_LOCK, a)?;
             match r.arg_u64(0) {
                 Some(status::SUCCESS) => {
-                    post(session, mux, DID_START)?;
+                    post(session, DID_START)?;
                     return Ok(lock);
                 }
                 Some(status::OP_WOULD_BLOCK) => std::thread::sleep(Duration::from_millis(200)),
@@ -160,19 +160,19 @@ impl SyncLock {
     }
 
     /// Release the lock and tell the device the sync is over.
-    pub fn release(mut self, session: &mut Session, mux: &dyn Transport) -> Result<()> {
+    pub fn release(mut self, session: &mut Session<'_>) -> Result<()> {
         let mut a = self.handle.to_le_bytes().to_vec();
         a.extend_from_slice(&LOCK_UN.to_le_bytes());
         self.call(op::FILE_LOCK, a)?;
         self.call(op::FILE_CLOSE, self.handle.to_le_bytes().to_vec())?;
-        post(session, mux, DID_FINISH)
+        post(session, DID_FINISH)
     }
 }
 
 /// The user's apps as Info.plist records them: bundle IDs, and for each the
 /// SINF and iTunes metadata a restore uses to reinstall it.
-pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Value>, Dictionary)> {
-    let mut ip = session.service(mux, services::INSTALLATION_PROXY)?;
+pub fn user_apps(session: &mut Session<'_>) -> Result<(Vec<Value>, Dictionary)> {
+    let mut ip = session.service(services::INSTALLATION_PROXY)?;
     frame::write_xml(&mut ip, &Value::Dictionary(services::browse_user_apps()))?;
     let (mut ids, mut apps) = (Vec::new(), Dictionary::new());
     loop {
@@ -203,7 +203,7 @@ pub fn user_apps(session: &mut Session, mux: &dyn Transport) -> Result<(Vec<Valu
     }
     // Each app's icon, for Finder's restore screen (springboardservices).
     if !apps.is_empty() {
-        match session.service(mux, services::SPRINGBOARD) {
+        match session.service(services::SPRINGBOARD) {
             Ok(mut sb) => {
                 for (id, entry) in apps.iter_mut() {
                     frame::write_binary(&mut sb, &Value::Dictionary(services::icon_request(id)))?;

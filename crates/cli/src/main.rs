@@ -61,6 +61,7 @@ mod data;
 mod exit;
 mod history;
 mod passwords;
+mod shell;
 mod stop;
 mod watch;
 
@@ -160,7 +161,9 @@ impl Cmd {
             | Cmd::Verify { .. }
             | Cmd::Snapshots { .. }
             | Cmd::Checkout { .. }
-            | Cmd::Prune { .. } => None,
+            | Cmd::Prune { .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man { .. } => None,
         }
     }
 }
@@ -428,6 +431,17 @@ enum Cmd {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Print the completion script for a shell (e.g. `ibackup completions
+    /// bash > ~/.local/share/bash-completion/completions/ibackup`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ibackup.1, ibackup-full.1, ...) to DIR.
+    Man {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -1127,6 +1141,23 @@ fn repair(dir: &Path) {
 
 fn run(cli: &Cli) -> Result<(), EngineError> {
     match &cli.cmd {
+        Cmd::Completions { shell } => {
+            shell::completions(*shell);
+            return Ok(());
+        }
+        Cmd::Man { dir } => {
+            let written = shell::man_pages(dir).map_err(|source| EngineError::Output {
+                path: dir.clone(),
+                source,
+            })?;
+            if !cli.quiet {
+                println!("{} man pages in {}", written.len(), dir.display());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    match &cli.cmd {
         Cmd::Verify { dir, .. }
         | Cmd::Ls { dir, .. }
         | Cmd::Extract { dir, .. }
@@ -1310,7 +1341,9 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         | Cmd::Extract { .. }
         | Cmd::Snapshots { .. }
         | Cmd::Checkout { .. }
-        | Cmd::Prune { .. } => {
+        | Cmd::Prune { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Man { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -1375,6 +1408,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
         .format_timestamp_millis()
         .init();
+    // `ibackup help exit-codes`: a topic, not a command, beside clap's own
+    // `help COMMAND`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["help", "exit-codes"] {
+        print!("{}", shell::exit_codes());
+        return ExitCode::SUCCESS;
+    }
     let mut cli = Cli::parse();
     if let Some(after) = cli.cmd.device_flags().cloned() {
         cli.dev = std::mem::take(&mut cli.dev).merged(&after);

@@ -72,6 +72,8 @@ fn talks_to_a_device(cmd: &Cmd) -> bool {
             | Cmd::Snapshots { .. }
             | Cmd::Checkout { .. }
             | Cmd::Prune { .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man { .. }
     )
 }
 

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ibackup_proto::usbmux::{MuxEvent, SocketAddress};
-use ibackup_transport::MuxClient;
+use ibackup_transport::{DeviceEvents, MuxClient};
 
 #[test]
 fn populate_then_serve_lists_the_device_and_reports_an_unplug() {

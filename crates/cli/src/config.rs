@@ -19,6 +19,8 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
+    /// `--log-format`: text or json.
+    pub log_format: Option<crate::LogFormat>,
     /// `watch --every`, e.g. "24h".
     pub every: Option<String>,
     /// `--wait-for-device`, e.g. "10m".

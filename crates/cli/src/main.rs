@@ -86,6 +86,11 @@ struct Cli {
     /// Append a line per run (and per watched backup) to this file.
     #[arg(long, global = true, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// The log file's lines: `text` (a date and a sentence) or `json` (one
+    /// object a line, for log collectors). Default text, or the
+    /// configuration's `log_format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -118,6 +123,13 @@ struct DeviceFlags {
     /// `transport`.
     #[arg(long, value_enum)]
     transport: Option<TransportChoice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -1358,27 +1370,41 @@ fn command_name(cli: &Cli) -> String {
         .to_lowercase()
 }
 
-/// Append a line to the log file, if one is configured. A log that cannot
-/// be written is reported, never fatal.
-pub(crate) fn log_line(cli: &Cli, line: &str) {
+/// Append a line to the log file, if one is configured: `text` after the
+/// date, or with `--log-format json` one object holding the time, `fields`
+/// and `text` as `message`. A log that cannot be written is reported,
+/// never fatal.
+pub(crate) fn log_line(cli: &Cli, text: &str, fields: serde_json::Value) {
     let Some(path) = &cli.log else { return };
-    let text = format!(
-        "{} UTC {line}\n",
-        ibackup_engine::snapshots::format_date(ibackup_engine::snapshots::now())
-    );
+    let now = ibackup_engine::snapshots::now();
+    let line = if cli.log_format == Some(LogFormat::Json) {
+        let mut o = match fields {
+            serde_json::Value::Object(o) => o,
+            _ => serde_json::Map::new(),
+        };
+        // ISO 8601, UTC.
+        let time = ibackup_engine::snapshots::format_date(now).replacen(' ', "T", 1);
+        o.insert("time".into(), format!("{time}Z").into());
+        o.insert("message".into(), text.into());
+        format!("{}\n", serde_json::Value::Object(o))
+    } else {
+        format!(
+            "{} UTC {text}\n",
+            ibackup_engine::snapshots::format_date(now)
+        )
+    };
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.create(true).append(true);
     // The log names devices and folders: the user's alone.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let r = o.open(path).and_then(|mut f| f.write_all(text.as_bytes()));
+    let r = o.open(path).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = r {
         eprintln!("ibackup: cannot write the log {}: {e}", path.display());
     }
 }
 
-/// Log, print (and as JSON when asked) a command's failure; its exit code.
 pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
     let (code, sentence) = exit::describe(e);
     let what = command_name(cli);
@@ -1391,6 +1417,7 @@ pub(crate) fn report_failure(cli: &Cli, e: &EngineError) -> u8 {
     log_line(
         cli,
         &format!("{what} {udid} {how} (exit {code}): {sentence}"),
+        json!({"command": what, "udid": udid, "ok": false, "outcome": how, "exit_code": code, "error": sentence}),
     );
     if cli.json {
         println!(
@@ -1425,6 +1452,7 @@ fn main() -> ExitCode {
         cli.dev.wait_for_device = cli.dev.wait_for_device.take().or(c.wait_for_device.clone());
         cli.dev.stall_timeout = cli.dev.stall_timeout.take().or(c.stall_timeout.clone());
         cli.log = cli.log.take().or(c.log_file.clone());
+        cli.log_format = cli.log_format.or(c.log_format);
         passwords::set_fallback_file(c.password_file.clone());
         let _ = CONFIG.set(c);
     });
@@ -1436,13 +1464,11 @@ fn main() -> ExitCode {
         .map_err(|e| e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)));
     match r {
         Ok(()) => {
+            let (what, udid) = (command_name(cli), cli.udid.as_deref().unwrap_or("-"));
             log_line(
                 cli,
-                &format!(
-                    "{} {} ok",
-                    command_name(cli),
-                    cli.udid.as_deref().unwrap_or("-")
-                ),
+                &format!("{what} {udid} ok"),
+                json!({"command": what, "udid": udid, "ok": true, "exit_code": 0}),
             );
             ExitCode::SUCCESS
         }

@@ -70,7 +70,7 @@ pub fn run(
         } else if !cli.quiet {
             eprintln!("{text}");
         }
-        log_line(cli, &text);
+        log_line(cli, &text, value);
     };
     let mut note = |n: Note| match n {
         Note::Listening => say(
@@ -158,7 +158,7 @@ pub fn run(
     } else if !cli.quiet {
         eprintln!("{text}");
     }
-    log_line(cli, &text);
+    log_line(cli, &text, json!({"event": "stopped"}));
     Ok(())
 }
 

@@ -56,9 +56,9 @@ fn the_man_pages_in_dist_are_those_the_binary_makes() {
     let stale = "dist/man is stale: run `cargo run -p ibackup -- man dist/man` and commit it";
     assert_eq!(made, shipped, "{stale}");
     for name in &made {
-        assert_eq!(
-            std::fs::read(t.path().join(name)).unwrap(),
-            std::fs::read(dist().join("man").join(name)).unwrap(),
+        assert!(
+            std::fs::read(t.path().join(name)).unwrap()
+                == std::fs::read(dist().join("man").join(name)).unwrap(),
             "{name}: {stale}"
         );
     }
@@ -196,4 +196,66 @@ fn the_launchd_plist_is_a_plist_launchd_can_run() {
             "org.ibackup.nightly"
         );
     }
+}
+
+#[test]
+fn json_log_lines_are_one_object_per_run_for_log_collectors() {
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("ibackup.log");
+    let config = t.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_file = {:?}\nlog_format = \"json\"\n",
+            log.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // A run that works and one that fails, both from the configuration.
+    let o = run({
+        let mut c = ibackup();
+        c.arg("--config").arg(&config).args(["completions", "bash"]);
+        c
+    });
+    assert_ok(&o, "completions");
+    let o = run({
+        let mut c = ibackup();
+        c.arg("--config")
+            .arg(&config)
+            .arg("verify")
+            .arg(t.path().join("no-such-backup"));
+        c
+    });
+    assert!(!o.status.success());
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line one JSON object"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(lines[0]["command"], "completions");
+    assert_eq!(lines[1]["ok"], false);
+    assert_eq!(lines[1]["exit_code"], o.status.code().unwrap());
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-backup"));
+    let time = lines[0]["time"].as_str().unwrap();
+    assert!(
+        time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    // The flag overrides the configuration: text again.
+    let o = run({
+        let mut c = ibackup();
+        c.arg("--config")
+            .arg(&config)
+            .args(["--log-format", "text", "completions", "zsh"]);
+        c
+    });
+    assert_ok(&o, "completions zsh");
+    let last = std::fs::read_to_string(&log).unwrap();
+    let last = last.lines().last().unwrap();
+    assert!(last.contains(" UTC completions - ok"), "{last}");
 }

@@ -24,7 +24,28 @@ fn password_for(folder: &Path, pw: &PasswordArgs) -> Result<Option<String>, Engi
     if !encrypted {
         return Ok(None);
     }
-    passwords::current(pw.password_file.as_deref(), "Backup password").map(Some)
+    let udid = udid_of(folder);
+    passwords::current(
+        pw.password_file.as_deref(),
+        "Backup password",
+        udid.as_deref(),
+    )
+    .map(Some)
+}
+
+/// The device a backup folder belongs to (for its password in the
+/// keychain): what its Manifest.plist says, else the folder's name.
+pub(crate) fn udid_of(folder: &Path) -> Option<String> {
+    reader::manifest_plist(folder)
+        .ok()
+        .and_then(|m| {
+            m.get("Lockdown")
+                .and_then(plist::Value::as_dictionary)
+                .and_then(|l| l.get("UniqueDeviceID"))
+                .and_then(plist::Value::as_string)
+                .map(str::to_string)
+        })
+        .or_else(|| folder.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// Open a backup folder, asking for the password only when it is encrypted.
@@ -269,14 +290,20 @@ pub fn encryption(
         }
         _ => {}
     }
-    let current = || passwords::current(pw.password_file.as_deref(), "Current backup password");
+    let current = || {
+        passwords::current(
+            pw.password_file.as_deref(),
+            "Current backup password",
+            Some(&dev.udid),
+        )
+    };
     let change = match action {
         // The password to set: the new-password sources first, then the
         // current-password ones (there is no current password yet).
         EncryptionAction::On => PasswordChange::On {
             new: match passwords::new(new_file) {
                 Ok(p) => p,
-                Err(e) => passwords::given(pw.password_file.as_deref())?.ok_or(e)?,
+                Err(e) => passwords::given(pw.password_file.as_deref(), None)?.ok_or(e)?,
             },
         },
         EncryptionAction::Off => PasswordChange::Off { old: current()? },

@@ -60,6 +60,7 @@ mod config;
 mod data;
 mod exit;
 mod history;
+mod keychain;
 mod passwords;
 mod shell;
 mod stop;
@@ -175,6 +176,7 @@ impl Cmd {
             | Cmd::Checkout { .. }
             | Cmd::Prune { .. }
             | Cmd::Completions { .. }
+            | Cmd::Password { .. }
             | Cmd::Man { .. } => None,
         }
     }
@@ -444,6 +446,13 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Keep a device's backup password in the system keychain (Secret
+    /// Service, macOS Keychain, Windows Credential Manager), or forget it;
+    /// commands that need the password then find it there.
+    Password {
+        #[command(subcommand)]
+        action: PasswordAction,
+    },
     /// Print the completion script for a shell (e.g. `ibackup completions
     /// bash > ~/.local/share/bash-completion/completions/ibackup`).
     Completions {
@@ -511,6 +520,18 @@ enum EncryptionAction {
     Off,
     /// Change the password; needs the current one and a new one.
     Change,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum PasswordAction {
+    /// Save the backup password of the device given with -u (from
+    /// --password-file, IBACKUP_PASSWORD or a prompt).
+    Save {
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
+    /// Forget the device's backup password.
+    Forget,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -631,7 +652,7 @@ fn verify(
     quick: bool,
 ) -> Result<(), EngineError> {
     let backup = backup_folder(cli, dir, snap)?;
-    let pw = passwords::given(password_file)?;
+    let pw = passwords::given(password_file, data::udid_of(&backup).as_deref())?;
     let scratch = ibackup_store::scratch("verify")?;
     let digests = ibackup_engine::snapshots::digests_for(&backup);
     let r = ibackup_store::verify::verify_with(
@@ -936,7 +957,7 @@ fn run_backup(
         password: if selection.is_all() {
             None
         } else {
-            passwords::given(pw_file.as_deref())?
+            passwords::given(pw_file.as_deref(), Some(&dev.udid))?
         },
         selection,
         check_content,
@@ -1142,6 +1163,33 @@ fn iso_date(secs: i64) -> String {
     ibackup_engine::snapshots::format_date(secs).replace(' ', "T") + "Z"
 }
 
+/// `ibackup password save|forget -u UDID`.
+fn password(cli: &Cli, action: &PasswordAction) -> Result<(), EngineError> {
+    let udid = cli.udid.as_deref().ok_or_else(|| {
+        EngineError::Usage("say whose password with -u UDID (`ibackup devices` lists them)".into())
+    })?;
+    match action {
+        PasswordAction::Save { pw } => {
+            let p = passwords::current(pw.password_file.as_deref(), "Backup password", None)?;
+            keychain::save(udid, &p)?;
+            if !cli.quiet {
+                println!("The backup password of {udid} is in the system keychain.");
+            }
+        }
+        PasswordAction::Forget => {
+            let had = keychain::forget(udid)?;
+            if !cli.quiet {
+                if had {
+                    println!("The system keychain no longer holds the backup password of {udid}.");
+                } else {
+                    println!("The system keychain held no backup password of {udid}.");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Before reading `dir` (the backup folder, or one device's in it):
 /// repair what an interrupted run left there.
 fn repair(dir: &Path) {
@@ -1157,6 +1205,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             shell::completions(*shell);
             return Ok(());
         }
+        Cmd::Password { action } => return password(cli, action),
         Cmd::Man { dir } => {
             let written = shell::man_pages(dir).map_err(|source| EngineError::Output {
                 path: dir.clone(),
@@ -1355,6 +1404,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         | Cmd::Checkout { .. }
         | Cmd::Prune { .. }
         | Cmd::Completions { .. }
+        | Cmd::Password { .. }
         | Cmd::Man { .. } => {
             unreachable!("handled before connecting")
         }

@@ -1,5 +1,5 @@
-//! Backup passwords: from a file, an environment variable, or a prompt
-//! without echo. Never from a plain command-line argument (other users see
+//! Backup passwords: from a file, an environment variable, the system
+//! keychain (`ibackup password save`), or a prompt without echo. Never from a plain command-line argument (other users see
 //! those in `ps`), never logged.
 
 use std::io::IsTerminal;
@@ -65,24 +65,25 @@ pub fn set_fallback_file(f: Option<std::path::PathBuf>) {
     let _ = FALLBACK_FILE.set(f);
 }
 
-/// The current backup password, if one was given: the file named, else
-/// IBACKUP_PASSWORD, else the configuration's password file.
-pub fn given(file: Option<&Path>) -> Result<Option<String>, EngineError> {
+/// The current backup password of device `udid`, if one was given: the
+/// file named, else IBACKUP_PASSWORD, else the configuration's password
+/// file, else the one the system keychain keeps for the device.
+pub fn given(file: Option<&Path>, udid: Option<&str>) -> Result<Option<String>, EngineError> {
     if let Some(f) = file {
         return from_file(f).map(Some);
     }
     if let Some(p) = from_env("IBACKUP_PASSWORD") {
         return Ok(Some(p));
     }
-    match FALLBACK_FILE.get().and_then(Option::as_deref) {
-        Some(f) => from_file(f).map(Some),
-        None => Ok(None),
+    if let Some(f) = FALLBACK_FILE.get().and_then(Option::as_deref) {
+        return from_file(f).map(Some);
     }
+    Ok(udid.and_then(crate::keychain::get))
 }
 
 /// The current backup password: given, or asked for on a terminal.
-pub fn current(file: Option<&Path>, what: &str) -> Result<String, EngineError> {
-    if let Some(p) = given(file)? {
+pub fn current(file: Option<&Path>, what: &str, udid: Option<&str>) -> Result<String, EngineError> {
+    if let Some(p) = given(file, udid)? {
         return Ok(p);
     }
     prompt(what)?.ok_or(EngineError::PasswordRequired)

@@ -73,6 +73,7 @@ fn talks_to_a_device(cmd: &Cmd) -> bool {
             | Cmd::Checkout { .. }
             | Cmd::Prune { .. }
             | Cmd::Completions { .. }
+            | Cmd::Password { .. }
             | Cmd::Man { .. }
     )
 }

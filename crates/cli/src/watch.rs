@@ -54,7 +54,7 @@ pub fn run(
         let password = if selection.is_all() {
             None
         } else {
-            passwords::given(file.as_deref()).ok().flatten()
+            passwords::given(file.as_deref(), Some(udid)).ok().flatten()
         };
         Some(Options {
             full: false,

@@ -63,6 +63,7 @@ mod history;
 mod keychain;
 mod passwords;
 mod shell;
+mod simulated;
 mod stop;
 mod watch;
 
@@ -806,14 +807,6 @@ impl Events for Report {
     }
 }
 
-/// The simulated iPhone's folder cannot be made or used.
-fn simulated_unusable(what: &str, dir: &Path, e: ibackup_sim::SimError) -> EngineError {
-    EngineError::Usage(format!(
-        "cannot {what} the simulated iPhone in {} ({e}); set IBACKUP_SIMULATED_DIR to a folder of your own with about 120 MB free",
-        dir.display()
-    ))
-}
-
 fn mux_for(cli: &Cli) -> Result<Box<dyn Transport>, EngineError> {
     let from_env = match std::env::var("IBACKUP_TRANSPORT").ok().as_deref() {
         None | Some("") => None,
@@ -830,7 +823,7 @@ fn mux_for(cli: &Cli) -> Result<Box<dyn Transport>, EngineError> {
         .or(cfg().transport)
         .unwrap_or(TransportChoice::Auto);
     if cli.dev.simulated {
-        return simulated(cli, choice);
+        return simulated::transport(cli, choice == TransportChoice::Usb);
     }
     let usbmuxd = || -> Result<MuxClient, EngineError> {
         let addr = SocketAddress::from_env()
@@ -868,67 +861,6 @@ fn mux_for(cli: &Cli) -> Result<Box<dyn Transport>, EngineError> {
             }
         }
     }
-}
-
-/// The built-in simulated iPhone, reached through a simulated usbmuxd or
-/// (with `--transport usb`) its emulated USB bus.
-fn simulated(cli: &Cli, choice: TransportChoice) -> Result<Box<dyn Transport>, EngineError> {
-    let dir = std::env::var_os("IBACKUP_SIMULATED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ibackup-simulated-iphone"));
-    if !dir.join("device.toml").is_file() {
-        if !cli.quiet && !cli.json {
-            eprintln!(
-                "Making a simulated iPhone in {} (about 120 MB)...",
-                dir.display()
-            );
-        }
-        // Made beside its place and renamed into it when whole: a first
-        // run stopped part way (Ctrl-C, a full /tmp) must not leave a
-        // phone with half its files that every later run then uses.
-        let mut part = dir.clone().into_os_string();
-        part.push(".part");
-        let part = PathBuf::from(part);
-        let _ = std::fs::remove_dir_all(&part);
-        let _ = std::fs::remove_dir_all(&dir);
-        ibackup_sim::populate::populate(&part, ibackup_sim::populate::Profile::Small, 1)
-            .and_then(|_| std::fs::rename(&part, &dir).map_err(Into::into))
-            .map_err(|e| {
-                let _ = std::fs::remove_dir_all(&part);
-                simulated_unusable("make", &dir, e)
-            })?;
-    }
-    // Another user's (a shared /tmp), or a folder gone read-only: said as
-    // such, not as a device's answer.
-    let device =
-        ibackup_sim::Device::open(&dir, 1).map_err(|e| simulated_unusable("use", &dir, e))?;
-    let mux = ibackup_sim::usbmuxd::Mux::new(vec![device])
-        .map_err(|e| EngineError::Protocol(e.to_string()))?;
-    if choice == TransportChoice::Usb {
-        let addr = ibackup_sim::usb::spawn_loopback(mux)
-            .map_err(|e| EngineError::Protocol(e.to_string()))?;
-        // The simulated phone's pair records stay with it, not among the
-        // user's real ones.
-        let records = ibackup_transport::usb::PairStore {
-            shared: None,
-            own: dir.join("host-lockdown"),
-        };
-        return Ok(Box::new(
-            UsbTransport::new(Box::new(
-                ibackup_transport::usb::emulated::EmulatedBus::new(&addr),
-            ))
-            .with_records(records)
-            .with_stall_timeout(cli.stall()?)
-            .with_cancel(stop::cancel()),
-        ));
-    }
-    let addr = ibackup_sim::usbmuxd::spawn_loopback(mux)
-        .map_err(|e| EngineError::Protocol(e.to_string()))?;
-    Ok(Box::new(
-        MuxClient::new(SocketAddress::Tcp(addr))
-            .with_stall_timeout(cli.stall()?)
-            .with_cancel(stop::cancel()),
-    ))
 }
 
 fn run_backup(

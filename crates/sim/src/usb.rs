@@ -248,22 +248,32 @@ impl Bus {
                 break;
             }
         }
-        w.write_all(&Frame::data_header(true, len))?;
+        // Take the bytes out under the lock (whole segments moved, a part
+        // copied), write them after it: a writer blocked on a full socket
+        // must not hold the queue the device's link pushes to.
+        let mut parts: Vec<(Vec<u8>, usize, usize)> = Vec::new();
         let mut left = len;
         while left > 0 {
             let Some((bytes, taken, _)) = st.data.front_mut() else {
                 break;
             };
             let n = (bytes.len() - *taken).min(left);
-            w.write_all(&bytes[*taken..*taken + n])?;
-            *taken += n;
             left -= n;
-            if *taken == bytes.len() {
-                st.data.pop_front();
+            if *taken + n == bytes.len() {
+                let (bytes, taken, _) = st.data.pop_front().expect("front");
+                parts.push((bytes, taken, n));
+            } else {
+                parts.push((bytes[*taken..*taken + n].to_vec(), 0, n));
+                *taken += n;
             }
         }
         if zlp {
             st.data.pop_front();
+        }
+        drop(st);
+        w.write_all(&Frame::data_header(true, len))?;
+        for (bytes, at, n) in &parts {
+            w.write_all(&bytes[*at..*at + *n])?;
         }
         Ok(true)
     }

@@ -537,3 +537,87 @@ fn damaged_streams_are_refused_or_survived_never_a_panic() {
         }
     }
 }
+
+#[test]
+fn what_arrived_before_a_reset_stays_readable_and_nothing_more_is_sent() {
+    let (mut h, id) = connected_host(0);
+    // The device's answer, then at once its RST (it served and hung up).
+    let data = Packet::Tcp {
+        tcp: Tcp {
+            sport: LOCKDOWN,
+            dport: id.local,
+            seq: 1,
+            ack: 1,
+            flags: ACK,
+            window: 0x200,
+        },
+        payload: b"last words".to_vec(),
+    };
+    let rst = Packet::Tcp {
+        tcp: Tcp {
+            sport: LOCKDOWN,
+            dport: id.local,
+            seq: 11,
+            ack: 1,
+            flags: RST,
+            window: 0,
+        },
+        payload: vec![],
+    };
+    let long = |n| HeaderKind::Long {
+        tx_seq: n,
+        rx_seq: 1,
+    };
+    let mut both = data.encode(long(1));
+    both.extend(rst.encode(long(2)));
+    h.handle_input(&both).unwrap();
+    let ev = events(&mut h);
+    assert!(
+        matches!(&ev[..], [Event::Readable(a), Event::Closed(b, _)] if *a == id && *b == id),
+        "{ev:?}"
+    );
+    // Gone from the open connections, but its bytes are still there.
+    assert!(h.connections().is_empty());
+    let mut buf = [0u8; 64];
+    assert_eq!(h.recv(id, &mut buf).unwrap(), 10);
+    assert_eq!(&buf[..10], b"last words");
+    assert_eq!(h.recv(id, &mut buf).unwrap(), 0);
+    // Nothing may be sent on it, and closing it sends no RST back.
+    sent(&mut h);
+    assert!(h.send(id, b"more").is_err());
+    h.close(id);
+    assert!(sent(&mut h).is_empty(), "no RST answers a RST");
+    assert!(h.recv(id, &mut buf).is_err(), "closed here: forgotten");
+    // Segments for it afterwards get the anonymous RST of an unknown port.
+    h.handle_input(&data.encode(long(3))).unwrap();
+    let out = sent(&mut h);
+    assert_eq!(out.len(), 1);
+    let (_, p) = Packet::decode(&out[0], true).unwrap();
+    assert!(matches!(p, Packet::Tcp { tcp, .. } if tcp.flags == RST));
+}
+
+#[test]
+fn a_segment_is_encoded_from_parts_as_the_whole_packet_would_be() {
+    let t = Tcp {
+        sport: 3,
+        dport: LOCKDOWN,
+        seq: 77,
+        ack: 5,
+        flags: ACK,
+        window: 0x1000,
+    };
+    let kind = HeaderKind::Long {
+        tx_seq: 9,
+        rx_seq: 4,
+    };
+    let whole = Packet::Tcp {
+        tcp: t,
+        payload: b"hello world".to_vec(),
+    }
+    .encode(kind);
+    assert_eq!(
+        Packet::encode_tcp(kind, &t, &[b"hello", b" ", b"world"]),
+        whole
+    );
+    assert_eq!(Packet::encode_tcp(kind, &t, &[b"hello world", b""]), whole);
+}

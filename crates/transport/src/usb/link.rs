@@ -471,6 +471,16 @@ mod tests {
         (host, device)
     }
 
+    /// A connection to lockdownd's port over a fresh pair: the host's
+    /// stream and the device's (kept, so the device does not reset it).
+    fn connected(host: &Arc<Link>, device: &Arc<Link>, cancel: &Cancel) -> (MuxStream, MuxStream) {
+        device.with_mux(|m| m.listen(62078));
+        let d2 = device.clone();
+        let server = thread::spawn(move || d2.accept(&Cancel::new()));
+        let c = host.connect(62078, Duration::from_secs(5), cancel).unwrap();
+        (c, server.join().unwrap().unwrap())
+    }
+
     #[test]
     fn a_megabyte_each_way_over_one_connection() {
         let (host, device) = pair();
@@ -510,14 +520,7 @@ mod tests {
             .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert!(e.to_string().contains("1234"), "{e}");
-        device.with_mux(|m| m.listen(62078));
-        let d2 = device.clone();
-        let c2 = cancel.clone();
-        let server = thread::spawn(move || d2.accept(&c2));
-        let mut c = host
-            .connect(62078, Duration::from_secs(5), &cancel)
-            .unwrap();
-        let _kept = server.join().unwrap().unwrap();
+        let (mut c, _kept) = connected(&host, &device, &cancel);
         // Unplugged: a blocked read fails at once, saying so.
         let h2 = host.clone();
         thread::spawn(move || {
@@ -539,15 +542,8 @@ mod tests {
     fn a_stop_ends_a_blocked_read_and_refuses_new_connections() {
         let (host, device) = pair();
         host.wait_ready(Duration::from_secs(5)).unwrap();
-        device.with_mux(|m| m.listen(62078));
         let cancel = Cancel::new();
-        let d2 = device.clone();
-        let c2 = Cancel::new();
-        let server = thread::spawn(move || d2.accept(&c2));
-        let mut c = host
-            .connect(62078, Duration::from_secs(5), &cancel)
-            .unwrap();
-        let _kept = server.join().unwrap().unwrap();
+        let (mut c, _kept) = connected(&host, &device, &cancel);
         let stopper = cancel.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
@@ -568,15 +564,8 @@ mod tests {
     fn a_silent_device_times_a_read_out() {
         let (host, device) = pair();
         host.wait_ready(Duration::from_secs(5)).unwrap();
-        device.with_mux(|m| m.listen(62078));
         let cancel = Cancel::new();
-        let d2 = device.clone();
-        let c2 = Cancel::new();
-        let server = thread::spawn(move || d2.accept(&c2));
-        let mut c = host
-            .connect(62078, Duration::from_secs(5), &cancel)
-            .unwrap();
-        let _kept = server.join().unwrap().unwrap();
+        let (mut c, _kept) = connected(&host, &device, &cancel);
         c.set_timeouts(Some(Duration::from_millis(200)), None);
         let e = c.read(&mut [0u8; 4]).err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);

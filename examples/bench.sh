@@ -10,24 +10,7 @@ work="${BENCH_DIR:-target/bench}"
 # Backups are written here; /dev/shm (RAM) measures the software, not the disk.
 out="${BENCH_OUT:-$work}"
 . examples/bench_common.sh
-[ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
-# One 2 GiB file: end-to-end throughput on large files.
-if [ ! -d "$work/bigfile" ]; then
-  "$sim" populate "$work/bigfile" --profile empty --seed 99 >/dev/null
-  mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
-  head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
-fi
-# The simulated phone's storage is not what is measured: serve copies of the
-# devices from RAM (tmpfs), where neither a cold disk nor the kernel's
-# proactive reclaim of idle page cache (DAMON, on these machines) can slow
-# the device down between runs. BENCH_DEVICES= (empty) serves them in place.
-devs="${BENCH_DEVICES-/dev/shm/ibackup-bench-devices}"
-if [ -n "$devs" ]; then
-  rm -rf "$devs"; mkdir -p "$devs"
-  cp -a "$work/$profile" "$work/bigfile" "$devs/"
-else
-  devs="$work"
-fi
+prepare_devices "$profile"
 serve_sim "$work/sim.log" "$devs/$profile" "$devs/bigfile"
 [ "$devs" = "$work" ] || trap 'stop_sim; rm -rf "$devs"' EXIT
 udid=$(udid_of "$devs/$profile")

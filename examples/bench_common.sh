@@ -54,3 +54,26 @@ measure() {
   local t1=$EPOCHREALTIME
   echo "$name $(python3 -c "print(f'{$t1 - $t0:.3f}')") $(cat "$work/time.txt") $(( $(steal) - s0 ))"
 }
+
+# prepare_devices PROFILE: the PROFILE device and one with a single 2 GiB
+# file (end-to-end throughput on large files) in $work, made once. The
+# simulated phone's storage is not what is measured: $devs is set to copies
+# of both in RAM (tmpfs), where neither a cold disk nor the kernel's
+# proactive reclaim of idle page cache (DAMON, on these machines) can slow
+# the device down between runs. BENCH_DEVICES= (empty) serves them in place.
+prepare_devices() {
+  local profile=$1
+  [ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
+  if [ ! -d "$work/bigfile" ]; then
+    "$sim" populate "$work/bigfile" --profile empty --seed 99 >/dev/null
+    mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
+    head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
+  fi
+  devs="${BENCH_DEVICES-/dev/shm/ibackup-bench-devices}"
+  if [ -n "$devs" ]; then
+    rm -rf "$devs"; mkdir -p "$devs"
+    cp -a "$work/$profile" "$work/bigfile" "$devs/"
+  else
+    devs="$work"
+  fi
+}

@@ -11,19 +11,7 @@ profile="${1:-medium}"; rounds="${2:-3}"
 work="${BENCH_DIR:-target/bench}"
 out="${BENCH_OUT:-$work}"
 . examples/bench_common.sh
-[ -d "$work/$profile" ] || "$sim" populate "$work/$profile" --profile "$profile" --seed 1 >/dev/null
-if [ ! -d "$work/bigfile" ]; then
-  "$sim" populate "$work/bigfile" --profile empty --seed 99 >/dev/null
-  mkdir -p "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE"
-  head -c $((2048 * 1024 * 1024)) /dev/urandom > "$work/bigfile/fs/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.MOV"
-fi
-devs="${BENCH_DEVICES-/dev/shm/ibackup-bench-devices}"
-if [ -n "$devs" ]; then
-  rm -rf "$devs"; mkdir -p "$devs"
-  cp -a "$work/$profile" "$work/bigfile" "$devs/"
-else
-  devs="$work"
-fi
+prepare_devices "$profile"
 usbport=$((20000 + RANDOM % 20000))
 serve_sim "$work/sim.log" --usb-emulated "127.0.0.1:$usbport" "$devs/$profile" "$devs/bigfile"
 [ "$devs" = "$work" ] || trap 'stop_sim; rm -rf "$devs"' EXIT

@@ -333,9 +333,13 @@ impl Device {
     /// Is the cable in? Read from `device.toml` each time, so a test can
     /// pull and plug it while the simulator runs.
     pub fn is_attached(&self) -> bool {
-        DeviceConfig::load(&self.dir)
-            .map(|c| c.attached)
-            .unwrap_or_else(|_| self.cfg().attached)
+        self.config_on_disk().attached
+    }
+
+    /// `device.toml` as it is now (a test changes it while the simulator
+    /// runs), else the last good configuration; nothing is reloaded.
+    pub fn config_on_disk(&self) -> DeviceConfig {
+        DeviceConfig::load(&self.dir).unwrap_or_else(|_| self.cfg())
     }
 
     /// Re-read `device.toml`, as a phone's state (locked, Find My, faults)

@@ -23,7 +23,7 @@ use ibackup_transport::usb::{Link, MuxStream};
 use ibackup_transport::Cancel;
 
 use crate::conn::Conn;
-use crate::device::Device;
+use crate::device::{Device, DeviceConfig};
 use crate::error::Result;
 use crate::usbmuxd::Mux;
 use crate::{lockdownd, services};
@@ -38,8 +38,7 @@ pub fn location(d: &Device) -> u32 {
     0x0010_0000 + d.device_id
 }
 
-fn descriptors(d: &Device) -> DeviceDesc {
-    let c = d.cfg();
+fn descriptors(d: &Device, c: &DeviceConfig) -> DeviceDesc {
     iphone_descriptors(
         location(d),
         &serial_from_udid(&c.udid),
@@ -48,14 +47,14 @@ fn descriptors(d: &Device) -> DeviceDesc {
 }
 
 fn attached(mux: &Mux) -> Vec<DeviceDesc> {
+    // Read once a device per look (watchers look every 200 ms): what is
+    // plugged in and how, as device.toml says now.
     mux.devices
         .iter()
-        .filter(|d| {
-            // device.toml as it is now: a test changes it between runs.
-            d.reload_config();
-            d.is_attached() && d.cfg().connection != "Network"
+        .filter_map(|d| {
+            let c = d.config_on_disk();
+            (c.attached && c.connection != "Network").then(|| descriptors(d, &c))
         })
-        .map(|d| descriptors(d))
         .collect()
 }
 
@@ -101,7 +100,7 @@ fn handle(mut s: TcpStream, mux: &Mux) -> Result<()> {
             };
             // Plugged in afresh: the phone's state as device.toml says now.
             dev.reload_config();
-            let desc = descriptors(&dev);
+            let desc = descriptors(&dev, &dev.cfg());
             let refusal = match dev.cfg().fault_usb_open.as_deref() {
                 Some("permission") => Some((OpenRefusal::Permission, "permission denied")),
                 Some("busy") => Some((

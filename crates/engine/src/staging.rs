@@ -697,8 +697,10 @@ impl BackupDir {
                 p.display()
             )));
         }
-        fs::create_dir_all(p)?;
-        Ok(())
+        make_below(&self.staging(), p).map_err(|e| match self.still_there() {
+            Err(gone) => gone,
+            Ok(()) => e,
+        })
     }
 
     /// Wait until the staging folder holds everything `prepare` started to
@@ -937,6 +939,38 @@ struct Linked {
     other: bool,
 }
 
+/// Make the folder `p` and those between it and `base`, one level at a
+/// time, never `base` or anything above it: when `base` is gone (the
+/// backup disk unmounted between a check and this call) the first level
+/// fails with "not found" instead of `create_dir_all` making the whole path
+/// again on the disk below the mount point.
+fn make_below(base: &Path, p: &Path) -> Result<()> {
+    let Ok(rest) = p.strip_prefix(base) else {
+        return Err(EngineError::Protocol(format!(
+            "refused to make {} outside {}",
+            p.display(),
+            base.display()
+        )));
+    };
+    let mut at = base.to_path_buf();
+    for c in rest.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(EngineError::Protocol(format!(
+                "refused to make {}: not a plain path below {}",
+                p.display(),
+                base.display()
+            )));
+        };
+        at.push(name);
+        match fs::create_dir(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && at.is_dir() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Link every file below the committed backup's folders into `staging`
 /// (the top-level files are done already).
 fn link_folders(committed: &Path, staging: &Path) -> Result<Linked> {
@@ -946,7 +980,7 @@ fn link_folders(committed: &Path, staging: &Path) -> Result<Linked> {
         let ft = e.file_type()?;
         if ft.is_dir() {
             let to = staging.join(e.file_name());
-            fs::create_dir_all(&to)?;
+            make_below(staging, &to)?;
             let (files, other) = link_tree(&e.path(), &to)?;
             if e.file_name().len() == 2 {
                 linked.files += files;
@@ -971,7 +1005,7 @@ fn link_tree(from: &Path, to: &Path) -> Result<(u64, bool)> {
         let name = e.file_name();
         if ft.is_dir() {
             let sub = to.join(&name);
-            fs::create_dir_all(&sub)?;
+            make_below(to, &sub)?;
             link_tree(&e.path(), &sub)?;
             other = true;
         } else if ft.is_file() {
@@ -1359,6 +1393,29 @@ fn not_shared(_: &walkdir::DirEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The disk under the staging folder gone between the check and the
+    /// call: nothing is made at or above it, only below it while it is there.
+    #[test]
+    fn folders_are_made_only_below_a_staging_folder_that_is_there() {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("mnt/backups/.ibackup/staging/U");
+        fs::create_dir_all(&base).unwrap();
+        make_below(&base, &base.join("ab/c/d")).unwrap();
+        assert!(base.join("ab/c/d").is_dir());
+        make_below(&base, &base.join("ab/c")).unwrap();
+        fs::remove_dir_all(root.path().join("mnt/backups")).unwrap();
+        let e = make_below(&base, &base.join("ab/c")).unwrap_err();
+        assert!(
+            matches!(e, EngineError::Io(ref io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e}"
+        );
+        assert!(!root.path().join("mnt/backups").exists());
+        fs::create_dir_all(&base).unwrap();
+        assert!(make_below(&base, &base.join("../elsewhere")).is_err());
+        assert!(make_below(&base, &root.path().join("other")).is_err());
+        assert!(!base.parent().unwrap().join("elsewhere").exists());
+    }
 
     #[test]
     fn what_a_commit_flushes_is_what_this_backup_wrote() {

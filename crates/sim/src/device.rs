@@ -114,6 +114,15 @@ pub struct DeviceConfig {
     /// (hostile-device tests: `../x`, absolute paths).
     #[serde(default)]
     pub fault_hostile_paths: Vec<String>,
+    /// Extra names in every AFC listing of a camera-roll folder
+    /// (`DCIM/100APPLE`): hostile names a client must refuse (`..`,
+    /// `../../x`, `/etc/passwd`, names the host's disk cannot hold).
+    #[serde(default)]
+    pub fault_afc_names: Vec<String>,
+    /// AFC drops the connection once it has served this many bytes of
+    /// file reads (a cable pulled while photos are being copied).
+    #[serde(default)]
+    pub fault_afc_disconnect_after_bytes: Option<u64>,
     /// The USB endpoints' max packet size on the emulated bus (512 USB 2,
     /// 1024 USB 3).
     #[serde(default)]
@@ -199,6 +208,8 @@ impl DeviceConfig {
             fault_refuse_backup: None,
             fault_busy_seconds: None,
             fault_hostile_paths: Vec::new(),
+            fault_afc_names: Vec::new(),
+            fault_afc_disconnect_after_bytes: None,
             usb_max_packet: None,
             fault_usb_open: None,
             fault_usb_control_messages: false,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsx;
 pub mod keys;
 pub mod lockdownd;
+pub mod personal;
 pub mod populate;
 pub mod services;
 pub mod usb;

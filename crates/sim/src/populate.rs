@@ -19,6 +19,7 @@ use rusqlite::{params, Connection};
 
 use crate::device::DeviceConfig;
 use crate::error::{Result, SimError};
+use crate::personal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
@@ -263,12 +264,35 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
                 hdr,
                 size,
             )?;
+            if i % 10 == 3 {
+                // A Live Photo: its movie beside it, under the same name.
+                let size = g.size_around(2_000_000);
+                g.blob(
+                    "CameraRollDomain",
+                    &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.MOV", i + 1),
+                    b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ",
+                    size,
+                )?;
+            }
         } else {
             let hdr = b"\xff\xd8\xff\xe1\x00\x18Exif\x00\x00MM\x00\x2a";
             g.blob(
                 "CameraRollDomain",
                 &format!("Media/DCIM/{folder}APPLE/IMG_{:04}.JPG", i + 1),
                 hdr,
+                size,
+            )?;
+        }
+        if i % 15 == 4 {
+            // Edited on the phone: the original stays, the edit is kept apart.
+            let size = g.size_around(sizes.photo_mean);
+            g.blob(
+                "CameraRollDomain",
+                &format!(
+                    "Media/PhotoData/Mutations/DCIM/{folder}APPLE/IMG_{:04}/Adjustments/FullSizeRender.jpg",
+                    i + 1
+                ),
+                b"\xff\xd8\xff\xe1\x00\x18Exif\x00\x00MM\x00\x2a",
                 size,
             )?;
         }
@@ -301,82 +325,47 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
         Ok(())
     })?;
 
-    // Messages with attachments.
+    // Messages with attachments, contacts, call history and calendar, in
+    // the layouts of the real databases (see personal.rs).
     let n_msgs = sizes.messages;
-    g.sqlite("HomeDomain", "Library/SMS/sms.db", |c, rng| {
-        c.execute_batch(
-            "CREATE TABLE handle (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, service TEXT NOT NULL);
-             CREATE TABLE chat (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL, chat_identifier TEXT, service_name TEXT);
-             CREATE TABLE message (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL, text TEXT, handle_id INTEGER DEFAULT 0, date INTEGER, is_from_me INTEGER DEFAULT 0, cache_has_attachments INTEGER DEFAULT 0);
-             CREATE TABLE attachment (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, guid TEXT UNIQUE NOT NULL, filename TEXT, mime_type TEXT, total_bytes INTEGER);
-             CREATE TABLE message_attachment_join (message_id INTEGER, attachment_id INTEGER);
-             CREATE TABLE chat_message_join (chat_id INTEGER, message_id INTEGER);",
-        )?;
-        for h in 0..20 {
-            c.execute("INSERT INTO handle (id, service) VALUES (?1, ?2)", params![format!("+1555010{:04}", h), if h % 3 == 0 { "SMS" } else { "iMessage" }])?;
-            c.execute("INSERT INTO chat (guid, chat_identifier, service_name) VALUES (?1, ?2, 'iMessage')", params![format!("iMessage;-;+1555010{:04}", h), format!("+1555010{:04}", h)])?;
-        }
-        for m in 0..n_msgs {
-            let h = rng.gen_range(1..=20i64);
-            let words = rng.gen_range(1..12);
-            c.execute("INSERT INTO message (guid, text, handle_id, date, is_from_me, cache_has_attachments) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![format!("{:08X}-SIM-MSG-{m:08}", rng.next_u32()), phrase(rng, words), h, 700_000_000_000_000_000i64 + m as i64 * 1_000_000_000, rng.gen_bool(0.5) as i64, (m % 50 == 0) as i64])?;
-            c.execute("INSERT INTO chat_message_join VALUES (?1, ?2)", params![h, m as i64 + 1])?;
-        }
-        Ok(())
-    })?;
-    for a in 0..(n_msgs / 50) {
-        let size = g.size_around(400_000);
-        let guid = format!("{:08X}-{:04X}-SIM", g.rng.next_u32(), a);
-        g.blob(
-            "MediaDomain",
-            &format!(
+    let attachments: Vec<personal::Attachment> = (0..(n_msgs / 50))
+        .map(|a| {
+            let guid = format!("{:08X}-{:04X}-SIM", g.rng.next_u32(), a);
+            let path = format!(
                 "Library/SMS/Attachments/{:02x}/{:02}/{guid}/IMG_{:04}.jpeg",
                 a % 256,
                 a % 16,
                 7000 + a
-            ),
-            b"\xff\xd8\xff\xe0\x00\x10JFIF",
-            size,
-        )?;
+            );
+            let size = g.size_around(400_000);
+            personal::Attachment { guid, path, size }
+        })
+        .collect();
+    g.sqlite("HomeDomain", "Library/SMS/sms.db", |c, rng| {
+        personal::sms(c, rng, n_msgs, &attachments, phrase)
+    })?;
+    for a in &attachments {
+        g.blob("MediaDomain", &a.path, b"\xff\xd8\xff\xe0\x00\x10JFIF", a.size)?;
     }
-
-    // Contacts, call history, calendar, notes, Safari.
-    let n_contacts = sizes.contacts;
+    let people: Vec<personal::Contact> = (0..sizes.contacts)
+        .map(|_| personal::Contact {
+            first: FIRST[g.rng.gen_range(0..FIRST.len())].to_string(),
+            last: LAST[g.rng.gen_range(0..LAST.len())].to_string(),
+        })
+        .collect();
     g.sqlite("HomeDomain", "Library/AddressBook/AddressBook.sqlitedb", |c, rng| {
-        c.execute_batch("CREATE TABLE ABPerson (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, First TEXT, Last TEXT, Organization TEXT, Note TEXT);
-                         CREATE TABLE ABMultiValue (UID INTEGER PRIMARY KEY, record_id INTEGER, property INTEGER, label INTEGER, value TEXT);")?;
-        for p in 0..n_contacts {
-            let first = FIRST[rng.gen_range(0..FIRST.len())];
-            let last = LAST[rng.gen_range(0..LAST.len())];
-            c.execute("INSERT INTO ABPerson (First, Last, Organization) VALUES (?1, ?2, ?3)", params![first, last, if p % 7 == 0 { Some("Acme GmbH") } else { None }])?;
-            c.execute("INSERT INTO ABMultiValue (record_id, property, label, value) VALUES (?1, 3, 1, ?2)", params![p as i64 + 1, format!("+1 555 01{:05}", rng.gen_range(0..99999))])?;
-        }
-        Ok(())
+        personal::address_book(c, rng, &people)
     })?;
     g.sqlite(
         "HomeDomain",
         "Library/AddressBook/AddressBookImages.sqlitedb",
-        |c, _| {
-            c.execute_batch(
-                "CREATE TABLE ABThumbnailImage (record_id INTEGER, format INTEGER, data BLOB);",
-            )
-        },
+        |c, rng| personal::address_book_images(c, rng, people.len()),
     )?;
     g.sqlite("HomeDomain", "Library/CallHistoryDB/CallHistory.storedata", |c, rng| {
-        c.execute_batch("CREATE TABLE ZCALLRECORD (Z_PK INTEGER PRIMARY KEY, ZADDRESS TEXT, ZDATE REAL, ZDURATION REAL, ZORIGINATED INTEGER, ZANSWERED INTEGER);")?;
-        for i in 0..(n_contacts / 2 + 10) {
-            c.execute("INSERT INTO ZCALLRECORD VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![i as i64 + 1, format!("+1555010{:04}", rng.gen_range(0..20)), 700_000_000.0 + i as f64 * 3600.0, rng.gen_range(0.0..900.0), rng.gen_bool(0.5) as i64, rng.gen_bool(0.8) as i64])?;
-        }
-        Ok(())
+        personal::call_history(c, rng, sizes.contacts / 2 + 10)
     })?;
     g.sqlite("HomeDomain", "Library/Calendar/Calendar.sqlitedb", |c, rng| {
-        c.execute_batch("CREATE TABLE CalendarItem (ROWID INTEGER PRIMARY KEY, summary TEXT, start_date REAL, end_date REAL);")?;
-        for i in 0..40 {
-            let s = 700_000_000.0 + rng.gen_range(0.0..30_000_000.0);
-            c.execute("INSERT INTO CalendarItem VALUES (?1, ?2, ?3, ?4)", params![i + 1, phrase(rng, 3), s, s + 3600.0])?;
-        }
-        Ok(())
+        personal::calendar(c, rng, 40, phrase)
     })?;
     g.sqlite("AppDomainGroup-group.com.apple.notes", "NoteStore.sqlite", |c, rng| {
         c.execute_batch("CREATE TABLE ZICNOTEDATA (Z_PK INTEGER PRIMARY KEY, ZDATA BLOB); CREATE TABLE ZICCLOUDSYNCINGOBJECT (Z_PK INTEGER PRIMARY KEY, ZTITLE1 TEXT, ZNOTEDATA INTEGER);")?;

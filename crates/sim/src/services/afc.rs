@@ -15,10 +15,45 @@ use crate::conn::Conn;
 use crate::device::Device;
 use crate::error::Result;
 
+/// The folders of /var/mobile/Media a real phone keeps its camera roll
+/// in; the simulator keeps them with the rest of CameraRollDomain, so AFC
+/// and backups serve the same files.
+const CAMERA_ROLL: [&str; 2] = ["DCIM", "PhotoData"];
+
 fn resolve(device: &Device, path: &str) -> Option<PathBuf> {
     let rel = path.trim_start_matches('/').trim_end_matches('/');
+    if rel.is_empty() {
+        return Some(device.dir.join("media"));
+    }
     check_relative(rel).ok()?;
+    let top = rel.split('/').next().unwrap_or("");
+    if CAMERA_ROLL.contains(&top) {
+        return Some(device.dir.join("fs/CameraRollDomain/Media").join(rel));
+    }
     Some(device.dir.join("media").join(rel))
+}
+
+/// What READ_DIR lists for `path`: the folder's names, the camera-roll
+/// folders at the top, and the configured hostile names in a DCIM folder.
+fn listing(device: &Device, path: &str, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names = vec![".".to_string(), "..".to_string()];
+    names.extend(
+        fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok()),
+    );
+    let rel = path.trim_start_matches('/').trim_end_matches('/');
+    if rel.is_empty() {
+        for top in CAMERA_ROLL {
+            if device.dir.join("fs/CameraRollDomain/Media").join(top).is_dir() {
+                names.push(top.to_string());
+            }
+        }
+    }
+    if rel.starts_with("DCIM/") && rel.matches('/').count() == 1 {
+        names.extend(device.cfg().fault_afc_names.iter().cloned());
+    }
+    Ok(names)
 }
 
 fn io_status(e: &std::io::Error) -> u64 {
@@ -32,6 +67,8 @@ fn io_status(e: &std::io::Error) -> u64 {
 pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
     let mut files: HashMap<u64, File> = HashMap::new();
     let mut next_handle = 1u64;
+    let mut served = 0u64;
+    let cut = device.cfg().fault_afc_disconnect_after_bytes;
     loop {
         let p = match AfcPacket::read(&mut conn) {
             Ok(p) => p,
@@ -89,15 +126,13 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                     Err(e) => status_of(io_status(&e)),
                 },
             },
-            op::READ_DIR => match p.arg_path(0).and_then(|s| resolve(&device, &s)) {
+            op::READ_DIR => match p
+                .arg_path(0)
+                .and_then(|s| resolve(&device, &s).map(|r| (s, r)))
+            {
                 None => status_of(status::INVALID_ARG),
-                Some(path) => match fs::read_dir(&path) {
-                    Ok(rd) => {
-                        let mut names = vec![".".to_string(), "..".to_string()];
-                        names.extend(
-                            rd.flatten()
-                                .filter_map(|e| e.file_name().into_string().ok()),
-                        );
+                Some((asked, path)) => match listing(&device, &asked, &path) {
+                    Ok(names) => {
                         let mut data = Vec::new();
                         for name in names {
                             data.extend_from_slice(name.as_bytes());
@@ -182,7 +217,12 @@ pub fn serve(mut conn: Box<dyn Conn>, device: Arc<Device>) -> Result<()> {
                     None => status_of(status::INVALID_ARG),
                     Some(f) => {
                         let mut data = Vec::new();
-                        match Read::by_ref(f).take(len).read_to_end(&mut data) {
+                        let read = Read::by_ref(f).take(len).read_to_end(&mut data);
+                        served += data.len() as u64;
+                        if cut.is_some_and(|limit| served > limit) {
+                            return Ok(());
+                        }
+                        match read {
                             Ok(_) => AfcPacket {
                                 packet_num: n,
                                 operation: op::DATA,

@@ -11,7 +11,9 @@ use ibackup_store::reader::{self, Backup};
 use ibackup_transport::Transport;
 use serde_json::json;
 
-use crate::{human_bytes, passwords, Cli, EncryptionAction, Only, PasswordArgs, Report};
+use crate::{
+    human_bytes, passwords, Cli, EncryptionAction, ExportKind, Only, PasswordArgs, Report,
+};
 
 /// The password of the backup in `folder`, asked for only when it is
 /// encrypted. (An unreadable Manifest.plist asks nothing; opening the
@@ -167,6 +169,91 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
+}
+
+/// `ibackup export KIND DIR --to OUT`.
+pub fn export(
+    cli: &Cli,
+    kind: ExportKind,
+    backup: &Path,
+    to: &Path,
+    pw: &PasswordArgs,
+) -> Result<(), EngineError> {
+    use ibackup_export::{ExportError, Kind};
+    let kind = match kind {
+        ExportKind::Messages => Kind::Messages,
+        ExportKind::Contacts => Kind::Contacts,
+        ExportKind::Calendar => Kind::Calendar,
+        ExportKind::Calls => Kind::Calls,
+    };
+    ibackup_store::extract::usable_output(to, backup).map_err(EngineError::from)?;
+    let b = open(backup, pw)?;
+    let done = ibackup_export::export(&b, kind, to).map_err(|e| match e {
+        ExportError::Store(s) => EngineError::from(s),
+        ExportError::Output { path, source } => EngineError::Output { path, source },
+        other @ (ExportError::NotInBackup { .. }
+        | ExportError::UnknownLayout { .. }
+        | ExportError::Unreadable { .. }) => EngineError::NotExportable(other.to_string()),
+    })?;
+    let main = done
+        .files
+        .first()
+        .cloned()
+        .unwrap_or_else(|| to.to_path_buf());
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": true, "kind": kind.name(), "items": done.items,
+                   "conversations": done.conversations, "attachments": done.attachments,
+                   "missing_attachments": done.missing_attachments, "photos": done.photos,
+                   "files": done.files})
+        );
+    } else if !cli.quiet {
+        let what = match kind {
+            Kind::Messages => format!(
+                "{} {} in {} {}, {} {}",
+                done.items,
+                crate::plural(done.items, "message", "messages"),
+                done.conversations,
+                crate::plural(done.conversations, "conversation", "conversations"),
+                done.attachments,
+                crate::plural(done.attachments, "attachment", "attachments"),
+            ),
+            Kind::Contacts => format!(
+                "{} {} ({} with a photo)",
+                done.items,
+                crate::plural(done.items, "contact", "contacts"),
+                done.photos
+            ),
+            Kind::Calendar => format!(
+                "{} {}",
+                done.items,
+                crate::plural(done.items, "event", "events")
+            ),
+            Kind::Calls => format!(
+                "{} {}",
+                done.items,
+                crate::plural(done.items, "call", "calls")
+            ),
+        };
+        println!(
+            "Exported {what} to {}",
+            escaped(&main.display().to_string())
+        );
+        if !done.missing_attachments.is_empty() {
+            println!(
+                "{} {} the messages name {} not in the backup; the pages say so where they were.",
+                done.missing_attachments.len(),
+                crate::plural(
+                    done.missing_attachments.len() as u64,
+                    "attachment",
+                    "attachments"
+                ),
+                crate::plural(done.missing_attachments.len() as u64, "is", "are"),
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn extract(

@@ -172,6 +172,7 @@ impl Cmd {
             | Cmd::Watch { dev, .. } => Some(dev),
             Cmd::Ls { .. }
             | Cmd::Extract { .. }
+            | Cmd::Export { .. }
             | Cmd::Verify { .. }
             | Cmd::Snapshots { .. }
             | Cmd::Checkout { .. }
@@ -369,6 +370,21 @@ enum Cmd {
         #[command(flatten)]
         pw: PasswordArgs,
     },
+    /// Write messages (HTML + JSON), contacts (vCard), the calendar (iCalendar) or calls (CSV) out of a backup.
+    Export {
+        /// What to export.
+        #[arg(value_enum)]
+        kind: ExportKind,
+        /// The backup folder, or one device's backup in it (DIR/<UDID>) (default: `dir` in the configuration).
+        dir: Option<PathBuf>,
+        /// The folder the export goes into (made if needed).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        snap: SnapshotArg,
+        #[command(flatten)]
+        pw: PasswordArgs,
+    },
     /// Restore a backup to a device (-u TARGET): everything, or only --only/--domain.
     Restore {
         /// The backup folder holding the backup to restore (default: `dir` in the configuration).
@@ -465,6 +481,18 @@ enum Cmd {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ExportKind {
+    /// One HTML page per conversation, attachments beside them, and messages.json.
+    Messages,
+    /// contacts.vcf (vCard 3.0), with photos.
+    Contacts,
+    /// calendar.ics (iCalendar).
+    Calendar,
+    /// calls.csv, the call history.
+    Calls,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -1154,6 +1182,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         Cmd::Verify { dir, .. }
         | Cmd::Ls { dir, .. }
         | Cmd::Extract { dir, .. }
+        | Cmd::Export { dir, .. }
         | Cmd::Snapshots { dir }
         | Cmd::Prune { dir, .. }
         | Cmd::Restore { dir, .. } => {
@@ -1201,6 +1230,16 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         } => {
             let dir = dir_or_config(dir)?;
             return data::extract(cli, &backup_folder(cli, &dir, snap)?, to, only, pw);
+        }
+        Cmd::Export {
+            kind,
+            dir,
+            to,
+            snap,
+            pw,
+        } => {
+            let dir = dir_or_config(dir)?;
+            return data::export(cli, *kind, &backup_folder(cli, &dir, snap)?, to, pw);
         }
         Cmd::Snapshots { dir } => {
             let dir = dir_or_config(dir)?;
@@ -1332,6 +1371,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
         Cmd::Verify { .. }
         | Cmd::Ls { .. }
         | Cmd::Extract { .. }
+        | Cmd::Export { .. }
         | Cmd::Snapshots { .. }
         | Cmd::Checkout { .. }
         | Cmd::Prune { .. }

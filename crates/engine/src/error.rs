@@ -88,6 +88,14 @@ pub enum EngineError {
     /// device (or a tool in between) misbehaving is worth an exit code.
     #[error("the device named {refused} paths outside the backup folder")]
     RefusedPaths { refused: u64 },
+    /// `export` cannot read what was asked from this backup: it does not
+    /// hold the database, or holds it in a layout ibackup does not know.
+    #[error("{0}")]
+    NotExportable(String),
+    /// `photos` copied everything else, but the device listed names that
+    /// would lead outside OUT or that no disk can hold; they were skipped.
+    #[error("the device listed {refused} unusable camera-roll names")]
+    RefusedNames { refused: u64, listed: Vec<String> },
     /// Stopped on request (Ctrl-C, a stop signal) before the end; the
     /// text says what that left (see [`stopped`]).
     #[error("interrupted: {0}")]

@@ -44,9 +44,7 @@ pub struct Attachment {
 }
 
 fn properties(c: &Connection, version: &str) -> rusqlite::Result<()> {
-    c.execute_batch(
-        "CREATE TABLE _SqliteDatabaseProperties (key TEXT, value TEXT, UNIQUE(key));",
-    )?;
+    c.execute_batch("CREATE TABLE _SqliteDatabaseProperties (key TEXT, value TEXT, UNIQUE(key));")?;
     c.execute(
         "INSERT INTO _SqliteDatabaseProperties VALUES ('_ClientVersion', ?1)",
         params![version],
@@ -132,7 +130,11 @@ pub fn sms(
         let date = start_ns + m as i64 * 1_800_000_000_000 + rng.gen_range(0..1_000_000_000);
         let attachment = (m % 50 == 0).then(|| &attachments[(m / 50) % attachments.len().max(1)]);
         let attachment = attachment.filter(|_| !attachments.is_empty());
-        let service = if chat < HANDLES && chat % 3 == 0 { "SMS" } else { "iMessage" };
+        let service = if chat < HANDLES && chat % 3 == 0 {
+            "SMS"
+        } else {
+            "iMessage"
+        };
         c.execute(
             "INSERT INTO message (guid, text, handle_id, service, account, account_guid, date, date_read, date_delivered,
                                   is_delivered, is_finished, is_from_me, is_read, is_sent, cache_has_attachments, destination_caller_id, part_count)
@@ -260,14 +262,19 @@ fn ascii(s: &str) -> String {
 }
 
 /// AddressBookImages.sqlitedb: a photo (JPEG bytes) for every fourth contact.
-pub fn address_book_images(c: &Connection, rng: &mut ChaCha8Rng, people: usize) -> rusqlite::Result<()> {
+pub fn address_book_images(
+    c: &Connection,
+    rng: &mut ChaCha8Rng,
+    people: usize,
+) -> rusqlite::Result<()> {
     c.execute_batch(
         "CREATE TABLE ABFullSizeImage (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, record_id INTEGER, crop_x INTEGER, crop_y INTEGER, crop_width INTEGER, crop_height INTEGER, data BLOB, UNIQUE(record_id));
          CREATE TABLE ABThumbnailImage (ROWID INTEGER PRIMARY KEY AUTOINCREMENT, record_id INTEGER, format INTEGER, derived_from_format INTEGER, data BLOB, UNIQUE(record_id, format));",
     )?;
     properties(c, "1600")?;
     for i in (0..people).step_by(4) {
-        let mut data = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00".to_vec();
+        let mut data =
+            b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00".to_vec();
         let mut body = vec![0u8; rng.gen_range(2_000..6_000)];
         rng.fill_bytes(&mut body);
         data.extend_from_slice(&body);
@@ -311,8 +318,16 @@ pub fn calendar(
         } else {
             rng.gen_range(700_000_000i64..730_000_000) as f64
         };
-        let end = if all_day { start + 86_400.0 } else { start + rng.gen_range(1..6) as f64 * 1_800.0 };
-        let tz = if all_day || i % 6 == 0 { "_float" } else { "Europe/Berlin" };
+        let end = if all_day {
+            start + 86_400.0
+        } else {
+            start + rng.gen_range(1..6) as f64 * 1_800.0
+        };
+        let tz = if all_day || i % 6 == 0 {
+            "_float"
+        } else {
+            "Europe/Berlin"
+        };
         let location = if i % 5 == 0 {
             c.execute(
                 "INSERT INTO Location (title, address, latitude, longitude) VALUES (?1, 'Unter den Linden 1, Berlin', 52.517, 13.389)",

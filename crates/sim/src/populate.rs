@@ -345,7 +345,12 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
         personal::sms(c, rng, n_msgs, &attachments, phrase)
     })?;
     for a in &attachments {
-        g.blob("MediaDomain", &a.path, b"\xff\xd8\xff\xe0\x00\x10JFIF", a.size)?;
+        g.blob(
+            "MediaDomain",
+            &a.path,
+            b"\xff\xd8\xff\xe0\x00\x10JFIF",
+            a.size,
+        )?;
     }
     let people: Vec<personal::Contact> = (0..sizes.contacts)
         .map(|_| personal::Contact {
@@ -353,20 +358,26 @@ pub fn populate(dir: &Path, profile: Profile, seed: u64) -> Result<(u64, u64)> {
             last: LAST[g.rng.gen_range(0..LAST.len())].to_string(),
         })
         .collect();
-    g.sqlite("HomeDomain", "Library/AddressBook/AddressBook.sqlitedb", |c, rng| {
-        personal::address_book(c, rng, &people)
-    })?;
+    g.sqlite(
+        "HomeDomain",
+        "Library/AddressBook/AddressBook.sqlitedb",
+        |c, rng| personal::address_book(c, rng, &people),
+    )?;
     g.sqlite(
         "HomeDomain",
         "Library/AddressBook/AddressBookImages.sqlitedb",
         |c, rng| personal::address_book_images(c, rng, people.len()),
     )?;
-    g.sqlite("HomeDomain", "Library/CallHistoryDB/CallHistory.storedata", |c, rng| {
-        personal::call_history(c, rng, sizes.contacts / 2 + 10)
-    })?;
-    g.sqlite("HomeDomain", "Library/Calendar/Calendar.sqlitedb", |c, rng| {
-        personal::calendar(c, rng, 40, phrase)
-    })?;
+    g.sqlite(
+        "HomeDomain",
+        "Library/CallHistoryDB/CallHistory.storedata",
+        |c, rng| personal::call_history(c, rng, sizes.contacts / 2 + 10),
+    )?;
+    g.sqlite(
+        "HomeDomain",
+        "Library/Calendar/Calendar.sqlitedb",
+        |c, rng| personal::calendar(c, rng, 40, phrase),
+    )?;
     g.sqlite("AppDomainGroup-group.com.apple.notes", "NoteStore.sqlite", |c, rng| {
         c.execute_batch("CREATE TABLE ZICNOTEDATA (Z_PK INTEGER PRIMARY KEY, ZDATA BLOB); CREATE TABLE ZICCLOUDSYNCINGOBJECT (Z_PK INTEGER PRIMARY KEY, ZTITLE1 TEXT, ZNOTEDATA INTEGER);")?;
         for i in 0..25 {

@@ -45,7 +45,12 @@ fn listing(device: &Device, path: &str, dir: &std::path::Path) -> std::io::Resul
     let rel = path.trim_start_matches('/').trim_end_matches('/');
     if rel.is_empty() {
         for top in CAMERA_ROLL {
-            if device.dir.join("fs/CameraRollDomain/Media").join(top).is_dir() {
+            if device
+                .dir
+                .join("fs/CameraRollDomain/Media")
+                .join(top)
+                .is_dir()
+            {
                 names.push(top.to_string());
             }
         }

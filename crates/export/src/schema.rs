@@ -91,3 +91,29 @@ pub fn or_null(have: &HashSet<String>, col: &str) -> String {
         "NULL".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layout_without_a_needed_column_is_refused_with_what_is_missing() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE message (ROWID INTEGER PRIMARY KEY, text TEXT);")
+            .unwrap();
+        let l = Layout::read(&c, "sms.db", "iOS 11 to 18").unwrap();
+        l.require(&c, "message", &["ROWID", "text"]).unwrap();
+        let e = l
+            .require(&c, "message", &["text", "date", "is_from_me"])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sms.db is not in a layout ibackup knows (message has no date, is_from_me); it reads iOS 11 to 18"
+        );
+        let e = l.require(&c, "chat", &["ROWID"]).unwrap_err();
+        assert!(e.to_string().contains("(no table chat)"), "{e}");
+        let cols = l.columns(&c, "message").unwrap();
+        assert_eq!(or_null(&cols, "text"), "\"text\"");
+        assert_eq!(or_null(&cols, "attributedBody"), "NULL");
+    }
+}

@@ -92,10 +92,6 @@ pub enum EngineError {
     /// hold the database, or holds it in a layout ibackup does not know.
     #[error("{0}")]
     NotExportable(String),
-    /// `photos` copied everything else, but the device listed names that
-    /// would lead outside OUT or that no disk can hold; they were skipped.
-    #[error("the device listed {refused} unusable camera-roll names")]
-    RefusedNames { refused: u64, listed: Vec<String> },
     /// Stopped on request (Ctrl-C, a stop signal) before the end; the
     /// text says what that left (see [`stopped`]).
     #[error("interrupted: {0}")]

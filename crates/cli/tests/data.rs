@@ -1062,8 +1062,7 @@ fn count(db: &Path, sql: &str) -> i64 {
 
 /// `export` gives every message of every conversation, every contact,
 /// event and call of the phone, in files other programs read: the .vcf
-/// and .ics by Python's vobject, the backup's messages by
-/// imessage-exporter (which must agree with ours); an encrypted backup
+/// and .ics by Python's vobject; an encrypted backup
 /// exports the same with its password; a backup without messages and a
 /// wrong password each get a sentence and write nothing.
 #[test]
@@ -1173,32 +1172,6 @@ print(len(cal.vevent_list))\n";
             "contacts, with photos"
         );
         assert_eq!(lines[1], events.to_string(), "events");
-    }
-
-    // imessage-exporter reads the same backup: as many messages, the same texts.
-    if let Some(ie) = referee("imessage-exporter") {
-        let theirs = host.path("imessage-exporter");
-        let o = run({
-            let mut c = Command::new(&ie.0);
-            c.args(["-f", "txt", "-a", "iOS", "-p"])
-                .arg(dir.join(a))
-                .arg("-o")
-                .arg(&theirs);
-            c
-        });
-        assert_ok(&o, "imessage-exporter");
-        let mut all = String::new();
-        for e in std::fs::read_dir(&theirs).unwrap().flatten() {
-            all += &std::fs::read_to_string(e.path()).unwrap_or_default();
-        }
-        for texts in want.values() {
-            for t in texts {
-                assert!(all.contains(t.as_str()), "imessage-exporter lacks {t:?}");
-            }
-        }
-        let total: usize = want.values().map(Vec::len).sum();
-        let blocks = all.split("\n\n").filter(|b| !b.trim().is_empty()).count();
-        assert_eq!(blocks, total, "imessage-exporter's messages");
     }
 
     // The same from an encrypted backup, with its password; a wrong one writes nothing.

@@ -244,6 +244,9 @@ fn title(chat: Option<&Chat>, members: &[String], names: &contacts::Names) -> St
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A message's attachments: paths below OUT, and names the backup lacks.
+type Attached = (Vec<String>, Vec<String>);
+
 /// Copy each message's attachments into OUT/attachments; message ROWID →
 /// the paths below OUT, and the names of those the backup lacks.
 fn attachments(
@@ -252,8 +255,8 @@ fn attachments(
     layout: &Layout,
     out: &Path,
     done: &mut Exported,
-) -> Result<HashMap<i64, (Vec<String>, Vec<String>)>> {
-    let mut map: HashMap<i64, (Vec<String>, Vec<String>)> = HashMap::new();
+) -> Result<HashMap<i64, Attached>> {
+    let mut map: HashMap<i64, Attached> = HashMap::new();
     let cols = layout.columns(c, "attachment")?;
     if !layout.has_table("message_attachment_join") || !cols.contains("filename") {
         return Ok(map);

@@ -220,7 +220,7 @@ pub enum Node {
     Link(String),
 }
 
-fn sha1_file(p: &Path) -> String {
+pub fn sha1_file(p: &Path) -> String {
     let mut h = Sha1::new();
     let mut f = std::fs::File::open(p).expect("open");
     std::io::copy(&mut f, &mut h).expect("read");

@@ -38,6 +38,7 @@ pub fn describe(e: &EngineError) -> (u8, String) {
         WrongPassword => (13, "Wrong backup password; nothing was written. A forgotten password cannot be recovered: on the device, Settings > General > Transfer or Reset iPhone > Reset > Reset All Settings removes it, and later backups use a new one.".into()),
         RefusedPaths { refused } => (17, format!("The backup is complete and whole, but the device asked to write {refused} {} outside its backup folder, which ibackup refused (nothing was written there). A device should never do this: if it repeats, report it with RUST_LOG=debug output.", if *refused == 1 { "path" } else { "paths" })),
         NotExportable(why) => (18, format!("Nothing was exported: {why}.")),
+        RefusedNames { refused, listed } => (17, format!("Every other file was copied, but the device listed {refused} camera-roll {} that would lead outside the folder or are not text ({}); {} skipped and nothing was written for {}. A phone should never do this: if it repeats, report it with RUST_LOG=debug output.", if *refused == 1 { "name" } else { "names" }, listed.join(", "), if *refused == 1 { "it was" } else { "they were" }, if *refused == 1 { "it" } else { "them" })),
         Interrupted(left) => (130, format!("Interrupted by Ctrl-C or a stop signal before the end: {left}.")),
         Protocol(why) => (1, format!("Unexpected answer from the device: {why}. Run again; if it keeps happening, report it with RUST_LOG=debug output.")),
     }

@@ -169,6 +169,7 @@ impl Cmd {
             | Cmd::Backup { dev, .. }
             | Cmd::Encryption { dev, .. }
             | Cmd::Restore { dev, .. }
+            | Cmd::Photos { dev, .. }
             | Cmd::Watch { dev, .. } => Some(dev),
             Cmd::Ls { .. }
             | Cmd::Extract { .. }
@@ -369,6 +370,16 @@ enum Cmd {
         only: Only,
         #[command(flatten)]
         pw: PasswordArgs,
+    },
+    /// Copy the camera roll (photos, Live Photos, videos, edits) over USB into OUT, without a backup; again copies only what is new.
+    Photos {
+        /// The folder the photos go into (made if needed).
+        out: PathBuf,
+        /// Sort into OUT/YYYY/MM/ by each file's date (UTC) instead of the phone's folders.
+        #[arg(long)]
+        by_month: bool,
+        #[command(flatten)]
+        dev: DeviceFlags,
     },
     /// Write messages (HTML + JSON), contacts (vCard), the calendar (iCalendar) or calls (CSV) out of a backup.
     Export {
@@ -891,6 +902,54 @@ fn mux_for(cli: &Cli) -> Result<Box<dyn Transport>, EngineError> {
     }
 }
 
+/// `ibackup photos OUT`.
+fn photos(cli: &Cli, mux: &dyn Transport, out: &Path, by_month: bool) -> Result<(), EngineError> {
+    let dev = choose(cli, mux)?;
+    let mut report = Report::new(cli.json, cli.quiet);
+    let mut s = device::open(mux, &dev, cli.trust(), &mut || report.waiting_for_trust())?;
+    let started = Instant::now();
+    let r = ibackup_engine::photos::copy(
+        &mut s,
+        out,
+        &ibackup_engine::photos::Options { by_month },
+        &mut report,
+    )
+    .map_err(|e| e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)));
+    report.finish();
+    let done = r?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "ok": done.refused.is_empty(), "files": done.files, "bytes": done.bytes,
+                   "copied": done.copied, "copied_bytes": done.copied_bytes, "already": done.already,
+                   "refused": done.refused, "renamed": done.renamed, "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else if !cli.quiet {
+        for r in &done.renamed {
+            eprintln!("note: renamed for this disk: {r}");
+        }
+        println!(
+            "Copied {} {} ({}) from the camera roll of {} into {}; {} already there. The camera roll has {} {}, {}.",
+            done.copied,
+            plural(done.copied, "file", "files"),
+            human_bytes(done.copied_bytes),
+            dev.udid,
+            out.display(),
+            done.already,
+            done.files,
+            plural(done.files, "file", "files"),
+            human_bytes(done.bytes)
+        );
+    }
+    if !done.refused.is_empty() {
+        return Err(EngineError::RefusedNames {
+            refused: done.refused.len() as u64,
+            listed: done.refused,
+        });
+    }
+    Ok(())
+}
+
 fn run_backup(
     cli: &Cli,
     mux: &dyn Transport,
@@ -1312,6 +1371,7 @@ fn run(cli: &Cli) -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Info { dir, .. } => info(cli, mux, dir.as_deref()),
+        Cmd::Photos { out, by_month, .. } => photos(cli, mux, out, *by_month),
         Cmd::Full { dir, only, pw, .. } => {
             run_backup(cli, mux, &backups_dir(dir)?, true, false, only, pw)
         }

@@ -57,6 +57,7 @@ pub fn left_by(cmd: &Cmd) -> &'static str {
         Cmd::Restore { .. } => stopped::RESTORE,
         Cmd::Encryption { .. } => stopped::ENCRYPTION,
         Cmd::Extract { .. } => stopped::EXTRACT,
+        Cmd::Photos { .. } => stopped::PHOTOS,
         Cmd::Checkout { .. } => stopped::CHECKOUT,
         _ => stopped::OTHER,
     }

@@ -1036,208 +1036,177 @@ fn ctrl_c_during_an_extract_leaves_only_whole_files_and_a_rerun_finishes() {
     assert_eq!(hashes(&out), hashes(&whole), "the rerun finished the job");
 }
 
-/// (chat ROWID, texts in date order) for every chat in a phone's sms.db.
-fn phone_messages(sms: &Path) -> BTreeMap<i64, Vec<String>> {
-    let c = rusqlite::Connection::open(sms).unwrap();
-    let mut s = c
-        .prepare("SELECT j.chat_id, m.text FROM message m JOIN chat_message_join j ON j.message_id = m.ROWID ORDER BY j.chat_id, m.date, m.ROWID")
-        .unwrap();
-    let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for r in s
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-    {
-        let (chat, text) = r.unwrap();
-        out.entry(chat).or_default().push(text);
+/// Every camera-roll file the phone serves over AFC, where `photos` puts
+/// it below OUT (DCIM/<folder>/<name>, edits as IMG_E<n>.<ext>), with its
+/// bytes' hash and modification time (seconds).
+fn camera_roll(device: &Path, by_month: bool) -> BTreeMap<String, (String, u64)> {
+    let media = device.join("fs/CameraRollDomain/Media");
+    let mut out = BTreeMap::new();
+    let time = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let month = |secs: u64| {
+        let o = Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y/%m"])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    for e in walkdir::WalkDir::new(&media).into_iter().flatten() {
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(&media)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (folder, name) = match parts.as_slice() {
+            ["DCIM", f, n] => (f.to_string(), n.to_string()),
+            ["PhotoData", "Mutations", "DCIM", f, stem, "Adjustments", n]
+                if n.starts_with("FullSizeRender.") =>
+            {
+                let ext = n.trim_start_matches("FullSizeRender.");
+                (
+                    f.to_string(),
+                    format!("IMG_E{}.{ext}", stem.trim_start_matches("IMG_")),
+                )
+            }
+            _ => continue,
+        };
+        let t = time(e.path());
+        let at = if by_month {
+            format!("{}/{name}", month(t))
+        } else {
+            format!("{folder}/{name}")
+        };
+        out.insert(at, (sha1_file(e.path()), t));
     }
     out
 }
 
-fn count(db: &Path, sql: &str) -> i64 {
-    rusqlite::Connection::open(db)
-        .unwrap()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap()
+fn copied(out: &Path) -> BTreeMap<String, (String, u64)> {
+    walkdir::WalkDir::new(out)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(out)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let t = std::fs::metadata(e.path())
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            (rel, (sha1_file(e.path()), t))
+        })
+        .collect()
 }
 
-/// `export` gives every message of every conversation, every contact,
-/// event and call of the phone, in files other programs read: the .vcf
-/// and .ics by Python's vobject; an encrypted backup
-/// exports the same with its password; a backup without messages and a
-/// wrong password each get a sentence and write nothing.
-#[test]
-fn exports_hold_everything_the_phone_has_and_other_readers_agree() {
-    let host = SimHost::start(&[(Profile::Small, 211)], |_, _| {});
-    let a = &host.udids[0];
-    let phone = host.devices[0].join("fs/HomeDomain/Library");
-    let dir = host.path("backups");
-    assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
-    let out = host.path("out");
-    let export = |kind: &str, to: &Path, env: &[(&str, &str)]| {
-        ib(&host, &["export", kind, p(&dir), "--to", p(to)], env)
-    };
-
-    // Messages: every conversation, every text in order, every attachment byte for byte.
-    let m = out.join("messages");
-    assert_ok(&export("messages", &m, &[]), "export messages");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(m.join("messages.json")).unwrap()).unwrap();
-    let convs = json["conversations"].as_array().unwrap();
-    let want = phone_messages(&phone.join("SMS/sms.db"));
-    assert_eq!(convs.len(), want.len());
-    let mut attachments = 0;
-    for c in convs {
-        let id = c["id"].as_i64().unwrap();
-        let texts: Vec<String> = c["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["text"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(texts, want[&id], "conversation {id}");
-        assert!(m.join(c["page"].as_str().unwrap()).is_file());
-        for msg in c["messages"].as_array().unwrap() {
-            for f in msg["attachments"].as_array().unwrap() {
-                let name = f.as_str().unwrap();
-                let original = walkdir::WalkDir::new(host.devices[0].join("fs/MediaDomain"))
-                    .into_iter()
-                    .flatten()
-                    .find(|e| name.ends_with(&*e.file_name().to_string_lossy()))
-                    .unwrap();
-                assert_eq!(
-                    std::fs::read(m.join(name)).unwrap(),
-                    std::fs::read(original.path()).unwrap()
-                );
-                attachments += 1;
-            }
-        }
-    }
-    assert!(attachments > 0);
-    let page = std::fs::read_to_string(m.join(convs[0]["page"].as_str().unwrap())).unwrap();
-    assert!(
-        page.contains("<!DOCTYPE html>") && page.contains("<time datetime="),
-        "{page}"
-    );
-    let titles: Vec<&str> = convs.iter().map(|c| c["title"].as_str().unwrap()).collect();
-    assert!(
-        titles.contains(&"Family"),
-        "group chats keep their names: {titles:?}"
-    );
-    let named = convs
-        .iter()
-        .flat_map(|c| c["messages"].as_array().unwrap())
-        .filter(|m| m["sender_name"].is_string())
-        .count();
-    assert!(named > 0, "senders named from the contacts");
-
-    // Contacts, calendar and calls: every one, read back by other readers.
-    let people = count(
-        &phone.join("AddressBook/AddressBook.sqlitedb"),
-        "SELECT COUNT(*) FROM ABPerson",
-    );
-    let events = count(
-        &phone.join("Calendar/Calendar.sqlitedb"),
-        "SELECT COUNT(*) FROM CalendarItem",
-    );
-    let calls = count(
-        &phone.join("CallHistoryDB/CallHistory.storedata"),
-        "SELECT COUNT(*) FROM ZCALLRECORD",
-    );
-    for kind in ["contacts", "calendar", "calls"] {
-        assert_ok(&export(kind, &out.join(kind), &[]), kind);
-    }
-    let csv = std::fs::read_to_string(out.join("calls/calls.csv")).unwrap();
-    assert_eq!(csv.lines().count() as i64, calls + 1, "{csv}");
-    if let Some(py) = python_referee("vobject") {
-        let script = "import sys, vobject\n\
-cards = list(vobject.readComponents(open(sys.argv[1], encoding='utf-8').read()))\n\
-print(len(cards), sum(1 for c in cards if hasattr(c, 'photo')))\n\
-cal = vobject.readOne(open(sys.argv[2], encoding='utf-8').read())\n\
-print(len(cal.vevent_list))\n";
-        let o = run({
-            let mut c = Command::new(&py.0);
-            c.args(["-c", script])
-                .arg(out.join("contacts/contacts.vcf"))
-                .arg(out.join("calendar/calendar.ics"));
-            c
-        });
-        assert_ok(&o, "vobject reads the .vcf and the .ics");
-        let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+fn json_result(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(
+        String::from_utf8_lossy(&o.stdout)
             .lines()
-            .map(str::to_string)
-            .collect();
-        assert_eq!(
-            lines[0],
-            format!("{people} {}", (people + 3) / 4),
-            "contacts, with photos"
-        );
-        assert_eq!(lines[1], events.to_string(), "events");
-    }
+            .last()
+            .unwrap_or("{}"),
+    )
+    .unwrap()
+}
 
-    // The same from an encrypted backup, with its password; a wrong one writes nothing.
-    let enc = host.path("encrypted");
-    let pw = [
-        ("IBACKUP_PASSWORD", "pw 1"),
-        ("IBACKUP_NEW_PASSWORD", "pw 1"),
-    ];
-    assert_ok(
-        &ib(&host, &["-u", a, "encryption", "on"], &pw),
-        "encryption on",
+/// `ibackup photos OUT` copies the camera roll over AFC byte for byte
+/// with its dates (Live Photos' movies and edits included); a second run
+/// copies nothing; a run cut by a pulled cable leaves only whole files and
+/// the next run copies only the rest; `--by-month` sorts by date; names a
+/// hostile phone lists that would lead out of OUT are refused (exit 17)
+/// while everything else is copied.
+#[test]
+fn photos_copies_the_camera_roll_again_only_what_is_new_and_resumes_a_cut_run() {
+    let host = SimHost::start(&[(Profile::Small, 223)], |_, _| {});
+    let a = &host.udids[0];
+    let device = &host.devices[0];
+    let want = camera_roll(device, false);
+    assert!(
+        want.keys().any(|k| k.contains("IMG_E")),
+        "the phone has edits"
     );
-    assert_ok(
-        &ib(&host, &["-u", a, "full", p(&enc)], &pw),
-        "encrypted backup",
-    );
-    let o = ib(
-        &host,
-        &["export", "contacts", p(&enc), "--to", p(&out.join("wrong"))],
-        &[("IBACKUP_PASSWORD", "nope")],
-    );
-    assert_eq!(code(&o), Some(13), "{}", text(&o));
-    assert!(!out.join("wrong/contacts.vcf").exists());
-    let o = ib(
-        &host,
-        &["export", "contacts", p(&enc), "--to", p(&out.join("enc"))],
-        &pw,
-    );
-    assert_ok(&o, "export from the encrypted backup");
-    assert_eq!(
-        std::fs::read(out.join("enc/contacts.vcf")).unwrap(),
-        std::fs::read(out.join("contacts/contacts.vcf")).unwrap()
-    );
-    let left: Vec<_> = std::fs::read_dir(out.join("enc"))
-        .unwrap()
+    assert!(want.keys().any(|k| k.ends_with(".MOV")), "and movies");
+    let total: u64 = want.len() as u64;
+
+    let out = host.path("photos");
+    let o = ib(&host, &["-u", a, "--json", "photos", p(&out)], &[]);
+    assert_ok(&o, "photos");
+    assert_eq!(json_result(&o)["copied"], total);
+    assert_eq!(copied(&out), want);
+    let o = ib(&host, &["-u", a, "--json", "photos", p(&out)], &[]);
+    assert_ok(&o, "photos again");
+    assert_eq!(json_result(&o)["copied"], 0, "{}", text(&o));
+    assert_eq!(json_result(&o)["already"], total);
+
+    // A pulled cable halfway: whole files only; the next run copies the rest.
+    let cut = host.path("cut");
+    let bytes: u64 = walkdir::WalkDir::new(&out)
+        .into_iter()
         .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(
-        left,
-        vec![std::ffi::OsString::from("contacts.vcf")],
-        "no decrypted database left behind"
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    edit_device(device, |c| {
+        c.fault_afc_disconnect_after_bytes = Some(bytes / 2)
+    });
+    let o = ib(&host, &["-u", a, "photos", p(&cut)], &[]);
+    assert_eq!(code(&o), Some(8), "{}", text(&o));
+    let half = copied(&cut);
+    assert!(
+        !half.is_empty() && half.len() < want.len(),
+        "{} of {}",
+        half.len(),
+        want.len()
     );
+    for (k, v) in &half {
+        assert_eq!(Some(v), want.get(k), "{k} is whole");
+    }
+    edit_device(device, |c| c.fault_afc_disconnect_after_bytes = None);
+    let o = ib(&host, &["-u", a, "--json", "photos", p(&cut)], &[]);
+    assert_ok(&o, "the resumed run");
+    assert_eq!(json_result(&o)["copied"], total - half.len() as u64);
+    assert_eq!(copied(&cut), want);
 
-    // A backup without messages: a sentence, exit 18, nothing written.
-    let photos_only = host.path("photos-only");
+    let monthly = host.path("monthly");
     assert_ok(
-        &ib(
-            &host,
-            &["-u", a, "backup", "--only", "photos", p(&photos_only)],
-            &pw,
-        ),
-        "backup --only photos",
+        &ib(&host, &["-u", a, "photos", "--by-month", p(&monthly)], &[]),
+        "--by-month",
     );
-    let o = ib(
-        &host,
-        &[
-            "export",
-            "messages",
-            p(&photos_only),
-            "--to",
-            p(&out.join("none")),
-        ],
-        &pw,
+    assert_eq!(copied(&monthly), camera_roll(device, true));
+
+    // A hostile phone: names that lead out of OUT are refused, the rest is copied.
+    edit_device(device, |c| {
+        c.fault_afc_names = vec![
+            "../../escape.JPG".into(),
+            "/tmp/abs.JPG".into(),
+            "a\nb.JPG".into(),
+        ]
+    });
+    let hostile = host.path("hostile/out");
+    let o = ib(&host, &["-u", a, "photos", p(&hostile)], &[]);
+    assert_eq!(code(&o), Some(17), "{}", text(&o));
+    assert!(text(&o).contains("3 camera-roll names"), "{}", text(&o));
+    assert_eq!(copied(&hostile), want);
+    assert!(
+        !host.root.path().join("escape.JPG").exists()
+            && !host.root.path().join("hostile/escape.JPG").exists()
     );
-    assert_eq!(code(&o), Some(18), "{}", text(&o));
-    assert!(text(&o).contains("holds no messages"), "{}", text(&o));
-    assert!(!out.join("none/index.html").exists());
 }

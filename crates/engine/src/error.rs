@@ -92,6 +92,10 @@ pub enum EngineError {
     /// hold the database, or holds it in a layout ibackup does not know.
     #[error("{0}")]
     NotExportable(String),
+    /// `photos` copied everything else, but the device listed names that
+    /// would lead outside OUT or are not text; they were skipped.
+    #[error("the device listed {refused} unusable camera-roll names")]
+    RefusedNames { refused: u64, listed: Vec<String> },
     /// Stopped on request (Ctrl-C, a stop signal) before the end; the
     /// text says what that left (see [`stopped`]).
     #[error("interrupted: {0}")]
@@ -112,6 +116,8 @@ pub mod stopped {
     pub const RESTORE: &str = "the restore did not finish; the backup is untouched. Run it again";
     pub const ENCRYPTION: &str =
         "run `ibackup info` to see whether the device's encryption setting changed";
+    pub const PHOTOS: &str =
+        "the files copied so far are whole in OUT and no partial one is left; run it again to copy the rest";
     pub const EXTRACT: &str =
         "the files already in the output folder are whole, the rest were not extracted. Run it again to extract them all";
     pub const CHECKOUT: &str = "nothing was left in the output folder. Run it again";

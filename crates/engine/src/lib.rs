@@ -2,10 +2,12 @@
 //! host is trusted, and runs a backup that lands in a staging folder and is
 //! committed only when the device reports success.
 
+pub mod afc;
 pub mod backup;
 pub mod device;
 pub mod error;
 mod files;
+pub mod photos;
 pub mod restore;
 pub mod snapshots;
 pub mod staging;

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use ibackup_proto::afc::{self, mode, op, status, AfcPacket};
+use ibackup_proto::afc::{self, mode, op, status};
 use ibackup_proto::frame;
 use ibackup_proto::plistx::{dict, DictExt};
 use ibackup_proto::services::{self, NpMessage};
-use ibackup_transport::Stream;
 use plist::{Dictionary, Value};
 
+use crate::afc::AfcClient;
 use crate::device::Session;
 use crate::error::{EngineError, Result};
 
@@ -52,38 +52,17 @@ pub const ITUNES_FILES: [&str; 11] = [
 
 /// The sync lock, held for the length of a backup.
 pub struct SyncLock {
-    afc: Box<dyn Stream>,
+    afc: AfcClient,
     handle: u64,
-    packet: u64,
 }
 
 impl SyncLock {
-    fn call(&mut self, operation: u64, args: Vec<u8>) -> Result<AfcPacket> {
-        self.packet += 1;
-        AfcPacket {
-            packet_num: self.packet,
-            operation,
-            args,
-            data: Vec::new(),
-        }
-        .write(&mut self.afc)?;
-        Ok(AfcPacket::read(&mut self.afc)?)
-    }
-
     /// Take the lock, waiting while another host holds it.
     pub fn acquire(session: &mut Session<'_>) -> Result<SyncLock> {
         post(session, WILL_START)?;
-        let afc = session.service(afc::SERVICE_NAME)?;
-        let mut lock = SyncLock {
-            afc,
-            handle: 0,
-            packet: 0,
-        };
-        let mut args = mode::RW.to_le_bytes().to_vec();
-        args.extend_from_slice(LOCK_FILE.as_bytes());
-        args.push(0);
-        let r = lock.call(op::FILE_OPEN, args)?;
-        lock.handle = match (r.operation, r.arg_u64(0)) {
+        let mut afc = AfcClient::new(session.service(afc::SERVICE_NAME)?);
+        let r = afc.call(op::FILE_OPEN, &[mode::RW], Some(LOCK_FILE))?;
+        let handle = match (r.operation, r.arg_u64(0)) {
             (op::FILE_OPEN_RES, Some(h)) => h,
             _ => {
                 return Err(EngineError::Protocol(format!(
@@ -92,11 +71,12 @@ impl SyncLock {
                 )))
             }
         };
+        let mut lock = SyncLock { afc, handle };
         post(session, LOCK_REQUEST)?;
         for _ in 0..50 {
-            let mut a = lock.handle.to_le_bytes().to_vec();
-            a.extend_from_slice(&LOCK_EX.to_le_bytes());
-            let r = lock.call(op::FILE_LOCK, a)?;
+            let r = lock
+                .afc
+                .call(op::FILE_LOCK, &[lock.handle, LOCK_EX], None)?;
             match r.arg_u64(0) {
                 Some(status::SUCCESS) => {
                     post(session, DID_START)?;
@@ -118,29 +98,7 @@ impl SyncLock {
     /// A file's contents over the same AFC connection; `None` when the
     /// device has no such file.
     pub fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
-        let mut args = mode::RDONLY.to_le_bytes().to_vec();
-        args.extend_from_slice(path.as_bytes());
-        args.push(0);
-        let r = self.call(op::FILE_OPEN, args)?;
-        let handle = match (r.operation, r.arg_u64(0)) {
-            (op::FILE_OPEN_RES, Some(h)) => h,
-            _ => return Ok(None),
-        };
-        let mut out = Vec::new();
-        loop {
-            let mut a = handle.to_le_bytes().to_vec();
-            a.extend_from_slice(&(1u64 << 20).to_le_bytes());
-            let r = self.call(op::FILE_READ, a)?;
-            if r.operation != op::DATA || r.data.is_empty() {
-                break;
-            }
-            out.extend_from_slice(&r.data);
-            if out.len() > 64 << 20 {
-                break;
-            }
-        }
-        self.call(op::FILE_CLOSE, handle.to_le_bytes().to_vec())?;
-        Ok(Some(out))
+        self.afc.read_small(path, 64 << 20)
     }
 
     /// The files Finder copies into Info.plist's `iTunes Files`, as
@@ -161,10 +119,9 @@ impl SyncLock {
 
     /// Release the lock and tell the device the sync is over.
     pub fn release(mut self, session: &mut Session<'_>) -> Result<()> {
-        let mut a = self.handle.to_le_bytes().to_vec();
-        a.extend_from_slice(&LOCK_UN.to_le_bytes());
-        self.call(op::FILE_LOCK, a)?;
-        self.call(op::FILE_CLOSE, self.handle.to_le_bytes().to_vec())?;
+        self.afc
+            .call(op::FILE_LOCK, &[self.handle, LOCK_UN], None)?;
+        self.afc.close(self.handle)?;
         post(session, DID_FINISH)
     }
 }

@@ -146,6 +146,46 @@ pub fn encode_kv(pairs: &[(&str, String)]) -> Vec<u8> {
     out
 }
 
+/// Decode the `key\0value\0…` of a GET_FILE_INFO or GET_DEVINFO answer.
+/// A trailing key without a value is dropped; an empty one ends the list.
+pub fn decode_kv(data: &[u8]) -> Vec<(String, String)> {
+    let mut parts = data
+        .split(|b| *b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+        if k.is_empty() {
+            break;
+        }
+        out.push((k, v));
+    }
+    out
+}
+
+/// The names of a READ_DIR answer (NUL-separated, `.` and `..` left out),
+/// as bytes: a device may send names that are not UTF-8.
+pub fn decode_names(data: &[u8]) -> Vec<Vec<u8>> {
+    data.split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && *n != b"." && *n != b"..")
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// A request packet: its 8-byte arguments then a NUL-terminated path.
+pub fn request(packet_num: u64, operation: u64, words: &[u64], path: Option<&str>) -> AfcPacket {
+    let mut args: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if let Some(p) = path {
+        args.extend_from_slice(p.as_bytes());
+        args.push(0);
+    }
+    AfcPacket {
+        packet_num,
+        operation,
+        args,
+        data: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +221,31 @@ mod tests {
         let mut b = AfcPacket::status(1, 0).encode();
         b[16..24].copy_from_slice(&8u64.to_le_bytes());
         assert!(AfcPacket::read(&mut &b[..]).is_err());
+    }
+
+    #[test]
+    fn answers_decode_and_round_trip() {
+        let kv = encode_kv(&[("st_size", "12".into()), ("st_ifmt", "S_IFREG".into())]);
+        assert_eq!(
+            decode_kv(&kv),
+            vec![
+                ("st_size".into(), "12".into()),
+                ("st_ifmt".into(), "S_IFREG".into())
+            ]
+        );
+        assert_eq!(
+            decode_kv(b"st_size\0"),
+            vec![("st_size".into(), String::new())]
+        );
+        assert_eq!(decode_kv(b""), vec![]);
+        assert_eq!(
+            decode_names(b".\0..\0IMG_0001.HEIC\0../x\0\xff\0"),
+            vec![b"IMG_0001.HEIC".to_vec(), b"../x".to_vec(), vec![0xff]]
+        );
+        let r = request(3, op::FILE_OPEN, &[mode::RDONLY], Some("/DCIM/a"));
+        assert_eq!(r.arg_u64(0), Some(mode::RDONLY));
+        assert_eq!(r.arg_path(8).as_deref(), Some("/DCIM/a"));
+        assert_eq!(AfcPacket::read(&mut &r.encode()[..]).unwrap(), r);
     }
 
     #[test]

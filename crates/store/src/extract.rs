@@ -69,7 +69,7 @@ fn dest(out: &Path, domain: &str, path: &str, windows: bool) -> Result<(PathBuf,
 /// (`<>:"/\|?*` and controls) become `_`, a name ending in a dot or a
 /// space gets a `_` after it, and a device name (`CON`, `nul.txt`,
 /// `COM1`...) one before it. iOS allows all of these.
-fn windows_name(name: &str) -> std::borrow::Cow<'_, str> {
+pub fn windows_name(name: &str) -> std::borrow::Cow<'_, str> {
     let bad = |c: char| c < ' ' || "<>:\"/\\|?*".contains(c);
     let stem = name
         .split('.')
@@ -242,19 +242,19 @@ fn write_file(
 
 /// What OUT's disk does with names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct NameRules {
+pub struct NameRules {
     /// Names that differ only in case are one (macOS's and Windows's
     /// default disks, FAT, exFAT).
-    folds_case: bool,
+    pub folds_case: bool,
     /// It refuses the names Windows refuses (Windows; FAT and exFAT on
     /// every system).
-    windows: bool,
+    pub windows: bool,
 }
 
 /// Ask `dir` by making a file, looking for it in capitals, and making one
 /// with a `:` and a `?` in its name. A folder where nothing can be made
 /// says neither: writing there fails anyway.
-fn name_rules(dir: &Path) -> NameRules {
+pub fn name_rules(dir: &Path) -> NameRules {
     let name = format!(".ibackup-name-probe-{}", std::process::id());
     let make = |p: &Path| File::options().write(true).create_new(true).open(p).is_ok();
     let probe = dir.join(&name);

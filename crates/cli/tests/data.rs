@@ -1210,3 +1210,32 @@ fn photos_copies_the_camera_roll_again_only_what_is_new_and_resumes_a_cut_run() 
             && !host.root.path().join("hostile/escape.JPG").exists()
     );
 }
+
+/// `photos` onto a disk too small for the camera roll: exit 7 naming the
+/// disk, and only whole files there (no part file left).
+#[cfg(unix)]
+#[test]
+fn photos_onto_a_full_disk_says_so_and_leaves_only_whole_files() {
+    let host = SimHost::start(&[(Profile::Small, 227)], |_, _| {});
+    let a = &host.udids[0];
+    let want = camera_roll(&host.devices[0], false);
+    let mount_point = host.path("small-disk");
+    let Some(_disk) = SmallDisk::mount(&mount_point, 40) else {
+        return;
+    };
+    let out = mount_point.join("photos");
+    let o = ib(&host, &["-u", a, "photos", p(&out)], &[]);
+    assert_eq!(code(&o), Some(7), "{}", text(&o));
+    assert!(text(&o).contains("is full"), "{}", text(&o));
+    let got = copied(&out);
+    assert!(!got.is_empty() && got.len() < want.len());
+    for (k, v) in &got {
+        assert_eq!(Some(v), want.get(k), "{k} is whole");
+    }
+    let parts = walkdir::WalkDir::new(&out)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ibackup-part"))
+        .count();
+    assert_eq!(parts, 0, "no part file is left");
+}

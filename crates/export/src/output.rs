@@ -29,11 +29,13 @@ pub fn make_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// A file being written: `<name>.part` until [`Part::finish`].
+/// A file being written: `<name>.part` until [`Part::finish`]; dropped
+/// unfinished (an error on the way), the part is removed.
 pub struct Part {
     to: PathBuf,
     part: PathBuf,
     pub w: BufWriter<File>,
+    done: bool,
 }
 
 impl Part {
@@ -46,30 +48,34 @@ impl Part {
             to: to.to_path_buf(),
             part,
             w: BufWriter::new(f),
+            done: false,
         })
     }
 
-    pub fn finish(self) -> Result<PathBuf> {
-        let Part { to, part, w } = self;
-        let f = w.into_inner().map_err(|e| ExportError::Output {
-            path: part.clone(),
-            source: e.into_error(),
-        })?;
-        f.sync_all().map_err(err(&part))?;
-        drop(f);
+    pub fn finish(mut self) -> Result<PathBuf> {
+        self.w.flush().map_err(err(&self.part))?;
+        self.w.get_ref().sync_all().map_err(err(&self.part))?;
         // Never through a link someone left where the file goes.
-        if fs::symlink_metadata(&to).is_ok_and(|m| !m.is_file()) {
-            let _ = fs::remove_file(&part);
+        if fs::symlink_metadata(&self.to).is_ok_and(|m| !m.is_file()) {
             return Err(ExportError::Output {
-                path: to,
+                path: self.to.clone(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "something other than a file is in its place",
                 ),
             });
         }
-        fs::rename(&part, &to).map_err(err(&to))?;
-        Ok(to)
+        fs::rename(&self.part, &self.to).map_err(err(&self.to))?;
+        self.done = true;
+        Ok(self.to.clone())
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.part);
+        }
     }
 }
 
@@ -137,6 +143,10 @@ mod tests {
         assert!(!to.exists());
         drop(p);
         assert!(!to.exists());
+        assert!(
+            !t.path().join("a.vcf.part").exists(),
+            "an unfinished part is removed"
+        );
         write(&to, b"whole").unwrap();
         assert_eq!(fs::read(&to).unwrap(), b"whole");
         assert!(!t.path().join("a.vcf.part").exists());

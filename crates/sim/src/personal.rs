@@ -68,17 +68,8 @@ CREATE INDEX chat_message_join_idx_message_date_id_chat_id ON chat_message_join(
 /// Group chats after the one-to-one chats: (name, member handles).
 const GROUPS: [(&str, [usize; 3]); 2] = [("Family", [0, 1, 2]), ("Climbing", [3, 5, 8])];
 
-/// sms.db: one chat with each handle, two group chats, `n` messages
-/// (every 50th with one of `attachments`), oldest first.
-pub fn sms(
-    c: &Connection,
-    rng: &mut ChaCha8Rng,
-    n: usize,
-    attachments: &[Attachment],
-    phrase: fn(&mut ChaCha8Rng, usize) -> String,
-) -> rusqlite::Result<()> {
-    c.execute_batch(SMS_SCHEMA)?;
-    properties(c, "18026")?;
+/// The handles, a chat with each, and the group chats with their members.
+fn chats(c: &Connection) -> rusqlite::Result<()> {
     for h in 0..HANDLES {
         let service = if h % 3 == 0 { "SMS" } else { "iMessage" };
         c.execute(
@@ -113,6 +104,21 @@ pub fn sms(
             )?;
         }
     }
+    Ok(())
+}
+
+/// sms.db: one chat with each handle, two group chats, `n` messages
+/// (every 50th with one of `attachments`), oldest first.
+pub fn sms(
+    c: &Connection,
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    attachments: &[Attachment],
+    phrase: fn(&mut ChaCha8Rng, usize) -> String,
+) -> rusqlite::Result<()> {
+    c.execute_batch(SMS_SCHEMA)?;
+    properties(c, "18026")?;
+    chats(c)?;
     let chats = HANDLES + GROUPS.len();
     let start_ns = 700_000_000_000_000_000i64;
     for m in 0..n {

@@ -132,10 +132,14 @@ pub fn sms(
             GROUPS[chat - HANDLES].1[rng.gen_range(0..3)] + 1
         };
         let words = rng.gen_range(1..12);
-        let text = phrase(rng, words);
+        let mut text = phrase(rng, words);
         let date = start_ns + m as i64 * 1_800_000_000_000 + rng.gen_range(0..1_000_000_000);
         let attachment = (m % 50 == 0).then(|| &attachments[(m / 50) % attachments.len().max(1)]);
         let attachment = attachment.filter(|_| !attachments.is_empty());
+        if attachment.is_some() {
+            // iOS marks where an attachment sits in the text with U+FFFC.
+            text.insert(0, '\u{FFFC}');
+        }
         let service = if chat < HANDLES && chat % 3 == 0 {
             "SMS"
         } else {

@@ -1239,3 +1239,47 @@ fn photos_onto_a_full_disk_says_so_and_leaves_only_whole_files() {
         .count();
     assert_eq!(parts, 0, "no part file is left");
 }
+
+/// `photos` onto exFAT: a name the disk cannot hold (`:`) and two names
+/// that differ only in case are each kept under a name it can hold, said
+/// on the way; the next run finds them all whole and copies nothing.
+#[cfg(unix)]
+#[test]
+fn photos_onto_an_exfat_disk_keeps_every_file_under_a_name_it_holds() {
+    let host = SimHost::start(&[(Profile::Empty, 229)], |_, _| {});
+    let a = &host.udids[0];
+    let dcim = host.devices[0].join("fs/CameraRollDomain/Media/DCIM/100APPLE");
+    std::fs::create_dir_all(&dcim).unwrap();
+    for (name, body) in [
+        ("IMG:0001.JPG", &b"colon"[..]),
+        ("IMG_0002.JPG", b"upper"),
+        ("img_0002.jpg", b"lower"),
+    ] {
+        std::fs::write(dcim.join(name), body).unwrap();
+    }
+    let Some(disk) = ExfatDisk::mount(&host.root.path().join("exfat"), 64) else {
+        return;
+    };
+    let out = disk.path.join("photos");
+    let o = ib(&host, &["-u", a, "--json", "photos", p(&out)], &[]);
+    assert_ok(&o, "photos onto exFAT");
+    let r = json_result(&o);
+    assert_eq!(r["copied"], 3, "{}", text(&o));
+    assert_eq!(r["renamed"].as_array().unwrap().len(), 1, "{}", text(&o));
+    let mut bodies: Vec<Vec<u8>> = std::fs::read_dir(out.join("100APPLE"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [b"colon".to_vec(), b"lower".to_vec(), b"upper".to_vec()]
+    );
+    assert_eq!(
+        std::fs::read(out.join("100APPLE/IMG_0001.JPG")).unwrap(),
+        b"colon"
+    );
+    let o = ib(&host, &["-u", a, "--json", "photos", p(&out)], &[]);
+    assert_ok(&o, "photos again");
+    assert_eq!(json_result(&o)["copied"], 0, "{}", text(&o));
+}

@@ -254,15 +254,20 @@ fn place(items: &mut [Item], rules: &NameRules, done: &mut Copied) {
     }
 }
 
-/// Already in OUT, whole: a regular file of the phone's size and time.
+/// Already in OUT, whole: a regular file of the phone's size and time
+/// (within two seconds: FAT and exFAT disks keep times that coarse).
 fn whole(at: &Path, it: &Item) -> bool {
     let Ok(m) = fs::symlink_metadata(at) else {
         return false;
     };
     let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok();
+    let phone = (it.mtime_ns / 1_000_000_000) as u64;
     m.is_file()
         && m.len() == it.size
-        && m.modified().ok().and_then(secs) == Some((it.mtime_ns / 1_000_000_000) as u64)
+        && m.modified()
+            .ok()
+            .and_then(secs)
+            .is_some_and(|t| t.abs_diff(phone) <= 2)
 }
 
 /// Make the folders from OUT down to `dir`, refusing a link or a file on

@@ -301,4 +301,34 @@ print(len(cal.vevent_list))\n";
     assert_eq!(code(&o), Some(18), "{}", text(&o));
     assert!(text(&o).contains("holds no messages"), "{}", text(&o));
     assert!(!out.join("none/index.html").exists());
+
+    // An sms.db in a layout ibackup does not know (a column it reads is
+    // gone): a sentence naming it, exit 18, nothing written.
+    let sms = host.devices[0].join("fs/HomeDomain/Library/SMS/sms.db");
+    rusqlite::Connection::open(&sms)
+        .unwrap()
+        .execute_batch("ALTER TABLE message DROP COLUMN is_from_me;")
+        .unwrap();
+    let changed = host.path("changed");
+    assert_ok(&ib(&host, &["-u", a, "full", p(&changed)], &pw), "backup");
+    let o = ib(
+        &host,
+        &[
+            "export",
+            "messages",
+            p(&changed),
+            "--to",
+            p(&out.join("unknown")),
+        ],
+        &pw,
+    );
+    assert_eq!(code(&o), Some(18), "{}", text(&o));
+    assert!(
+        text(&o).contains("sms.db is not in a layout ibackup knows (message has no is_from_me)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !out.join("unknown/index.html").exists() && !out.join("unknown/messages.json").exists()
+    );
 }

@@ -50,7 +50,9 @@ struct Conversation {
     id: i64,
     title: String,
     service: String,
+    /// The members' handles, and their names where the contacts have them.
     members: Vec<String>,
+    member_names: Vec<String>,
     page: String,
     messages: Vec<Message>,
 }
@@ -139,6 +141,10 @@ pub fn export(src: &Source, out: &Path) -> Result<Exported> {
             page: format!("{id:04} {}.html", safe_name(&title)),
             id,
             service: chat.map(|c| c.service.clone()).unwrap_or_default(),
+            member_names: m
+                .iter()
+                .map(|h| contacts::lookup(&names, h).unwrap_or_else(|| h.clone()))
+                .collect(),
             members: m,
             title,
             messages,
@@ -311,7 +317,7 @@ fn page(c: &Conversation) -> String {
         members = if c.members.is_empty() {
             String::new()
         } else {
-            format!(" · {}", text(&c.members.join(", ")))
+            format!(" · {}", text(&c.member_names.join(", ")))
         },
     );
     for m in &c.messages {

@@ -914,7 +914,15 @@ fn photos(cli: &Cli, mux: &dyn Transport, out: &Path, by_month: bool) -> Result<
         &ibackup_engine::photos::Options { by_month },
         &mut report,
     )
-    .map_err(|e| e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)));
+    .map_err(
+        |e| match e.after_stop(&stop::cancel(), stop::left_by(&cli.cmd)) {
+            EngineError::ConnectionLost(why) => EngineError::LostDuring {
+                why,
+                left: ibackup_engine::error::stopped::PHOTOS,
+            },
+            e => e,
+        },
+    );
     report.finish();
     let done = r?;
     if cli.json {

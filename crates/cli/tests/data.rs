@@ -1169,6 +1169,11 @@ fn photos_copies_the_camera_roll_again_only_what_is_new_and_resumes_a_cut_run() 
     });
     let o = ib(&host, &["-u", a, "photos", p(&cut)], &[]);
     assert_eq!(code(&o), Some(8), "{}", text(&o));
+    assert!(
+        text(&o).contains("the files copied so far are whole") && !text(&o).contains("last backup"),
+        "{}",
+        text(&o)
+    );
     let half = copied(&cut);
     assert!(
         !half.is_empty() && half.len() < want.len(),

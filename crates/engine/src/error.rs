@@ -88,6 +88,10 @@ pub enum EngineError {
     /// device (or a tool in between) misbehaving is worth an exit code.
     #[error("the device named {refused} paths outside the backup folder")]
     RefusedPaths { refused: u64 },
+    /// The connection was lost during a command that is not a backup
+    /// (`photos`); `left` says what that left.
+    #[error("the connection to the device was lost ({why})")]
+    LostDuring { why: String, left: &'static str },
     /// `export` cannot read what was asked from this backup: it does not
     /// hold the database, or holds it in a layout ibackup does not know.
     #[error("{0}")]

@@ -34,7 +34,7 @@ fn code(o: &std::process::Output) -> Option<i32> {
 fn phone_messages(sms: &Path) -> BTreeMap<i64, Vec<String>> {
     let c = rusqlite::Connection::open(sms).unwrap();
     let mut s = c
-        .prepare("SELECT j.chat_id, m.text FROM message m JOIN chat_message_join j ON j.message_id = m.ROWID ORDER BY j.chat_id, m.date, m.ROWID")
+        .prepare("SELECT coalesce(j.chat_id, 0), m.text FROM message m LEFT JOIN chat_message_join j ON j.message_id = m.ROWID ORDER BY 1, m.date, m.ROWID")
         .unwrap();
     let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for r in s
@@ -69,6 +69,13 @@ fn exports_hold_everything_the_phone_has_and_other_readers_agree() {
     let host = SimHost::start(&[(Profile::Small, 211)], |_, _| {});
     let a = &host.udids[0];
     let phone = host.devices[0].join("fs/HomeDomain/Library");
+    // A message no chat holds (phones have them): exported all the same.
+    rusqlite::Connection::open(phone.join("SMS/sms.db"))
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO message (guid, text, handle_id, service, date, is_from_me) VALUES ('SIM-ORPHAN', 'a message in no chat', 1, 'SMS', 700000000000000000, 0);",
+        )
+        .unwrap();
     let dir = host.path("backups");
     assert_ok(&ib(&host, &["-u", a, "full", p(&dir)], &[]), "backup");
     let out = host.path("out");

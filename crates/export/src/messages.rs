@@ -86,9 +86,9 @@ pub fn export(src: &Source, out: &Path) -> Result<Exported> {
     let body = or_null(&mcols, "attributedBody");
     let mut s = c
         .prepare(&format!(
-            "SELECT j.chat_id, m.ROWID, m.text, {body}, m.handle_id, m.date, m.is_from_me
-             FROM message m JOIN chat_message_join j ON j.message_id = m.ROWID
-             ORDER BY j.chat_id, m.date, m.ROWID"
+            "SELECT coalesce(j.chat_id, 0), m.ROWID, m.text, {body}, m.handle_id, m.date, m.is_from_me
+             FROM message m LEFT JOIN chat_message_join j ON j.message_id = m.ROWID
+             ORDER BY 1, m.date, m.ROWID"
         ))
         .map_err(layout.unreadable())?;
     let mut convs: BTreeMap<i64, Vec<Message>> = BTreeMap::new();
@@ -246,8 +246,9 @@ fn title(chat: Option<&Chat>, members: &[String], names: &contacts::Names) -> St
             .collect::<Vec<_>>()
             .join(", ");
     }
+    // Messages no chat holds (id 0 here): imessage-exporter's "orphaned".
     chat.map(|c| c.identifier.clone())
-        .unwrap_or_else(|| "unknown".into())
+        .unwrap_or_else(|| "Not in any conversation".into())
 }
 
 /// A message's attachments: paths below OUT, and names the backup lacks.

@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut m = Mux::new(Role::Device, 512);
     m.listen(62078);
-    let (split, rest) = data.split_first().map_or((1, &[][..]), |(s, r)| (*s as usize + 1, r));
+    let (split, rest) = data
+        .split_first()
+        .map_or((1, &[][..]), |(s, r)| (*s as usize + 1, r));
     for chunk in rest.chunks(split) {
         if m.handle_input(chunk).is_err() {
             return;

@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let mut m = Mux::new(Role::Host, 512);
     // The first bytes answer VERSION; then the host opens a connection and
     // the rest arrives in pieces whose sizes the input chooses.
-    let (split, rest) = data.split_first().map_or((1, &[][..]), |(s, r)| (*s as usize + 1, r));
+    let (split, rest) = data
+        .split_first()
+        .map_or((1, &[][..]), |(s, r)| (*s as usize + 1, r));
     let mut connected = false;
     for chunk in rest.chunks(split) {
         if m.handle_input(chunk).is_err() {

@@ -101,6 +101,23 @@ fn year_month(mtime_ns: u128) -> String {
     format!("{year:04}/{month:02}")
 }
 
+/// The usable names in the device folder `dir`, sorted; the others are
+/// recorded as refused; none when there is no such folder.
+fn names_in(afc: &mut AfcClient, dir: &str, done: &mut Copied) -> Result<Vec<String>> {
+    let mut names = afc.list(dir)?.unwrap_or_default();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .filter_map(|name| match usable(&name) {
+            Some(n) => Some(n.to_string()),
+            None => {
+                done.refused.push(format!("{dir}/{}", escaped(&name)));
+                None
+            }
+        })
+        .collect())
+}
+
 /// Everything on the camera roll, in a stable order.
 fn list(
     afc: &mut AfcClient,
@@ -109,30 +126,18 @@ fn list(
     done: &mut Copied,
 ) -> Result<Vec<Item>> {
     let mut items = Vec::new();
-    let mut folders = afc.list("/DCIM")?.unwrap_or_default();
-    folders.sort();
-    for folder in folders {
-        let Some(f) = usable(&folder) else {
-            done.refused.push(format!("DCIM/{}", escaped(&folder)));
-            continue;
-        };
+    for f in names_in(afc, "/DCIM", done)? {
         let dir = format!("/DCIM/{f}");
         if !afc.info(&dir)?.is_some_and(|i| i.is_dir) {
             continue;
         }
-        let mut names = afc.list(&dir)?.unwrap_or_default();
-        names.sort();
-        for name in names {
-            let Some(n) = usable(&name) else {
-                done.refused.push(format!("{dir}/{}", escaped(&name)));
-                continue;
-            };
+        for n in names_in(afc, &dir, done)? {
             let device = format!("{dir}/{n}");
             if let Some(i) = afc.info(&device)?.filter(|i| i.is_file) {
-                items.push(item(device, f, n, i.size, i.mtime_ns, o));
+                items.push(item(device, &f, &n, i.size, i.mtime_ns, o));
             }
         }
-        edits(afc, f, o, &mut items, done)?;
+        edits(afc, &f, o, &mut items, done)?;
     }
     place(&mut items, rules, done);
     Ok(items)
@@ -161,21 +166,9 @@ fn edits(
     done: &mut Copied,
 ) -> Result<()> {
     let base = format!("/PhotoData/Mutations/DCIM/{folder}");
-    let mut stems = afc.list(&base)?.unwrap_or_default();
-    stems.sort();
-    for stem in stems {
-        let Some(s) = usable(&stem) else {
-            done.refused.push(format!("{base}/{}", escaped(&stem)));
-            continue;
-        };
+    for s in names_in(afc, &base, done)? {
         let adj = format!("{base}/{s}/Adjustments");
-        let mut names = afc.list(&adj)?.unwrap_or_default();
-        names.sort();
-        for name in names {
-            let Some(n) = usable(&name) else {
-                done.refused.push(format!("{adj}/{}", escaped(&name)));
-                continue;
-            };
+        for n in names_in(afc, &adj, done)? {
             let Some(ext) = n.strip_prefix("FullSizeRender.") else {
                 continue;
             };
@@ -187,7 +180,7 @@ fn edits(
                 items.push(item(
                     device,
                     folder,
-                    &edited_name(s, ext),
+                    &edited_name(&s, ext),
                     i.size,
                     i.mtime_ns,
                     o,
